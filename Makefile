@@ -1,0 +1,37 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both create
+# .venv when it is missing and install fedhpc into it with every dependency.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+NP     ?= 5
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup demo test test-unit test-mpi bench clean
+
+setup: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Build tools go in first so the editable install can build without isolation
+# (no download of a second cmake, and incremental rebuilds in build/).
+$(VENV)/.build-tools: | $(BIN)/python
+	$(BIN)/pip install --quiet scikit-build-core pybind11 ninja cmake
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.build-tools pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp csrc/cuda/*.cu)
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[test,mpich]"
+	touch $@
+
+demo: setup
+	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m fedhpc run --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest tests -q
+
+bench: setup
+	$(BIN)/python benchmarks/kernels.py --json benchmarks/results/kernels.json
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from fedhpc.cli import main
+
+sys.exit(main())

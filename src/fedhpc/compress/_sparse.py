@@ -1,0 +1,50 @@
+"""Shared implementation of the sparsifiers (top-k, random-k, top-k + int8)."""
+
+import numpy as np
+
+from fedhpc import kernels as K
+from fedhpc.compress.base import DEFAULT_MAX_N, Codec, check_ratio_k, ratio_to_k
+from fedhpc.errors import CorruptUpdateError
+
+
+class SparseCodec(Codec):
+    """Keep k of n values; the receiver scatters them into zeros."""
+
+    def __init__(self, ratio: float | None = None, k: int | None = None, max_n: int = DEFAULT_MAX_N):
+        super().__init__(max_n)
+        self.ratio, self.k = check_ratio_k(self.name, ratio, k)
+
+    def k_for(self, n: int) -> int:
+        """Number of values kept of an n-element vector."""
+        return ratio_to_k(self.name, n, self.ratio, self.k)
+
+    def describe(self):
+        return f"ratio={self.ratio}" if self.k is None else f"k={self.k}"
+
+
+def select_topk(x: np.ndarray, state, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of x, or of residual + x with error feedback (fused kernel)."""
+    if state is None:
+        return K.topk(x, k)
+    return K.topk_ef(x, state.residual, k)
+
+
+def decode_indices(name: str, rice: memoryview, k: int, n: int, b: int) -> np.ndarray:
+    if k > n:
+        raise CorruptUpdateError(f"'{name}' update keeps k={k} of only n={n} values")
+    if b > 31:
+        raise CorruptUpdateError(f"'{name}' update has Rice parameter {b} > 31")
+    return K.rice_decode(np.frombuffer(rice, dtype=np.uint8), k, n, b)
+
+
+def index_bytes_bound(n: int, k: int) -> int:
+    """Upper bound of the Rice-coded index bytes: k codes of b+1 bits plus at
+    most n >> b unary ones in total (the gaps sum to less than n)."""
+    b = K.rice_param(n, k)
+    return (k * (b + 1) + (n >> b) + 7) // 8
+
+
+def scatter(n: int, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    K.sparse_axpy(out, idx, vals, 1.0)
+    return out

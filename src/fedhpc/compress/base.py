@@ -1,0 +1,168 @@
+"""Codec base classes and the error-feedback state.
+
+Following GRACE/Horovod, a codec is a small stateless object (encode/decode);
+error feedback is separate per-client state that the caller owns, passes to
+``encode`` and can checkpoint.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from fedhpc import kernels as K
+from fedhpc.compress import wire
+from fedhpc.errors import CorruptUpdateError
+
+#: Default bound on the element count a decoder accepts (1 GiB of float32).
+DEFAULT_MAX_N = 1 << 28
+
+
+class ErrorFeedback:
+    """Per-client error-feedback residual: what compression has not sent yet.
+
+    ``encode`` adds the residual to the delta before compressing and keeps what
+    was lost, so over rounds every coordinate's mass is eventually transmitted.
+    """
+
+    def __init__(self, n: int, residual: np.ndarray | None = None):
+        if residual is None:
+            residual = np.zeros(n, dtype=np.float32)
+        residual = K.as_f32(residual)
+        if residual.size != n:
+            raise ValueError(f"error-feedback residual has {residual.size} elements, expected {n}")
+        self.residual = residual
+
+    @property
+    def n(self) -> int:
+        return self.residual.size
+
+
+class Codec(ABC):
+    """Encode a float32 delta into self-describing bytes, and back.
+
+    Subclasses set ``name``, ``codec_id`` and ``params`` (the struct of their
+    parameter block in the frame) and implement :meth:`_encode` and
+    :meth:`_decode`.
+    """
+
+    name: ClassVar[str]
+    codec_id: ClassVar[int]
+    params: ClassVar[struct.Struct] = struct.Struct("<")
+    lossless: ClassVar[bool] = False  # error feedback is pointless when True
+
+    def __init__(self, max_n: int = DEFAULT_MAX_N):
+        if not 0 < max_n < 1 << 32:
+            raise ValueError(f"codec '{self.name}': max_n must be in [1, 2**32), got {max_n}")
+        self.max_n = max_n
+
+    def encode(self, delta, state: ErrorFeedback | None = None, *, seed: int = 0) -> bytes:
+        """Encode ``delta`` (float32 vector); with ``state``, apply error feedback.
+
+        ``seed`` drives stochastic parts (stochastic rounding, random-k) and is
+        recorded in the frame where the decoder needs it.
+        """
+        x = K.as_f32(delta)
+        if x.size > self.max_n:
+            raise ValueError(f"codec '{self.name}': delta has {x.size} elements, more than max_n={self.max_n}")
+        if not np.isfinite(K.l2_norm(x)):
+            raise ValueError(f"codec '{self.name}': delta contains NaN or Inf; refusing to encode a diverged update")
+        if state is not None and state.n != x.size:
+            raise ValueError(f"codec '{self.name}': error-feedback state has {state.n} elements, delta has {x.size}")
+        params, body = self._encode(x, state, seed & 0xFFFFFFFFFFFFFFFF)
+        return wire.pack(self.codec_id, x.size, self.params.pack(*params), body)
+
+    def decode(self, data, expected_n: int | None = None) -> np.ndarray:
+        """Decode a frame made by :meth:`encode` into a new float32 array.
+
+        Raises :class:`~fedhpc.errors.CorruptUpdateError` for anything
+        malformed, for a frame of another codec, for a length other than
+        ``expected_n``, or for a decoded vector that holds NaN/Inf.
+        """
+        frame = wire.unpack(data, self.max_n)
+        if frame.codec_id != self.codec_id:
+            raise CorruptUpdateError(f"update was encoded with codec id {frame.codec_id}, expected '{self.name}' (id {self.codec_id})")
+        if expected_n is not None and frame.n != expected_n:
+            raise CorruptUpdateError(f"update has {frame.n} elements, the model has {expected_n}")
+        if frame.params.nbytes != self.params.size:
+            raise CorruptUpdateError(f"'{self.name}' parameter block is {frame.params.nbytes} bytes, expected {self.params.size}")
+        try:
+            out = self._decode(frame.n, self.params.unpack(frame.params), frame.body)
+        except CorruptUpdateError:
+            raise
+        except ValueError as exc:  # a kernel's argument check caught an inconsistency
+            raise CorruptUpdateError(f"'{self.name}' update is malformed: {exc}") from exc
+        if not np.isfinite(K.l2_norm(out)):
+            raise CorruptUpdateError(f"'{self.name}' update decodes to NaN or Inf values")
+        return out
+
+    @abstractmethod
+    def _encode(self, x: np.ndarray, state: ErrorFeedback | None, seed: int) -> tuple[tuple, list]:
+        """Return (parameter tuple for ``params``, list of body buffers)."""
+
+    @abstractmethod
+    def _decode(self, n: int, params: tuple, body: memoryview) -> np.ndarray:
+        """Decode a verified frame body; raise CorruptUpdateError on inconsistency."""
+
+    def wire_size(self, n: int) -> int:
+        """Bytes of the frame for an n-element delta (upper bound for variable-size coding)."""
+        return wire.HEADER.size + self.params.size + self._body_size(n)
+
+    @abstractmethod
+    def _body_size(self, n: int) -> int: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    def describe(self) -> str:
+        """The codec's parameters as ``key=value`` text, for logs."""
+        return f"max_n={self.max_n}"
+
+
+class DenseCodec(Codec):
+    """A codec that transforms every element; error feedback keeps the rounding error."""
+
+    def _encode(self, x, state, seed):
+        if state is None:
+            return self._encode_dense(x, seed)
+        target = x + state.residual
+        params, body = self._encode_dense(target, seed)
+        # residual = what the receiver will not reconstruct
+        np.subtract(target, self._decode(x.size, params, _join(body)), out=state.residual)
+        return params, body
+
+    @abstractmethod
+    def _encode_dense(self, x: np.ndarray, seed: int) -> tuple[tuple, list]: ...
+
+
+def _join(body: list) -> memoryview:
+    return memoryview(b"".join(memoryview(b).cast("B") for b in body))
+
+
+def expect_body(codec: Codec, body: memoryview, expected: int) -> None:
+    """Raise unless the body has exactly ``expected`` bytes."""
+    if body.nbytes != expected:
+        raise CorruptUpdateError(f"'{codec.name}' body is {body.nbytes} bytes, expected {expected}")
+
+
+def ratio_to_k(name: str, n: int, ratio: float | None, k: int | None) -> int:
+    """Resolve a sparsifier's ``ratio`` or ``k`` for an n-element vector."""
+    if k is not None:
+        return min(k, n)
+    return min(n, max(1, int(round(ratio * n)))) if n else 0
+
+
+def check_ratio_k(name: str, ratio: float | None, k: int | None) -> tuple[float | None, int | None]:
+    """Validate a sparsifier's parameters: exactly one of ``ratio`` in (0, 1] or ``k`` >= 0."""
+    if k is not None and ratio is not None:
+        raise ValueError(f"codec '{name}': give either ratio or k, not both")
+    if k is None and ratio is None:
+        ratio = 0.01
+    if k is not None and (not isinstance(k, int) or k < 0):
+        raise ValueError(f"codec '{name}': k must be an integer >= 0, got {k!r}")
+    if ratio is not None and not 0.0 < float(ratio) <= 1.0:
+        raise ValueError(f"codec '{name}': ratio must be in (0, 1], got {ratio!r}")
+    return (None if ratio is None else float(ratio)), k

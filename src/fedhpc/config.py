@@ -1,0 +1,323 @@
+"""Run configuration: one TOML file, validated into typed dataclasses.
+
+Every key can be overridden on the command line with ``--set dotted.key=value``
+(the value is parsed as TOML, so ``--set local.lr=0.1``, ``--set
+clock='"simulated"'`` or ``--set clock=simulated`` all work). Unknown keys and
+bad values raise :class:`~fedhpc.errors.ConfigError` naming the key and what
+is allowed. Sections whose plugin is chosen by ``name`` (``codec``,
+``strategy``, ``selection``) pass their other keys to the plugin, which
+validates them when the config is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from fedhpc.errors import ConfigError
+
+
+@dataclass
+class ClientsConfig:
+    total: int = 20
+    per_round: int = 10
+
+    def check(self, key):
+        _require(self.total >= 1, f"{key}.total", "must be >= 1")
+        _require(1 <= self.per_round <= self.total, f"{key}.per_round", f"must be in [1, clients.total={self.total}]")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    partition: Literal["iid", "dirichlet", "classes"] = "classes"
+    alpha: float = 0.5  # Dirichlet concentration (smaller = more skewed)
+    classes_per_client: int = 2
+    root: str = ""  # directory of the dataset files, for datasets read from disk
+    test_fraction: float = 0.2  # held-out share for central evaluation when the dataset has no test split
+
+    def check(self, key):
+        _require(self.alpha > 0, f"{key}.alpha", "must be > 0")
+        _require(self.classes_per_client >= 1, f"{key}.classes_per_client", "must be >= 1")
+        _require(0 < self.test_fraction < 1, f"{key}.test_fraction", "must be in (0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: int = 64
+
+    def check(self, key):
+        _require(self.hidden >= 1, f"{key}.hidden", "must be >= 1")
+
+
+@dataclass
+class LocalConfig:
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 0.2
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.0
+    threads: int = 1  # torch threads per trainer rank; fixed so results do not depend on the host
+
+    def check(self, key):
+        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _require(self.lr > 0, f"{key}.lr", "must be > 0")
+        _require(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
+        _require(self.threads >= 1, f"{key}.threads", "must be >= 1")
+
+
+@dataclass
+class PluginConfig:
+    """A section that names a plugin; its other keys are the plugin's parameters."""
+
+    name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StrategyConfig(PluginConfig):
+    name: str = "fedavg"
+    # FedProx proximal coefficient used by clients; None = the strategy's default
+    # (0.01 for fedprox, 0 otherwise). The term is client-side, so it composes
+    # with any server rule.
+    mu: float | None = None
+
+    def check(self, key):
+        _require(self.mu is None or self.mu >= 0, f"{key}.mu", "must be >= 0")
+
+
+@dataclass
+class CodecConfig(PluginConfig):
+    name: str = "none"
+    error_feedback: bool = True
+
+
+@dataclass
+class SelectionConfig(PluginConfig):
+    name: str = "random"
+
+
+@dataclass
+class StragglersConfig:
+    deadline_s: float = 0.0  # close the round this long after it starts (0 = no deadline)
+    fastest_k: int = 0  # close the round when this many updates arrived (0 = wait for all)
+    timeout_s: float = 300.0  # hard wall-clock bound on any wait, whatever the clock
+
+    def check(self, key):
+        _require(self.deadline_s >= 0, f"{key}.deadline_s", "must be >= 0")
+        _require(self.fastest_k >= 0, f"{key}.fastest_k", "must be >= 0")
+        _require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+
+
+@dataclass
+class FaultsConfig:
+    dropout_prob: float = 0.0  # chance that a selected client vanishes in a round
+    # Fault injection, to rehearse a deployment's failure handling: these clients
+    # raise during local training, or send a bit-flipped update.
+    error_clients: list[int] = field(default_factory=list)
+    corrupt_clients: list[int] = field(default_factory=list)
+    crash_ranks: list[int] = field(default_factory=list)  # these trainer ranks die in the first round
+
+    def check(self, key):
+        _require(0 <= self.dropout_prob < 1, f"{key}.dropout_prob", "must be in [0, 1)")
+
+
+@dataclass
+class ProfilesConfig:
+    """Simulated heterogeneity of the clients (seeded)."""
+
+    speed_sigma: float = 0.0  # client speed = exp(N(0, sigma)); 0 = all equal
+    slow_clients: list[int] = field(default_factory=list)  # these clients run slow_factor times slower
+    slow_factor: float = 10.0
+    bandwidth_mbps: float = 1000.0
+    latency_ms: float = 0.5
+    cost_per_sample_s: float = 0.0005  # simulated compute seconds per sample and epoch at speed 1
+
+    def check(self, key):
+        _require(self.speed_sigma >= 0, f"{key}.speed_sigma", "must be >= 0")
+        _require(self.slow_factor >= 1, f"{key}.slow_factor", "must be >= 1")
+        _require(self.bandwidth_mbps > 0, f"{key}.bandwidth_mbps", "must be > 0")
+        _require(self.latency_ms >= 0, f"{key}.latency_ms", "must be >= 0")
+        _require(self.cost_per_sample_s > 0, f"{key}.cost_per_sample_s", "must be > 0")
+
+
+@dataclass
+class FedDropoutConfig:
+    """Structured federated dropout: clients train a sub-model without some hidden units."""
+
+    rate: float = 0.0  # fraction of hidden units dropped per client and round
+
+    def check(self, key):
+        _require(0 <= self.rate < 1, f"{key}.rate", "must be in [0, 1)")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1
+
+    def check(self, key):
+        _require(self.every >= 1, f"{key}.every", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    rounds: int = 50
+    clock: Literal["wall", "simulated"] = "wall"
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    stragglers: StragglersConfig = field(default_factory=StragglersConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    fed_dropout: FedDropoutConfig = field(default_factory=FedDropoutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self, key):
+        _require(self.rounds >= 1, "rounds", "must be >= 1")
+        _require(self.seed >= 0, "seed", "must be >= 0")
+        for key, ids in (("profiles.slow_clients", self.profiles.slow_clients),
+                         ("faults.error_clients", self.faults.error_clients),
+                         ("faults.corrupt_clients", self.faults.corrupt_clients)):
+            for c in ids:
+                _require(0 <= c < self.clients.total, key, f"has client id {c}, not in [0, {self.clients.total})")
+        _require(self.stragglers.fastest_k <= self.clients.per_round, "stragglers.fastest_k",
+                 f"must be <= clients.per_round={self.clients.per_round}")
+
+    def to_dict(self) -> dict:
+        """Plain nested dict, plugin params flattened back into their section."""
+        return _to_plain(self)
+
+
+def _require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {what}")
+
+
+def _to_plain(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = _to_plain(v)
+        elif f.name == "params":
+            out.update(v)
+        elif v is not None:
+            out[f.name] = v
+    return out
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and isinstance(value, bool) or tp is not bool and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a table (section), got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - {"params"}
+    kwargs: dict[str, Any] = {}
+    extra = {k: v for k, v in raw.items() if k not in names}
+    if extra and not issubclass(cls, PluginConfig):
+        key = f"{prefix}{sorted(extra)[0]}"
+        raise ConfigError(f"unknown config key '{key}'; allowed keys here: {', '.join(sorted(names))}")
+    for name in names & raw.keys():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(raw[name], tp, f"{prefix}{name}")
+    if issubclass(cls, PluginConfig):
+        kwargs["params"] = extra
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check(prefix.rstrip("."))
+    return obj
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], parsed value); bare words are strings."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects dotted.key=value, got '{item}'")
+    key, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML file (or the defaults when ``path`` is None), apply ``--set``
+    overrides, validate, and check that the named plugins accept their params."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file '{path}' does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: '{k}' is not a section")
+        node[keys[-1]] = value
+    cfg = _build(RunConfig, raw, "")
+    _check_plugins(cfg)
+    return cfg
+
+
+def _check_plugins(cfg: RunConfig) -> None:
+    from fedhpc.compress import get_codec
+    from fedhpc.selection import get_selector
+    from fedhpc.strategy import get_strategy
+
+    for section, factory in (("codec", get_codec), ("strategy", get_strategy), ("selection", get_selector)):
+        plugin = getattr(cfg, section)
+        try:
+            factory(plugin.name, **plugin.params)
+        except ValueError as exc:
+            raise ConfigError(f"config section [{section}]: {exc}") from None
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as TOML (loadable by :func:`load_config`)."""
+    Path(path).write_text(tomli_w.dumps(cfg.to_dict()))

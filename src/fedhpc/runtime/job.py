@@ -1,0 +1,92 @@
+"""``fedhpc run``: set up every rank from the config and give each its role."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from mpi4py import MPI
+
+from fedhpc import env
+from fedhpc import kernels as K
+from fedhpc.config import RunConfig, save_config
+from fedhpc.errors import ConfigError
+
+log = logging.getLogger("fedhpc")
+
+
+def setup_logging(rank: int, out: Path | None) -> None:
+    """Rank 0 logs progress (and to OUT/run.log); other ranks only warnings, prefixed with their rank."""
+    level = env.LOG_LEVEL or ("INFO" if rank == 0 else "WARNING")
+    root = logging.getLogger("fedhpc")
+    root.setLevel(level)
+    root.handlers.clear()
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if out is not None:
+        fh = logging.FileHandler(out / "run.log")
+        fh.setFormatter(fmt)
+        fh.setLevel(logging.DEBUG)
+        root.addHandler(fh)
+        root.setLevel(min(root.level, logging.DEBUG))
+        console.setLevel(level)
+    root.propagate = False
+
+
+def job_id_of(cfg: RunConfig) -> int:
+    """Tag of this run carried by every Update, so updates of another run are dropped."""
+    return K.crc32c(repr(cfg.to_dict()).encode())
+
+
+def run_job(cfg: RunConfig, out: Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
+    """Run the federated job on ``comm``; returns the last round's metrics on rank 0."""
+    from fedhpc.runtime.context import build_context
+    from fedhpc.runtime.orchestrator import Orchestrator
+    from fedhpc.runtime.trainer import Trainer
+
+    if comm.size < 2:
+        raise ConfigError("fedhpc run needs at least 2 MPI ranks (rank 0 orchestrates, the others train): "
+                          "launch it as `mpiexec -n 3 fedhpc run ...`")
+    rank = comm.rank
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.toml")
+    comm.Barrier()
+    setup_logging(rank, out if rank == 0 else None)
+    K.set_num_threads(cfg.local.threads)
+    ctx = build_context(cfg, trainers=list(range(1, comm.size)))
+    job = job_id_of(cfg)
+    if rank == 0:
+        log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
+                 "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
+                 cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
+        t0 = time.monotonic()
+        last = Orchestrator(comm, ctx, job, out).run()
+        log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
+                 time.monotonic() - t0, last["accuracy"], out)
+        return last
+    Trainer(comm, ctx, job).run()
+    return None
+
+
+def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
+    """Run ``fn``; if it raises on any rank, report and abort the whole MPI job,
+    so that no other rank is left waiting in a collective."""
+    try:
+        fn()
+        return 0
+    except ConfigError as exc:
+        print(f"fedhpc: error (rank {comm.rank}): {exc}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.Abort(2)
+        return 2
+    except Exception:
+        print(f"fedhpc: rank {comm.rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1

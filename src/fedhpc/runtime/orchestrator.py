@@ -1,0 +1,245 @@
+"""Rank 0: the round loop. Select, broadcast, collect until the deadline or the
+fastest k, aggregate through the strategy, evaluate, record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from fedhpc.compress import get_codec
+from fedhpc.errors import CorruptUpdateError
+from fedhpc.runtime.client import SEED_SELECT, derive_seed, evaluate
+from fedhpc.runtime.context import Context, simulated_profiles
+from fedhpc.runtime.protocol import Status, Tag, bcast_array, recv_update, unpack_update
+from fedhpc.selection import get_selector
+from fedhpc.strategy import get_strategy
+from fedhpc.types import ClientFailure, ClientHistory, ClientResult, RoundOutcome
+
+log = logging.getLogger("fedhpc.orchestrator")
+
+# After the round is closed, trainers need at most one batch to notice; this
+# bounds how long rank 0 waits for their final accounting before it gives up.
+CLOSE_GRACE_S = 60.0
+
+
+@dataclass
+class _Arrival:
+    result: ClientResult
+    sim_s: float
+
+
+@dataclass
+class _Collected:
+    arrivals: dict[int, _Arrival] = field(default_factory=dict)
+    failures: dict[int, ClientFailure] = field(default_factory=dict)
+    late: set[int] = field(default_factory=set)
+    stale: int = 0
+    bytes_up: int = 0
+
+    def accounted(self) -> set[int]:
+        return self.arrivals.keys() | self.failures.keys() | self.late
+
+
+class Orchestrator:
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, out: Path):
+        self.comm, self.ctx, self.job_id, self.out = comm, ctx, job_id, out
+        cfg = ctx.cfg
+        self.codec = get_codec(cfg.codec.name, **cfg.codec.params)
+        self.strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
+        self.selector = get_selector(cfg.selection.name, **cfg.selection.params)
+        self.mu = cfg.strategy.mu if cfg.strategy.mu is not None else self.strategy.client_mu()
+        self.profiles = simulated_profiles(cfg)
+        self.history = {c: ClientHistory() for c in range(cfg.clients.total)}
+        self.weights = ctx.layout.flatten(ctx.model)
+        self.model_bytes = self.weights.nbytes
+        self.max_update_bytes = 64 + 2 * self.model_bytes + (1 << 20)
+
+    # -- the run ------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.ctx.cfg
+        metrics = {}
+        with open(self.out / "metrics.jsonl", "w") as mfile:
+            for r in range(cfg.rounds):
+                metrics = self.round(r)
+                mfile.write(json.dumps(metrics) + "\n")
+                mfile.flush()
+                log.info(self._progress_line(metrics))
+        self.comm.bcast({"stop": True}, root=0)
+        np.save(self.out / "final_weights.npy", self.weights)
+        return metrics
+
+    def round(self, r: int) -> dict:
+        cfg, ctx = self.ctx.cfg, self.ctx
+        t0 = time.monotonic()
+        rng = np.random.default_rng(derive_seed(cfg.seed, r, SEED_SELECT))
+        selected, reasons = self.selector.select(r, list(range(cfg.clients.total)), cfg.clients.per_round,
+                                                 self.profiles, self.history, rng)
+        for line in reasons:
+            log.debug("round %d selection: %s", r, line)
+        assign: dict[int, list[int]] = {}
+        for c in selected:
+            assign.setdefault(ctx.host_of(c), []).append(c)
+        self.comm.bcast({"stop": False, "round": r, "assign": assign, "mu": self.mu}, root=0)
+        bcast_array(self.comm, self.weights)
+        got = self.collect(r, set(selected), t0)
+        outcome, sim_seconds = self.close_round(r, selected, got)
+        self.weights = self.strategy.aggregate(self.weights, outcome)
+        self.selector.update(outcome, self.history, r)
+        accuracy = loss = None
+        if (r + 1) % cfg.eval.every == 0 or r + 1 == cfg.rounds:
+            ctx.layout.load(ctx.model, self.weights)
+            accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
+        reasons_count = Counter(f.reason for f in outcome.failures)
+        return {
+            "round": r + 1,
+            "accuracy": accuracy,
+            "loss": loss,
+            "clients_selected": len(selected),
+            "clients_reported": len(outcome.results),
+            "clients_late": reasons_count.pop("late", 0),
+            "clients_failed": sum(reasons_count.values()),
+            "failures": dict(reasons_count),
+            "stale_dropped": got.stale,
+            "bytes_up": got.bytes_up,
+            "bytes_down": self.model_bytes * len(selected),
+            "round_seconds": time.monotonic() - t0,
+            "sim_seconds": sim_seconds,
+        }
+
+    # -- collecting updates ---------------------------------------------------
+    def collect(self, r: int, expected: set[int], t0: float) -> _Collected:
+        """Receive Updates until every selected client is accounted for, the
+        deadline passes or the fastest k arrived (wall clock), then close the
+        round and drain what the trainers still had in flight."""
+        cfg = self.ctx.cfg
+        st = cfg.stragglers
+        wall = cfg.clock == "wall"
+        got = _Collected()
+        trainers = self.ctx.trainers
+        done: dict[int, int] = {}
+        received: Counter = Counter()
+        closed = False
+        status = MPI.Status()
+        while True:
+            elapsed = time.monotonic() - t0
+            if not closed:
+                reason = None
+                if expected <= got.accounted():
+                    reason = "all accounted for"
+                elif wall and st.deadline_s and elapsed >= st.deadline_s:
+                    reason = f"deadline {st.deadline_s}s"
+                elif wall and st.fastest_k and len(got.arrivals) >= st.fastest_k:
+                    reason = f"fastest {st.fastest_k} arrived"
+                elif elapsed >= st.timeout_s:
+                    reason = f"timeout {st.timeout_s}s"
+                if reason:
+                    closed = True
+                    log.debug("round %d closed after %.3fs: %s", r, elapsed, reason)
+                    for rank in trainers:
+                        self.comm.send(r, dest=rank, tag=Tag.CLOSE)
+            elif len(done) == len(trainers) and all(received[k] >= done[k] for k in trainers):
+                break
+            elif elapsed > st.timeout_s + CLOSE_GRACE_S:
+                silent = [k for k in trainers if k not in done or received[k] < done[k]]
+                msg = (f"round {r}: trainer ranks {silent} did not finish the round within "
+                       f"{st.timeout_s + CLOSE_GRACE_S:.0f}s; aborting the job (a rank is hung or dead)")
+                log.critical(msg)
+                self.comm.Abort(3)
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.UPDATE, status=status):
+                src = status.Get_source()
+                received[src] += 1
+                try:
+                    buf = recv_update(self.comm, status, self.max_update_bytes, st.timeout_s)
+                except (CorruptUpdateError, TimeoutError) as exc:
+                    log.warning("round %d: update from rank %d rejected: %s", r, src, exc)
+                    continue
+                got.bytes_up += buf.nbytes
+                self.accept(r, src, buf, expected, got, closed, time.monotonic() - t0)
+            elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
+                rr, count = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
+                done[status.Get_source()] = count
+            else:
+                time.sleep(0.0002)
+        return got
+
+    def accept(self, r: int, src: int, buf: np.ndarray, expected: set[int], got: _Collected, closed: bool,
+               arrival_s: float) -> None:
+        """Validate one Update and file it as a result, a failure, late or stale."""
+        try:
+            head, body = unpack_update(buf)
+        except CorruptUpdateError as exc:
+            log.warning("round %d: update from rank %d rejected: %s", r, src, exc)
+            return
+        cid = head.client
+        if head.job != self.job_id or head.round < r:
+            got.stale += 1
+            log.debug("round %d: dropped stale update (job %d round %d client %d)", r, head.job, head.round, cid)
+            return
+        problem = None
+        if head.round != r:
+            problem = f"is for round {head.round}"
+        elif cid not in expected:
+            problem = f"is from client {cid}, which was not selected"
+        elif cid in got.accounted():
+            problem = f"is a duplicate for client {cid}"
+        elif self.ctx.host_of(cid) != src:
+            problem = f"claims client {cid}, which rank {src} does not host"
+        elif head.num_samples != len(self.ctx.parts[cid]):
+            problem = f"claims {head.num_samples} samples, client {cid} has {len(self.ctx.parts[cid])}"
+        if problem:
+            log.warning("round %d: update from rank %d rejected: it %s", r, src, problem)
+            return
+        if closed:
+            got.late.add(cid)
+            return
+        if head.status == Status.DROPOUT:
+            got.failures[cid] = ClientFailure(cid, "dropout")
+            return
+        if head.status == Status.ERROR:
+            got.failures[cid] = ClientFailure(cid, "error", bytes(body).decode("utf-8", "replace"))
+            return
+        try:
+            delta = self.codec.decode(body, expected_n=self.ctx.layout.size)
+        except CorruptUpdateError as exc:
+            log.warning("round %d: client %d sent a corrupt update: %s", r, cid, exc)
+            got.failures[cid] = ClientFailure(cid, "corrupt", str(exc))
+            return
+        seconds = head.sim_s if self.ctx.cfg.clock == "simulated" else arrival_s
+        result = ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes)
+        got.arrivals[cid] = _Arrival(result, head.sim_s)
+
+    def close_round(self, r: int, selected: list[int], got: _Collected) -> tuple[RoundOutcome, float | None]:
+        """Apply the simulated clock's deadline / fastest-k, and count the missing."""
+        st = self.ctx.cfg.stragglers
+        arrivals = sorted(got.arrivals.values(), key=lambda a: (a.sim_s, a.result.client_id))
+        sim_seconds = None  # the simulated clock's round time; None on the wall clock
+        if self.ctx.cfg.clock == "simulated":
+            sim_seconds = max((a.sim_s for a in arrivals), default=0.0)
+            keep = [a for a in arrivals if not st.deadline_s or a.sim_s <= st.deadline_s]
+            if st.fastest_k and len(keep) >= st.fastest_k:
+                keep = keep[: st.fastest_k]
+                sim_seconds = keep[-1].sim_s  # closed when the k-th update arrived
+            elif st.deadline_s and (len(keep) < len(arrivals) or got.failures):
+                sim_seconds = st.deadline_s  # someone never made it: the round waited until the deadline
+            got.late |= {a.result.client_id for a in arrivals} - {a.result.client_id for a in keep}
+            arrivals = keep
+        # clients the trainers had not finished when the round closed are late too
+        got.late |= set(selected) - got.accounted()
+        failures = list(got.failures.values()) + [ClientFailure(c, "late") for c in got.late]
+        results = sorted((a.result for a in arrivals), key=lambda res: res.client_id)
+        return RoundOutcome(r, results, sorted(failures, key=lambda f: f.client_id)), sim_seconds
+
+    @staticmethod
+    def _progress_line(m: dict) -> str:
+        acc = f"acc {m['accuracy']:.4f} loss {m['loss']:.4f}" if m["accuracy"] is not None else "acc -"
+        return (f"round {m['round']:>3}: {acc} | {m['clients_reported']}/{m['clients_selected']} reported, "
+                f"{m['clients_late']} late, {m['clients_failed']} failed | up {m['bytes_up'] / 1e6:.2f} MB "
+                f"down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s"
+                + (f" (simulated {m['sim_seconds']:.2f}s)" if m["sim_seconds"] is not None else ""))

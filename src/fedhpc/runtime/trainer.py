@@ -1,0 +1,108 @@
+"""A trainer rank: hosts virtual clients, trains the ones assigned each round, sends their Updates."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from fedhpc.compress import ErrorFeedback, get_codec
+from fedhpc.runtime.client import SEED_CODEC, SEED_DROPOUT, Abandoned, LocalTrainer, derive_seed, wall_sleep
+from fedhpc.runtime.context import Context, simulated_profiles
+from fedhpc.runtime.protocol import Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, wait_with_deadline
+
+log = logging.getLogger("fedhpc.trainer")
+
+
+def simulated_seconds(ctx: Context, profile, samples: int, up_bytes: int) -> float:
+    """A client's round time on the simulated clock: compute / speed + transfer / bandwidth + latency."""
+    p = ctx.cfg.profiles
+    compute = samples * ctx.cfg.local.epochs * p.cost_per_sample_s / profile.speed
+    transfer = (up_bytes + 4 * ctx.layout.size) * 8 / (profile.bandwidth_mbps * 1e6)
+    return compute + transfer + 2 * profile.latency_ms / 1000
+
+
+class Trainer:
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int):
+        self.comm, self.ctx, self.job_id = comm, ctx, job_id
+        cfg = ctx.cfg
+        self.codec = get_codec(cfg.codec.name, **cfg.codec.params)
+        self.use_ef = cfg.codec.error_feedback and not self.codec.lossless
+        self.states: dict[int, ErrorFeedback] = {}
+        self.profiles = simulated_profiles(cfg)
+        self.local = LocalTrainer(cfg, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train)
+        self.weights = np.empty(ctx.layout.size, dtype=np.float32)
+
+    def round_closed(self) -> bool:
+        return self.comm.Iprobe(source=0, tag=Tag.CLOSE)
+
+    def run(self) -> None:
+        cfg = self.ctx.cfg
+        while True:
+            task = self.comm.bcast(None, root=0)
+            if task["stop"]:
+                return
+            bcast_array(self.comm, self.weights)
+            r, sent, pending = task["round"], 0, []
+            if self.comm.rank in cfg.faults.crash_ranks:
+                raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
+            for cid in task["assign"].get(self.comm.rank, []):
+                if self.round_closed():
+                    break
+                try:
+                    buf = self.client_update(r, cid, task["mu"])
+                except Abandoned:
+                    break
+                pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
+                sent += 1
+            closed_round = self._wait_close(cfg.stragglers.timeout_s)
+            if closed_round != r:
+                raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
+            self.comm.send((r, sent), dest=0, tag=Tag.DONE)
+            wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
+
+    def _wait_close(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while not self.round_closed():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {self.comm.rank}: no word from rank 0 for {timeout_s:.0f}s")
+            time.sleep(0.0005)
+        return self.comm.recv(source=0, tag=Tag.CLOSE)
+
+    def client_update(self, r: int, cid: int, mu: float) -> np.ndarray:
+        """Train client ``cid`` for round ``r``; return its packed Update (OK, DROPOUT or ERROR)."""
+        cfg, ctx = self.ctx.cfg, self.ctx
+        profile = self.profiles[cid]
+        indices = ctx.parts[cid]
+        head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), 0.0, 0.0, 0.0, 0)
+        if np.random.default_rng(derive_seed(cfg.seed, r, cid, SEED_DROPOUT)).random() < profile.dropout_prob:
+            head.status = Status.DROPOUT
+            return pack_update(head, b"")
+        t0 = time.perf_counter()
+        try:
+            if cid in cfg.faults.error_clients:
+                raise RuntimeError(f"injected fault: client {cid} fails during training")
+            delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed)
+            head.compute_s = time.perf_counter() - t0
+            if cfg.clock == "wall" and profile.speed < 1:
+                wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
+            state = None
+            if self.use_ef:
+                state = self.states.setdefault(cid, ErrorFeedback(ctx.layout.size))
+            payload = self.codec.encode(delta, state, seed=derive_seed(cfg.seed, r, cid, SEED_CODEC))
+        except Abandoned:
+            raise
+        except Exception as exc:  # one client's failure is data for the orchestrator, not a crash of the rank
+            log.warning("round %d client %d failed: %s", r, cid, exc)
+            head.status = Status.ERROR
+            return pack_update(head, f"{type(exc).__name__}: {exc}".encode()[:4096])
+        if cid in cfg.faults.corrupt_clients:
+            damaged = bytearray(payload)
+            damaged[len(damaged) // 2] ^= 0xFF
+            payload = bytes(damaged)
+        head.loss = loss
+        head.compute_s = time.perf_counter() - t0
+        head.sim_s = simulated_seconds(ctx, profile, len(indices), len(payload))
+        return pack_update(head, payload)

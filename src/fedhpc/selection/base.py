@@ -1,0 +1,153 @@
+"""The selector interface: which clients train in a round, and what each round teaches about them.
+
+A selector is a small object built from its parameters; everything it learns
+lives in the :class:`~fedhpc.types.ClientHistory` records that the runtime owns,
+passes in and checkpoints. Selection is therefore a pure function of (round,
+available clients, k, profiles, history, rng state), and a resumed run selects
+exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedhpc.registry import check_number
+from fedhpc.types import ClientHistory, ClientProfile, ClientResult, RoundOutcome
+
+#: Failure reasons that mean "too slow" rather than "broken"; they count as ``late``.
+LATE_REASONS = frozenset({"late", "timeout"})
+
+
+class Selector(ABC):
+    """Choose the round's clients; keep their history up to date.
+
+    Subclasses set ``name`` (the registry key), take their parameters as
+    keyword arguments of ``__init__`` (validated, ``ValueError`` naming the
+    parameter) and implement :meth:`_select`. ``ema_alpha`` is the weight of
+    the newest observation in the moving averages of completion time and
+    update quality.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, ema_alpha: float = 0.3):
+        self.ema_alpha = self._check("ema_alpha", ema_alpha, lo=0.0, hi=1.0, lo_open=True)
+
+    def select(
+        self,
+        round: int,
+        available: list[int],
+        k: int,
+        profiles: dict[int, ClientProfile],
+        history: dict[int, ClientHistory],
+        rng: np.random.Generator,
+    ) -> tuple[list[int], list[str]]:
+        """Return (chosen client ids ascending, log lines explaining the choice).
+
+        Exactly ``min(k, len(available))`` distinct clients are chosen. A client
+        missing from ``profiles`` or ``history`` is treated as a new client with
+        default profile; neither dict is modified. ``rng`` is the only source
+        of randomness.
+        """
+        k = check_number(f"selector '{self.name}'", "k", k, integer=True, lo=0)
+        pool = sorted(set(available))
+        if len(pool) != len(available):
+            raise ValueError(f"selector '{self.name}': available clients contain duplicates: {sorted(available)}")
+        n = min(k, len(pool))
+        chosen, log = self._select(round, pool, n, profiles, history, rng)
+        assert len(set(chosen)) == n and set(chosen) <= set(pool), "selector broke its contract"
+        return sorted(chosen), log
+
+    @abstractmethod
+    def _select(
+        self,
+        round: int,
+        pool: list[int],
+        n: int,
+        profiles: dict[int, ClientProfile],
+        history: dict[int, ClientHistory],
+        rng: np.random.Generator,
+    ) -> tuple[list[int], list[str]]:
+        """Choose exactly ``n`` distinct ids of ``pool`` (ascending, unique, n <= len(pool))."""
+
+    def set_costs(self, model_bytes: int, reference_cost: float) -> None:
+        """Tell the selector what a round costs a client, once the runtime knows the model.
+
+        ``model_bytes``: bytes one round moves over a client's link (the
+        broadcast model plus its encoded update). ``reference_cost``: clock
+        seconds of one round of local training on the reference host
+        (``ClientProfile.speed`` = 1.0). Selectors that do not model time
+        ignore it, so the runtime can call it whatever selector it built.
+        """
+
+    def update(self, outcome: RoundOutcome, history: dict[int, ClientHistory], round: int) -> None:
+        """Fold one finished round into ``history`` (in place; new clients get an entry).
+
+        Every client selected in the round must appear in ``outcome``: in
+        ``results`` if its update was aggregated, in ``failures`` otherwise
+        (late, dropped out, corrupt, ...). A client listed in both (a stale
+        update drained next to its valid one) counts as having reported.
+        Reporting resets ``consecutive_misses`` and ends any exclusion; a
+        failure increments it, and ``late``/``timeout`` count as ``late``,
+        other reasons as ``failed``. Reporters also update ``ema_seconds``
+        and, from their loss, ``ema_quality`` and ``last_loss``.
+        """
+        round = int(round)  # a NumPy integer would leak into the checkpointed history
+        reported = {r.client_id: r for r in outcome.results}
+        missed = {f.client_id: f for f in outcome.failures if f.client_id not in reported}
+        quality = _round_quality(outcome.results, history)
+        for cid in sorted(reported.keys() | missed.keys()):
+            h = history.setdefault(cid, ClientHistory())
+            h.selected += 1
+            h.last_selected = round
+            if cid in reported:
+                r = reported[cid]
+                h.reported += 1
+                h.consecutive_misses = 0
+                h.excluded_until = -1  # it just made the round: whatever excluded it is over
+                h.ema_seconds = self._ema(h.ema_seconds, r.seconds)
+                if cid in quality:
+                    h.ema_quality = self._ema(h.ema_quality, quality[cid])
+                if math.isfinite(r.loss):  # a diverged loss is no reference for the next fall
+                    h.last_loss = r.loss
+            else:
+                if missed[cid].reason in LATE_REASONS:
+                    h.late += 1
+                else:
+                    h.failed += 1
+                h.consecutive_misses += 1
+                h.excluded_until = self._exclusion_end(h, round)
+
+    def _exclusion_end(self, h: ClientHistory, round: int) -> int:
+        """New ``excluded_until`` of a client that just missed ``round``; the base never excludes."""
+        return h.excluded_until
+
+    def _ema(self, old: float | None, new: float) -> float:
+        return new if old is None else self.ema_alpha * new + (1.0 - self.ema_alpha) * old
+
+    def _check(self, param: str, value: Any, **rule) -> Any:
+        """Validate a constructor parameter (see :func:`fedhpc.registry.check_number`)."""
+        return check_number(f"selector '{self.name}'", param, value, **rule)
+
+
+def _round_quality(results: list[ClientResult], history: dict[int, ClientHistory]) -> dict[int, float]:
+    """Quality in [0, 1] of this round's reporters that can be judged.
+
+    A client's loss fall is (last loss - loss) / last loss, clipped at 0, from
+    its previous report; quality is its fall over the round's largest fall, so
+    1 = the loss fell most. A non-finite loss (training diverged) scores 0.
+    A first report has no reference and gets no score yet.
+    """
+    falls = {}
+    for r in results:
+        last = history[r.client_id].last_loss if r.client_id in history else None
+        if not math.isfinite(r.loss):
+            falls[r.client_id] = 0.0
+        elif last is not None and last > 0:
+            falls[r.client_id] = max(0.0, (last - r.loss) / last)
+    best = max(falls.values(), default=0.0)
+    return {cid: fall / best if best > 0 else 0.0 for cid, fall in falls.items()}

@@ -1,0 +1,46 @@
+"""``krum``: Krum and multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries")."""
+
+import logging
+
+import numpy as np
+
+from fedhpc import kernels as K
+from fedhpc.strategy.base import Strategy, stack, weighted_mean
+
+log = logging.getLogger(__name__)
+
+
+class Krum(Strategy):
+    """Keep the update(s) closest to their neighbours, assuming at most ``f`` Byzantine clients.
+
+    With K updates, update i scores the sum of its squared distances to its
+    K - f - 2 nearest other updates; the ``m`` lowest scores win (ties go to
+    the lower client id) and their deltas are averaged unweighted (``m`` = 1 is
+    Krum, more is multi-Krum; at most K - f are kept, since only that many can
+    be assumed honest). Krum's guarantee needs K > 2f + 2: with fewer updates
+    the round falls back to the coordinate median and logs a warning.
+    """
+
+    name = "krum"
+
+    def __init__(self, f: int = 1, m: int = 1):
+        self.f = self._check("f", f, integer=True, lo=0)
+        self.m = self._check("m", m, integer=True, lo=1)
+
+    def _combine(self, results):
+        n = len(results)
+        rows = stack(results)
+        if n <= 2 * self.f + 2:
+            log.warning(
+                "krum: %d update(s) are too few to tolerate f=%d Byzantine clients (need more than %d); "
+                "using the coordinate median this round",
+                n, self.f, 2 * self.f + 2,
+            )
+            return K.median(rows)
+        dists = K.sq_dists(rows)
+        others = dists[~np.eye(n, dtype=bool)].reshape(n, n - 1)  # drop each update's distance to itself
+        scores = np.sort(others, axis=1)[:, : n - self.f - 2].sum(axis=1)
+        # rows are in client-id order, so a stable sort breaks score ties by lower id
+        best = np.sort(np.argsort(scores, kind="stable")[: min(self.m, n - self.f)])
+        log.debug("krum: kept client(s) %s of %d", [results[i].client_id for i in best], n)
+        return weighted_mean([results[i] for i in best], np.ones(best.size))

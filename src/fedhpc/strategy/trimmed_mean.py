@@ -1,0 +1,22 @@
+"""``trimmed-mean``: coordinate-wise trimmed mean of the deltas (Yin et al. 2018)."""
+
+import math
+
+from fedhpc import kernels as K
+from fedhpc.strategy.base import Strategy, stack
+
+
+class TrimmedMean(Strategy):
+    """Per coordinate, drop the floor(trim * K) smallest and largest of the K deltas and average the rest.
+
+    ``trim`` in [0, 0.5) is the fraction dropped at each end; 0 is the plain
+    (unweighted) mean. Unweighted for the same reason as ``median``.
+    """
+
+    name = "trimmed-mean"
+
+    def __init__(self, trim: float = 0.1):
+        self.trim = self._check("trim", trim, lo=0.0, hi=0.5, hi_open=True)
+
+    def _combine(self, results):
+        return K.trimmed_mean(stack(results), math.floor(self.trim * len(results)))

@@ -1,0 +1,68 @@
+"""Plain data passed between the runtime, strategies and selectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ClientProfile:
+    """What is known of a client's host: measured at registration, scaled by any
+    simulated heterogeneity from the config."""
+
+    client_id: int
+    speed: float = 1.0  # relative training throughput (1.0 = reference host)
+    samples_per_s: float = 0.0  # measured training throughput of the host
+    memory_gb: float = 0.0
+    bandwidth_mbps: float = 1000.0  # link to the orchestrator, megabits per second
+    latency_ms: float = 0.1
+    dropout_prob: float = 0.0  # simulated probability of vanishing in a round
+    remote: bool = False  # joined through the gateway rather than as an MPI rank
+
+
+@dataclass
+class ClientHistory:
+    """What the orchestrator has seen of a client over past rounds."""
+
+    selected: int = 0
+    reported: int = 0
+    late: int = 0
+    failed: int = 0
+    last_selected: int = -1  # round index, -1 = never
+    ema_seconds: float | None = None  # EMA of completion time (clock seconds)
+    ema_quality: float | None = None  # EMA of a quality score in [0, 1] (1 = loss fell most)
+    last_loss: float | None = None  # training loss of its last report, the reference for "fell"
+    consecutive_misses: int = 0  # late or failed in a row
+    excluded_until: int = -1  # not selected before this round
+
+
+@dataclass
+class ClientResult:
+    """A validated update from one client in one round."""
+
+    client_id: int
+    num_samples: int
+    loss: float
+    delta: np.ndarray  # dense float32, w_local - w_global
+    seconds: float  # completion time on the run's clock
+    nbytes: int  # bytes on the wire
+
+
+@dataclass
+class ClientFailure:
+    """A selected client that did not contribute to the aggregate, and why."""
+
+    client_id: int
+    reason: str  # "late", "dropout", "error", "corrupt", "stale", "timeout"
+    detail: str = ""
+
+
+@dataclass
+class RoundOutcome:
+    """Everything the strategy and the selector learn from one round."""
+
+    round: int
+    results: list[ClientResult] = field(default_factory=list)
+    failures: list[ClientFailure] = field(default_factory=list)

@@ -1,0 +1,181 @@
+"""Codecs: round trips, wire sizes, error feedback, and rejection of bad frames."""
+
+import struct
+
+import numpy as np
+import pytest
+
+from fedhpc import kernels as K
+from fedhpc.compress import CODECS, ErrorFeedback, get_codec, wire
+from fedhpc.errors import CorruptUpdateError
+
+ALL = sorted(CODECS)
+
+
+def vec(n, seed=0):
+    return np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+
+
+def refresh_crc(buf: bytearray) -> bytes:
+    """Recompute the checksum after a deliberate edit, so deeper checks are reached."""
+    struct.pack_into("<I", buf, wire.HEADER.size - 4, 0)
+    struct.pack_into("<I", buf, wire.HEADER.size - 4, K.crc32c(bytes(buf)))
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 4097])
+def test_round_trip_shape_and_dtype(name, n):
+    codec = get_codec(name)
+    x = vec(n)
+    out = codec.decode(codec.encode(x), expected_n=n)
+    assert out.dtype == np.float32 and out.shape == (n,)
+    assert len(codec.encode(x)) <= codec.wire_size(n)
+
+
+def test_lossless_and_cast_codecs_match_numpy():
+    x = vec(5000)
+    assert np.array_equal(get_codec("none").decode(get_codec("none").encode(x)), x)
+    fp16 = get_codec("fp16")
+    assert np.array_equal(fp16.decode(fp16.encode(x)), x.astype(np.float16).astype(np.float32))
+    bf = get_codec("bf16").decode(get_codec("bf16").encode(x))
+    assert np.all(np.abs(bf - x) <= np.abs(x) * 2.0**-8)
+
+
+@pytest.mark.parametrize("name,qmax", [("int8", 127), ("int4", 7)])
+@pytest.mark.parametrize("block", [1, 64, 100])
+def test_blockwise_error_bound(name, qmax, block):
+    x = vec(1000)
+    out = get_codec(name, block=block).decode(get_codec(name, block=block).encode(x))
+    for b in range(0, x.size, block):
+        scale = np.abs(x[b : b + block]).max() / qmax
+        assert np.abs(out[b : b + block] - x[b : b + block]).max() <= scale * 0.5 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("name", ["topk", "topk-int8"])
+def test_topk_keeps_the_largest(name):
+    x = vec(10000)
+    codec = get_codec(name, ratio=0.05)
+    out = codec.decode(codec.encode(x))
+    kept = np.flatnonzero(out)
+    expect = np.sort(np.argsort(-np.abs(x), kind="stable")[:500])
+    assert np.array_equal(kept, expect)
+    tol = 0 if name == "topk" else np.abs(x).max() / 127
+    assert np.abs(out[kept] - x[kept]).max() <= tol
+
+
+def test_randk_is_seeded_and_exact():
+    x = vec(10000)
+    codec = get_codec("randk", k=100)
+    a, b, c = codec.encode(x, seed=1), codec.encode(x, seed=1), codec.encode(x, seed=2)
+    assert a == b and a != c
+    out = codec.decode(a)
+    kept = np.flatnonzero(out)
+    assert kept.size == 100 and np.array_equal(out[kept], x[kept])
+
+
+def test_stochastic_rounding_depends_only_on_seed():
+    x = vec(4096)
+    codec = get_codec("int8", stochastic=True)
+    assert codec.encode(x, seed=3) == codec.encode(x.copy(), seed=3)
+    assert codec.encode(x, seed=3) != codec.encode(x, seed=4)
+
+
+def test_wire_size_targets_for_one_million_values():
+    n = 1 << 20
+    x = vec(n)
+    dense = 4 * n
+    assert len(get_codec("topk", ratio=0.01).encode(x)) <= 0.013 * dense
+    assert len(get_codec("topk-int8", ratio=0.01).encode(x)) <= 0.007 * dense
+    assert len(get_codec("int8").encode(x)) <= 0.26 * dense
+    assert len(get_codec("int4").encode(x)) <= 0.135 * dense
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_error_feedback_conserves_mass(name):
+    """Over rounds, what was sent plus what is still owed equals what was given."""
+    codec = get_codec(name)
+    n = 3000
+    state = ErrorFeedback(n)
+    given = np.zeros(n, np.float64)
+    sent = np.zeros(n, np.float64)
+    for r in range(6):
+        d = vec(n, seed=r)
+        given += d
+        sent += codec.decode(codec.encode(d, state, seed=r))
+    assert np.allclose(sent + state.residual, given, atol=1e-4)
+
+
+def test_encode_rejects_bad_input():
+    codec = get_codec("topk")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        codec.encode(np.array([1.0, np.nan], np.float32))
+    with pytest.raises(ValueError, match="error-feedback state"):
+        codec.encode(vec(10), ErrorFeedback(11))
+    with pytest.raises(ValueError, match="fp16 range"):
+        get_codec("fp16").encode(np.array([1e6], np.float32))
+
+
+def test_encode_accepts_torch_and_strided_input():
+    import torch
+
+    x = vec(200)
+    codec = get_codec("none")
+    assert np.array_equal(codec.decode(codec.encode(torch.from_numpy(x))), x)
+    assert np.array_equal(codec.decode(codec.encode(x[::2])), x[::2])
+
+
+def test_get_codec_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown codec 'zip'.*topk"):
+        get_codec("zip")
+    with pytest.raises(ValueError, match="unknown parameter.*bits.*allowed"):
+        get_codec("int8", bits=3)
+    with pytest.raises(ValueError, match="ratio must be in"):
+        get_codec("topk", ratio=1.5)
+    with pytest.raises(ValueError, match="either ratio or k"):
+        get_codec("topk", ratio=0.1, k=3)
+    with pytest.raises(ValueError, match="block"):
+        get_codec("int4", block=0)
+
+
+def test_decode_rejects_with_a_reason():
+    x = vec(1000)
+    frame = get_codec("topk").encode(x)
+    topk = get_codec("topk")
+    with pytest.raises(CorruptUpdateError, match="truncated"):
+        topk.decode(frame[:10])
+    with pytest.raises(CorruptUpdateError, match="length mismatch"):
+        topk.decode(frame[:-1])
+    with pytest.raises(CorruptUpdateError, match="checksum"):
+        topk.decode(frame[:-1] + bytes([frame[-1] ^ 1]))
+    with pytest.raises(CorruptUpdateError, match="magic"):
+        topk.decode(b"XXXX" + frame[4:])
+    with pytest.raises(CorruptUpdateError, match="expected 'int8'"):
+        get_codec("int8").decode(frame)
+    with pytest.raises(CorruptUpdateError, match="the model has 999"):
+        topk.decode(frame, expected_n=999)
+    with pytest.raises(CorruptUpdateError, match="more than the allowed"):
+        get_codec("topk", max_n=500).decode(frame)
+    with pytest.raises(CorruptUpdateError, match="bytes-like"):
+        topk.decode(12345)
+
+
+def test_decode_rejects_non_finite_payload_even_with_valid_checksum():
+    x = vec(16)
+    buf = bytearray(get_codec("none").encode(x))
+    struct.pack_into("<f", buf, wire.HEADER.size + 8, float("nan"))
+    with pytest.raises(CorruptUpdateError, match="NaN or Inf"):
+        get_codec("none").decode(refresh_crc(buf))
+
+
+def test_decode_rejects_hostile_sizes_before_allocating():
+    """A frame that claims a huge k with a tiny body is refused, not allocated."""
+    x = vec(1000)
+    buf = bytearray(get_codec("topk").encode(x))
+    struct.pack_into("<I", buf, wire.HEADER.size, 1000)  # k = n, body is far too short
+    with pytest.raises(CorruptUpdateError, match="truncated"):
+        get_codec("topk").decode(refresh_crc(buf))
+    buf = bytearray(get_codec("int8").encode(x))
+    struct.pack_into("<I", buf, wire.HEADER.size, 0)  # block = 0
+    with pytest.raises(CorruptUpdateError, match="block"):
+        get_codec("int8").decode(refresh_crc(buf))

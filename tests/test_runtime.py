@@ -1,0 +1,99 @@
+"""End-to-end federated jobs on real MPI ranks (mpiexec -n N fedhpc run)."""
+
+import tomllib
+
+import numpy as np
+import pytest
+
+from conftest import fedhpc_run, final_weights, metrics
+
+SMALL = ["rounds=4", "clients.total=12", "clients.per_round=8", "local.epochs=1"]
+
+
+def test_same_model_whatever_the_number_of_trainer_ranks(tmp_path):
+    """1, 2 and 4 trainer ranks give bitwise the same model, with stochastic
+    compression, error feedback, simulated dropouts and fastest-k all on."""
+    sets = SMALL + ["clock=simulated", "faults.dropout_prob=0.2", "stragglers.fastest_k=5",
+                    "profiles.speed_sigma=0.5", "codec.name=topk-int8", "codec.ratio=0.1",
+                    "codec.stochastic=true", "selection.name=adaptive"]
+    models = {}
+    for n in (2, 3, 5):
+        fedhpc_run(n, tmp_path / f"n{n}", *sets)
+        models[n] = final_weights(tmp_path / f"n{n}")
+        m = metrics(tmp_path / f"n{n}")
+        assert all(r["clients_reported"] <= 5 for r in m)
+    assert models[2].tobytes() == models[3].tobytes() == models[5].tobytes()
+    assert not np.array_equal(models[2], np.zeros_like(models[2]))
+
+
+def test_default_job_reaches_85_percent_on_non_iid_digits(out):
+    proc = fedhpc_run(5, out)
+    m = metrics(out)
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert len(m) == cfg["rounds"] and cfg["data"]["partition"] == "classes"
+    assert m[-1]["accuracy"] >= 0.85, m[-1]
+    assert set(m[0]) >= {"round", "accuracy", "loss", "clients_selected", "clients_reported", "clients_late",
+                         "clients_failed", "bytes_up", "bytes_down", "round_seconds", "sim_seconds"}
+    # rank 0 prints one progress line per round; the other ranks stay quiet
+    assert proc.stderr.count("[rank 0] INFO round") == cfg["rounds"]
+    assert "[rank 1]" not in proc.stderr
+    assert (out / "run.log").read_text().count("round") >= cfg["rounds"]
+
+
+def test_fedprox_converges(out):
+    fedhpc_run(3, out, "strategy.name=fedprox", "strategy.mu=0.01", "rounds=15")
+    assert metrics(out)[-1]["accuracy"] >= 0.8
+
+
+def test_wall_clock_deadline_closes_rounds_on_time(out):
+    """Two clients 300x slower: every round ends near the deadline, they are counted late."""
+    fedhpc_run(3, out, "rounds=3", "clients.total=8", "clients.per_round=8", "profiles.slow_clients=[0, 1]",
+               "profiles.slow_factor=300", "stragglers.deadline_s=1.5", "local.epochs=1")
+    for r in metrics(out):
+        assert r["round_seconds"] < 4.0, r
+        assert r["clients_late"] >= 2 and r["clients_reported"] <= 6, r
+        assert r["clients_reported"] + r["clients_late"] + r["clients_failed"] == 8
+
+
+def test_wall_clock_fastest_k_aggregates_exactly_k(out):
+    fedhpc_run(3, out, "rounds=2", "clients.total=8", "clients.per_round=8", "stragglers.fastest_k=3",
+               "local.epochs=1")
+    for r in metrics(out):
+        assert r["clients_reported"] == 3 and r["clients_late"] == 5, r
+
+
+def test_simulated_deadline_is_deterministic(tmp_path):
+    sets = ["rounds=3", "clients.total=10", "clients.per_round=10", "clock=simulated",
+            "profiles.slow_clients=[2, 7]", "profiles.slow_factor=50", "stragglers.deadline_s=0.5"]
+    fedhpc_run(3, tmp_path / "a", *sets)
+    fedhpc_run(3, tmp_path / "b", *sets)
+    ma, mb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    for r in ma:
+        assert r["sim_seconds"] <= 0.5 and r["clients_late"] == 2 and r["clients_reported"] == 8, r
+    assert final_weights(tmp_path / "a").tobytes() == final_weights(tmp_path / "b").tobytes()
+    assert [r["accuracy"] for r in ma] == [r["accuracy"] for r in mb]
+
+
+def test_dropouts_errors_and_corrupt_updates_are_counted_not_fatal(out):
+    proc = fedhpc_run(3, out, "rounds=4", "clients.total=10", "clients.per_round=10", "faults.dropout_prob=0.2",
+                      "faults.error_clients=[3]", "faults.corrupt_clients=[5]", "codec.name=int8")
+    m = metrics(out)
+    assert len(m) == 4
+    for r in m:
+        assert r["failures"].get("error") == 1 and r["failures"].get("corrupt") == 1, r
+        assert r["clients_reported"] + r["clients_failed"] + r["clients_late"] == 10
+    assert sum(r["failures"].get("dropout", 0) for r in m) >= 2
+    assert "checksum mismatch" in proc.stderr and "injected fault: client 3" in proc.stderr
+    assert m[-1]["accuracy"] > 0.5
+
+
+def test_a_crashing_trainer_rank_aborts_the_job_with_a_message(out):
+    proc = fedhpc_run(3, out, "rounds=3", "faults.crash_ranks=[2]", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "rank 2 failed" in proc.stderr and "injected fault: trainer rank 2" in proc.stderr
+
+
+def test_bad_config_is_refused_before_anything_runs(out):
+    proc = fedhpc_run(2, out, "local.lrr=0.1", check=False, timeout=120)
+    assert proc.returncode != 0 and "unknown config key 'local.lrr'" in proc.stderr
+    assert not (out / "metrics.jsonl").exists()
