@@ -203,7 +203,8 @@ def sparse_axpy(acc: np.ndarray, idx: np.ndarray, vals: np.ndarray, w: float) ->
 
 
 def median(stack: np.ndarray) -> np.ndarray:
-    return np.median(stack, axis=0).astype(F32)
+    with np.errstate(over="ignore"):  # two middle values near FLT_MAX average to Inf, as in numpy
+        return np.median(stack, axis=0).astype(F32)
 
 
 def trimmed_mean(stack: np.ndarray, trim: int) -> np.ndarray:

@@ -435,7 +435,7 @@ def test_randk_uniform_coverage(n, k):
     assert stat < (n - 1) + 8 * np.sqrt(2 * (n - 1)), stat
 
 
-@pytest.mark.parametrize("n, k", [(10**6, 10**4), (10**5, 9 * 10**4)])
+@pytest.mark.parametrize("n, k", [(10**6, 10**4), (10**5, 9 * 10**4), (2**32 - 1, 10**4)])
 def test_randk_large_spread(n, k):
     """Sparse and dense samples spread evenly over 50 equal bins."""
     idx = K.randk_indices(n, k, 11)
@@ -837,6 +837,42 @@ THREAD_CASES = {
     "randk": lambda d: K.randk_indices(10**6, 10**5, 4),
     "crc32c": lambda d: K.crc32c(d["bytes"]),
 }
+
+
+def _check_big_topk_ef(x):
+    residual = np.roll(x, 1)
+    want = R.topk_ef(x, residual, 5000)
+    got = K.topk_ef(x, residual, 5000)
+    R.assert_arrays_identical(got[0], want[0])
+    R.assert_same_floats(got[1], want[1])
+    R.assert_same_floats(residual, want[2])
+
+
+def _check_big_l2(x):
+    assert K.l2_norm(x) == pytest.approx(R.l2_norm(x), rel=1e-12)
+
+
+def _check_big_stack(stack):
+    np.testing.assert_allclose(K.median(stack), R.median(stack), rtol=2**-22)
+    np.testing.assert_allclose(K.trimmed_mean(stack, 2), R.trimmed_mean(stack, 2), rtol=2**-23, atol=1e-12)
+    np.testing.assert_allclose(K.sq_dists(stack), R.sq_dists(stack), rtol=1e-12)
+
+
+LARGE_CASES = {
+    "quantize-int8": lambda d: check_quantize(d["x"], 8, 256, False, 0),
+    "quantize-int8-stochastic": lambda d: check_quantize(d["x"], 8, 333, True, 9),
+    "quantize-int4-stochastic": lambda d: check_quantize(d["x"], 4, 100, True, 2**40 + 1),
+    "topk_ef": lambda d: _check_big_topk_ef(d["x"]),
+    "l2_norm": lambda d: _check_big_l2(d["x"]),
+    "stack-reductions": lambda d: _check_big_stack(d["stack"]),
+    "uniform": lambda d: R.assert_same_floats(K.uniform(77, _BIG_N), R.uniform(77, _BIG_N)),
+}
+
+
+@pytest.mark.parametrize("name", LARGE_CASES)
+def test_large_inputs_match_reference(name, big):
+    """Sizes that take the kernels' parallel paths, against the references."""
+    LARGE_CASES[name](big)
 
 
 @pytest.mark.parametrize("name", THREAD_CASES)

@@ -74,17 +74,25 @@ def test_simulated_deadline_is_deterministic(tmp_path):
     assert [r["accuracy"] for r in ma] == [r["accuracy"] for r in mb]
 
 
-def test_dropouts_errors_and_corrupt_updates_are_counted_not_fatal(out):
-    proc = fedhpc_run(3, out, "rounds=4", "clients.total=10", "clients.per_round=10", "faults.dropout_prob=0.2",
+def test_failing_and_corrupt_clients_are_counted_not_fatal(out):
+    proc = fedhpc_run(3, out, "rounds=3", "clients.total=10", "clients.per_round=10",
                       "faults.error_clients=[3]", "faults.corrupt_clients=[5]", "codec.name=int8")
     m = metrics(out)
-    assert len(m) == 4
+    assert len(m) == 3
     for r in m:
-        assert r["failures"].get("error") == 1 and r["failures"].get("corrupt") == 1, r
-        assert r["clients_reported"] + r["clients_failed"] + r["clients_late"] == 10
-    assert sum(r["failures"].get("dropout", 0) for r in m) >= 2
+        assert r["failures"] == {"error": 1, "corrupt": 1} and r["clients_reported"] == 8, r
     assert "checksum mismatch" in proc.stderr and "injected fault: client 3" in proc.stderr
-    assert m[-1]["accuracy"] > 0.5
+    assert m[-1]["accuracy"] > m[0]["accuracy"] + 0.05  # the healthy clients still train the model
+
+
+def test_dropouts_are_counted_and_the_run_completes(out):
+    fedhpc_run(3, out, "rounds=5", "clients.total=10", "clients.per_round=10", "faults.dropout_prob=0.2")
+    m = metrics(out)
+    assert len(m) == 5
+    for r in m:
+        assert r["clients_reported"] + r["clients_failed"] == 10 and r["clients_late"] == 0, r
+        assert r["clients_failed"] == r["failures"].get("dropout", 0)
+    assert 3 <= sum(r["clients_failed"] for r in m) <= 20  # about 20% of 50 selections
 
 
 def test_a_crashing_trainer_rank_aborts_the_job_with_a_message(out):

@@ -47,6 +47,7 @@ def run_job(cfg: RunConfig, out: Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dict 
     """Run the federated job on ``comm``; returns the last round's metrics on rank 0."""
     from fedhpc.runtime.context import build_context
     from fedhpc.runtime.orchestrator import Orchestrator
+    from fedhpc.runtime.registration import register
     from fedhpc.runtime.trainer import Trainer
 
     if comm.size < 2:
@@ -61,12 +62,13 @@ def run_job(cfg: RunConfig, out: Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dict 
     K.set_num_threads(cfg.local.threads)
     ctx = build_context(cfg, trainers=list(range(1, comm.size)))
     job = job_id_of(cfg)
+    hosts = register(comm, ctx)
     if rank == 0:
         log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
                  "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
                  cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
         t0 = time.monotonic()
-        last = Orchestrator(comm, ctx, job, out).run()
+        last = Orchestrator(comm, ctx, job, out, hosts).run()
         log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
                  time.monotonic() - t0, last["accuracy"], out)
         return last

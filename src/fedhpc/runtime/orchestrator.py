@@ -48,18 +48,39 @@ class _Collected:
 
 
 class Orchestrator:
-    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, out: Path):
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, out: Path, hosts: dict[int, dict]):
         self.comm, self.ctx, self.job_id, self.out = comm, ctx, job_id, out
         cfg = ctx.cfg
         self.codec = get_codec(cfg.codec.name, **cfg.codec.params)
         self.strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         self.selector = get_selector(cfg.selection.name, **cfg.selection.params)
         self.mu = cfg.strategy.mu if cfg.strategy.mu is not None else self.strategy.client_mu()
-        self.profiles = simulated_profiles(cfg)
-        self.history = {c: ClientHistory() for c in range(cfg.clients.total)}
         self.weights = ctx.layout.flatten(ctx.model)
         self.model_bytes = self.weights.nbytes
+        self.profiles = self._profiles(hosts)
+        self.history = {c: ClientHistory() for c in range(cfg.clients.total)}
+        mean_samples = float(np.mean([len(p) for p in ctx.parts]))
+        self.selector.set_costs(model_bytes=self.model_bytes + self.codec.wire_size(ctx.layout.size),
+                                reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
         self.max_update_bytes = 64 + 2 * self.model_bytes + (1 << 20)
+
+    def _profiles(self, hosts: dict[int, dict]) -> dict:
+        """Client profiles: the configured heterogeneity, plus what registration measured
+        of each client's host. On the wall clock the measurements are what the
+        selector should trust; on the simulated clock the configured values rule,
+        so that runs stay deterministic."""
+        fastest = max(h["samples_per_s"] for h in hosts.values())
+        for rank, h in sorted(hosts.items()):
+            log.info("rank %d on %s: %.0f samples/s, %.1f GiB, link %.3f ms / %.0f Mbit/s", rank, h["host"],
+                     h["samples_per_s"], h["memory_gb"], h["latency_ms"], h["bandwidth_mbps"])
+        profiles = simulated_profiles(self.ctx.cfg)
+        for c, p in profiles.items():
+            h = hosts[self.ctx.host_of(c)]
+            p.samples_per_s, p.memory_gb = h["samples_per_s"], h["memory_gb"]
+            if self.ctx.cfg.clock == "wall":
+                p.speed *= h["samples_per_s"] / fastest
+                p.bandwidth_mbps, p.latency_ms = h["bandwidth_mbps"], h["latency_ms"]
+        return profiles
 
     # -- the run ------------------------------------------------------------
     def run(self) -> dict:

@@ -1,0 +1,74 @@
+"""Registration: every trainer rank profiles its host, rank 0 probes each link.
+
+The measurements feed the adaptive selector (on the wall clock they replace the
+configured speeds and bandwidths) and are logged so a user can see how
+heterogeneous the allocation really is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+from torch import nn
+
+from fedhpc.runtime.context import Context
+
+PROBE_BYTES = 1 << 20
+PINGS = 5
+
+
+def host_profile(ctx: Context, batches: int = 5) -> dict:
+    """Measure this host: training samples/s of the run's model on its input shape, and memory."""
+    model = ctx.model
+    bs = ctx.cfg.local.batch_size
+    x = torch.zeros((bs, *ctx.data.input_shape))
+    y = torch.zeros(bs, dtype=torch.long)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: measure the work, leave the weights alone
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up: first-call allocations are not throughput
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        step()
+    seconds = time.perf_counter() - t0
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"samples_per_s": batches * bs / max(seconds, 1e-9), "memory_gb": memory, "host": MPI.Get_processor_name()}
+
+
+def register(comm: MPI.Comm, ctx: Context) -> dict[int, dict] | None:
+    """Collective: returns {rank: profile with link latency_ms and bandwidth_mbps} on rank 0."""
+    profile = host_profile(ctx) if comm.rank != 0 else {}
+    small = np.zeros(1, dtype=np.uint8)
+    big = np.zeros(PROBE_BYTES, dtype=np.uint8)
+    links = {}
+    for rank in range(1, comm.size):
+        if comm.rank == 0:
+            rtt = float("inf")
+            for _ in range(PINGS):
+                t0 = time.perf_counter()
+                comm.Send(small, dest=rank, tag=1)
+                comm.Recv(small, source=rank, tag=1)
+                rtt = min(rtt, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            comm.Send(big, dest=rank, tag=2)
+            comm.Recv(small, source=rank, tag=2)
+            seconds = max(time.perf_counter() - t0 - rtt, 1e-9)
+            links[rank] = {"latency_ms": rtt / 2 * 1e3, "bandwidth_mbps": PROBE_BYTES * 8 / seconds / 1e6}
+        elif comm.rank == rank:
+            for _ in range(PINGS):
+                comm.Recv(small, source=0, tag=1)
+                comm.Send(small, dest=0, tag=1)
+            comm.Recv(big, source=0, tag=2)
+            comm.Send(small, dest=0, tag=2)
+    gathered = comm.gather(profile, root=0)
+    if comm.rank != 0:
+        return None
+    return {rank: {**gathered[rank], **links[rank]} for rank in range(1, comm.size)}
