@@ -105,3 +105,14 @@ def test_bad_config_is_refused_before_anything_runs(out):
     proc = fedhpc_run(2, out, "local.lrr=0.1", check=False, timeout=120)
     assert proc.returncode != 0 and "unknown config key 'local.lrr'" in proc.stderr
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_federated_dropout_sends_sub_models_and_still_learns(out):
+    fedhpc_run(3, out, "fed_dropout.rate=0.5", "model.hidden=128")
+    m = metrics(out)
+    full_bytes = 4 * (64 * 128 + 128 + 128 * 10 + 10)
+    for r in m:
+        # half of the hidden units: about half of the model each way, per client
+        assert r["bytes_down"] < 0.6 * full_bytes * r["clients_selected"], r
+        assert r["bytes_up"] < 0.6 * full_bytes * r["clients_reported"] + 200 * r["clients_reported"], r
+    assert m[-1]["accuracy"] >= 0.85

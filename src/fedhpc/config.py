@@ -196,10 +196,16 @@ class RunConfig:
                 _require(0 <= c < self.clients.total, key, f"has client id {c}, not in [0, {self.clients.total})")
         _require(self.stragglers.fastest_k <= self.clients.per_round, "stragglers.fastest_k",
                  f"must be <= clients.per_round={self.clients.per_round}")
+        _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",
+                 f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
+                 f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
 
     def to_dict(self) -> dict:
         """Plain nested dict, plugin params flattened back into their section."""
         return _to_plain(self)
+
+
+ROBUST_STRATEGIES = ("median", "trimmed-mean", "krum")
 
 
 def _require(ok: bool, key: str, what: str) -> None:

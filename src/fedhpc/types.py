@@ -48,6 +48,9 @@ class ClientResult:
     delta: np.ndarray  # dense float32, w_local - w_global
     seconds: float  # completion time on the run's clock
     nbytes: int  # bytes on the wire
+    # federated dropout: ascending flat indices the client trained (None = all);
+    # delta is zero elsewhere, and averaging rules divide by per-coordinate coverage
+    kept: np.ndarray | None = None
 
 
 @dataclass

@@ -34,11 +34,20 @@ class LocalTrainer:
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
 
     def train(self, indices: np.ndarray, weights: np.ndarray, round_: int, client: int, mu: float,
-              should_stop: Callable[[], bool]) -> tuple[np.ndarray, float]:
-        """Return (delta = w_local - w_global, mean training loss of the last epoch)."""
+              should_stop: Callable[[], bool], mask: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Return (delta = w_local - w_start, mean training loss of the last epoch).
+
+        With a federated-dropout ``mask`` (0/1 over the flat model) the client
+        trains the sub-model: masked coordinates start at zero and are zeroed
+        again after every step, which is exactly the smaller network without
+        those units, whatever the activation.
+        """
         local = self.cfg.local
-        self.layout.load(self.model, weights)
+        start = weights if mask is None else weights * mask
+        self.layout.load(self.model, start)
         params = list(self.model.parameters())
+        masks = None if mask is None else [torch.from_numpy(mask[a:b]).view_as(p) for p, a, b in
+                                           zip(params, self.layout.offsets, self.layout.offsets[1:])]
         anchor = [p.detach().clone() for p in params] if mu > 0 else None
         if local.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=local.lr, momentum=local.momentum)
@@ -61,10 +70,14 @@ class LocalTrainer:
                     loss = loss + 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
                 loss.backward()
                 opt.step()
+                if masks is not None:
+                    with torch.no_grad():
+                        for p, m in zip(params, masks):
+                            p.mul_(m)
                 total += loss.item() * len(batch)
                 count += len(batch)
         mean_loss = total / max(count, 1)
-        return self.layout.flatten(self.model) - weights, mean_loss
+        return self.layout.flatten(self.model) - start, mean_loss
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> tuple[float, float]:

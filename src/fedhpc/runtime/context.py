@@ -32,6 +32,14 @@ class Context:
     def clients_of(self, rank: int) -> list[int]:
         return [c for c in range(self.cfg.clients.total) if self.host_of(c) == rank]
 
+    def fed_dropout(self):
+        """The federated-dropout mapper, or None when ``fed_dropout.rate`` is 0."""
+        from fedhpc.runtime.feddropout import FedDropout
+
+        if self.cfg.fed_dropout.rate == 0:
+            return None
+        return FedDropout(self.model, self.layout, self.cfg.fed_dropout.rate, self.cfg.seed)
+
 
 def build_context(cfg: RunConfig, trainers: list[int]) -> Context:
     torch.set_num_threads(cfg.local.threads)

@@ -57,6 +57,7 @@ class Orchestrator:
         self.mu = cfg.strategy.mu if cfg.strategy.mu is not None else self.strategy.client_mu()
         self.weights = ctx.layout.flatten(ctx.model)
         self.model_bytes = self.weights.nbytes
+        self.feddrop = ctx.fed_dropout()
         self.profiles = self._profiles(hosts)
         self.history = {c: ClientHistory() for c in range(cfg.clients.total)}
         mean_samples = float(np.mean([len(p) for p in ctx.parts]))
@@ -129,7 +130,7 @@ class Orchestrator:
             "failures": dict(reasons_count),
             "stale_dropped": got.stale,
             "bytes_up": got.bytes_up,
-            "bytes_down": self.model_bytes * len(selected),
+            "bytes_down": sum(self.download_bytes(r, c) for c in selected),
             "round_seconds": time.monotonic() - t0,
             "sim_seconds": sim_seconds,
         }
@@ -226,14 +227,19 @@ class Orchestrator:
         if head.status == Status.ERROR:
             got.failures[cid] = ClientFailure(cid, "error", bytes(body).decode("utf-8", "replace"))
             return
+        kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
         try:
-            delta = self.codec.decode(body, expected_n=self.ctx.layout.size)
+            delta = self.codec.decode(body, expected_n=self.ctx.layout.size if kept is None else kept.size)
         except CorruptUpdateError as exc:
             log.warning("round %d: client %d sent a corrupt update: %s", r, cid, exc)
             got.failures[cid] = ClientFailure(cid, "corrupt", str(exc))
             return
+        if kept is not None:
+            full = np.zeros(self.ctx.layout.size, dtype=np.float32)
+            full[kept] = delta
+            delta = full
         seconds = head.sim_s if self.ctx.cfg.clock == "simulated" else arrival_s
-        result = ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes)
+        result = ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes, kept)
         got.arrivals[cid] = _Arrival(result, head.sim_s)
 
     def close_round(self, r: int, selected: list[int], got: _Collected) -> tuple[RoundOutcome, float | None]:
@@ -256,6 +262,10 @@ class Orchestrator:
         failures = list(got.failures.values()) + [ClientFailure(c, "late") for c in got.late]
         results = sorted((a.result for a in arrivals), key=lambda res: res.client_id)
         return RoundOutcome(r, results, sorted(failures, key=lambda f: f.client_id)), sim_seconds
+
+    def download_bytes(self, r: int, client: int) -> int:
+        """Bytes of the model a client needs: its sub-model under federated dropout."""
+        return self.model_bytes if self.feddrop is None else 4 * self.feddrop.kept(r, client).size
 
     @staticmethod
     def _progress_line(m: dict) -> str:

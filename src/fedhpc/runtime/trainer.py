@@ -33,6 +33,7 @@ class Trainer:
         self.states: dict[int, ErrorFeedback] = {}
         self.profiles = simulated_profiles(cfg)
         self.local = LocalTrainer(cfg, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train)
+        self.feddrop = ctx.fed_dropout()
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)
 
     def round_closed(self) -> bool:
@@ -71,6 +72,20 @@ class Trainer:
             time.sleep(0.0005)
         return self.comm.recv(source=0, tag=Tag.CLOSE)
 
+    def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> bytes:
+        """Encode the client's delta (only the ``kept`` coordinates under federated
+        dropout) with its error-feedback state, which always spans the full model."""
+        seed = derive_seed(self.ctx.cfg.seed, r, cid, SEED_CODEC)
+        state = self.states.setdefault(cid, ErrorFeedback(delta.size)) if self.use_ef else None
+        if kept is None:
+            return self.codec.encode(delta, state, seed=seed)
+        if state is None:
+            return self.codec.encode(delta[kept], None, seed=seed)
+        sub = ErrorFeedback(kept.size, state.residual[kept])
+        payload = self.codec.encode(delta[kept], sub, seed=seed)
+        state.residual[kept] = sub.residual
+        return payload
+
     def client_update(self, r: int, cid: int, mu: float) -> np.ndarray:
         """Train client ``cid`` for round ``r``; return its packed Update (OK, DROPOUT or ERROR)."""
         cfg, ctx = self.ctx.cfg, self.ctx
@@ -84,14 +99,13 @@ class Trainer:
         try:
             if cid in cfg.faults.error_clients:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
-            delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed)
+            kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
+            mask = None if kept is None else self.feddrop.mask(kept)
+            delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask)
             head.compute_s = time.perf_counter() - t0
             if cfg.clock == "wall" and profile.speed < 1:
                 wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
-            state = None
-            if self.use_ef:
-                state = self.states.setdefault(cid, ErrorFeedback(ctx.layout.size))
-            payload = self.codec.encode(delta, state, seed=derive_seed(cfg.seed, r, cid, SEED_CODEC))
+            payload = self.encode(r, cid, delta, kept)
         except Abandoned:
             raise
         except Exception as exc:  # one client's failure is data for the orchestrator, not a crash of the rank

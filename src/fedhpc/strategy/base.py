@@ -94,7 +94,8 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray) -> np.ndarray:
     """Sum of ``coefs[i] * results[i].delta`` with the coefficients normalized to 1.
 
     The coefficients are normalized in float64 and the sum is accumulated in
-    float32 by ``K.axpy`` in the order given. Coefficients must be >= 0; if
+    float32 by ``K.axpy`` in the order given. Results that trained only part of
+    the model (federated dropout, ``kept``) count only where they trained. Coefficients must be >= 0; if
     they sum to zero (say every client reported 0 samples) the mean is
     unweighted rather than undefined, so such a round still moves the model.
     """
@@ -104,6 +105,16 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray) -> np.ndarray:
     acc = np.zeros_like(results[0].delta)
     for r, c in zip(results, coefs):
         K.axpy(acc, r.delta, float(c))
+    if all(r.kept is None for r in results):
+        return acc
+    # federated dropout: a coordinate is the mean over the clients that trained it
+    coverage = np.zeros_like(acc)
+    for r, c in zip(results, coefs):
+        if r.kept is None:
+            coverage += np.float32(c)
+        else:
+            K.sparse_axpy(coverage, r.kept, np.ones(r.kept.size, np.float32), float(c))
+    np.divide(acc, coverage, out=acc, where=coverage > 0)
     return acc
 
 
