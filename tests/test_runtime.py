@@ -116,3 +116,14 @@ def test_federated_dropout_sends_sub_models_and_still_learns(out):
         assert r["bytes_down"] < 0.6 * full_bytes * r["clients_selected"], r
         assert r["bytes_up"] < 0.6 * full_bytes * r["clients_reported"] + 200 * r["clients_reported"], r
     assert m[-1]["accuracy"] >= 0.85
+
+
+def test_adaptive_selection_shortens_rounds_with_heterogeneous_clients(tmp_path):
+    sets = ["rounds=12", "clock=simulated", "profiles.speed_sigma=1.0", "clients.per_round=5", "local.epochs=1"]
+    fedhpc_run(3, tmp_path / "random", *sets)
+    fedhpc_run(3, tmp_path / "adaptive", *sets, "selection.name=adaptive")
+    t_random = sum(r["sim_seconds"] for r in metrics(tmp_path / "random"))
+    t_adaptive = sum(r["sim_seconds"] for r in metrics(tmp_path / "adaptive"))
+    assert t_adaptive < 0.8 * t_random, (t_adaptive, t_random)
+    # the decisions and their reasons are in the run log
+    assert "selection:" in (tmp_path / "adaptive" / "run.log").read_text()
