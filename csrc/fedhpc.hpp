@@ -207,7 +207,7 @@ FEDHPC_INLINE uint64_t random_u64(uint64_t seed, uint64_t i) { return splitmix64
 
 // u[i] in [0, 1) with 24 random bits: exactly representable in float32.
 FEDHPC_INLINE float uniform_at(uint64_t seed, uint64_t i) {
-  return static_cast<float>(random_u64(seed, i) >> 40) * 0x1p-24f;
+  return static_cast<float>(static_cast<int32_t>(random_u64(seed, i) >> 40)) * 0x1p-24f;
 }
 
 // ---- kernels -----------------------------------------------------------------

@@ -42,12 +42,14 @@ FEDHPC_INLINE void round_nearest(const float* x, size_t n, float inv, float qmax
 
 // q = floor(x * inv + u), each operation rounded to float32 as in numpy;
 // floor is rint minus one where rint rounded up.
-FEDHPC_INLINE void round_stochastic(const float* x, const float* u, size_t n, float inv, float qmax, int8_t* q) {
+FEDHPC_INLINE void round_stochastic(const float* x, const float* u, size_t n, float inv, int32_t qmax, int8_t* q) {
   for (size_t i = 0; i < n; ++i) {
     const float z = x[i] * inv + u[i];
     const float r = (z + kRoundMagic) - kRoundMagic;
-    const float f = r > z ? r - 1.0f : r;
-    q[i] = static_cast<int8_t>(static_cast<int32_t>(std::min(std::max(f, -qmax), qmax)));
+    // The correction is done on integers: GCC does not if-convert a
+    // conditional FP subtraction (it might trap), so the loop would not vectorize.
+    const int32_t f = static_cast<int32_t>(r) - static_cast<int32_t>(r > z);
+    q[i] = static_cast<int8_t>(std::min(std::max(f, -qmax), qmax));
   }
 }
 
@@ -102,7 +104,7 @@ FEDHPC_INLINE void quantize_block(const T* x, size_t first, size_t n, const Quan
       std::fill(q, q + len, int8_t{0});
     } else if (p.stochastic) {
       fill_uniform(p.seed, at, len, ubuf);
-      round_stochastic(as_floats(x + at, len, fbuf), ubuf, len, inv, p.qmax, q);
+      round_stochastic(as_floats(x + at, len, fbuf), ubuf, len, inv, static_cast<int32_t>(p.qmax), q);
     } else {
       round_nearest(as_floats(x + at, len, fbuf), len, inv, p.qmax, q);
     }

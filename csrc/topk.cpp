@@ -2,11 +2,12 @@
 // feedback), random-k index sets, gathers and index validation.
 //
 // top-k is a threshold selection, not a sort. Keys are the bits of |x| as
-// uint32 (NaN > Inf > finite, like magnitudes). A strided sample gives a
-// threshold a little below the k-th largest key; one parallel pass collects
-// the indices whose key reaches it (in index order); the exact k-th key is
-// then selected among those few candidates. Ties at the k-th key go to the
-// lowest indices, so the result is a function of the input alone.
+// uint32 (NaN > Inf > finite, like magnitudes). A stratified sample gives a
+// threshold t a little below the k-th largest key; one parallel pass collects,
+// in index order, the indices with key > t and the lowest-index ones with
+// key == t (so long runs of equal values, e.g. zeros, cost no memory); the
+// exact k-th key is then found among the few candidates. Ties at the k-th key
+// go to the lowest indices, so the result is a function of the input alone.
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -17,116 +18,193 @@ namespace fedhpc {
 namespace {
 
 constexpr size_t kSampleSize = 65536;
-constexpr size_t kScanBatch = 1024;  // candidates are gathered branch-free in batches of this size
+constexpr uint64_t kSampleSeed = 0x5A3D1E5B0C7F9A21ull;  // fixed: sample positions depend on n only
 constexpr size_t kCopyChunk = size_t{1} << 16;
 
 FEDHPC_INLINE uint32_t magnitude_key(float v) { return float_bits(v) & 0x7fffffffu; }
 
-// Strided sample of the keys; key_at(i) must not modify anything.
+// One key from each of kSampleSize equal strata of [0, n), at a pseudo-random
+// offset so that periodic data does not alias with the stride. key_at(i)
+// must not modify anything.
 template <class KeyAt>
 std::vector<uint32_t> sample_keys(size_t n, const KeyAt& key_at) {
   const size_t s = std::min(n, kSampleSize);
   std::vector<uint32_t> sample(s);
   parallel_chunks(s, 4096, [&](size_t lo, size_t hi) {
-    for (size_t j = lo; j < hi; ++j) sample[j] = key_at(j * n / s);
+    for (size_t j = lo; j < hi; ++j) {
+      const size_t first = j * n / s;
+      const size_t width = (j + 1) * n / s - first;
+      sample[j] = key_at(first + static_cast<size_t>(random_u64(kSampleSeed, j) % width));
+    }
   });
   return sample;
 }
+
+struct Threshold {
+  uint32_t key;
+  double fraction_above;  // estimated fraction of all keys above it
+};
 
 // Threshold for the given attempt: the sample key at a rank above the
 // expected rank of the k-th largest key by a safety margin of about four
 // standard deviations, widened 8x per failed attempt; 0 (everything) once
 // the rank leaves the sample.
-uint32_t sample_threshold(std::vector<uint32_t>& sample, size_t n, size_t k, int attempt) {
-  const double expected = static_cast<double>(k) * static_cast<double>(sample.size()) / static_cast<double>(n);
+Threshold sample_threshold(std::vector<uint32_t>& sample, size_t n, size_t k, int attempt) {
+  const auto s = static_cast<double>(sample.size());
+  const double expected = static_cast<double>(k) * s / static_cast<double>(n);
   const double rank = (expected + 4.0 * std::sqrt(expected) + 8.0) * std::pow(8.0, attempt);
-  if (rank >= static_cast<double>(sample.size())) return 0;
+  if (rank >= s) return {0, 1.0};
   const auto nth = sample.begin() + static_cast<std::ptrdiff_t>(rank);
   std::nth_element(sample.begin(), nth, sample.end(), std::greater<uint32_t>());
-  return *nth;
+  return {*nth, rank / s};
 }
 
-// All i in [0, n) with key_at(i) >= t, ascending. key_at(i) is called exactly
-// once per i, so it may have side effects (the fused error-feedback update).
+// What one pass with threshold t keeps, each list ascending.
+struct Candidates {
+  std::vector<uint32_t> above;  // every index with key > t
+  std::vector<uint32_t> at;     // the lowest-index min(k, count_at) indices with key == t
+  size_t count_at = 0;          // number of indices with key == t
+
+  size_t reaching() const { return above.size() + count_at; }  // number of keys >= t
+};
+
+// One pass over [0, n). key_at(i) is called exactly once per i, so it may
+// have side effects (the fused error-feedback update). Keys are computed in
+// groups of kGroup with a vectorizable "any key >= t" test; only groups that
+// pass (about k/n of them for ordinary data) are classified, branch-free, into
+// batch buffers that are appended to the thread's lists.
 template <class KeyAt>
-std::vector<uint32_t> collect_candidates(size_t n, uint32_t t, const KeyAt& key_at) {
-  std::vector<std::vector<uint32_t>> parts(static_cast<size_t>(num_threads()));
+Candidates collect_candidates(size_t n, size_t k, const Threshold& threshold, const KeyAt& key_at) {
+  std::vector<Candidates> parts(static_cast<size_t>(num_threads()));
   parallel_region([&](int tid, int nth) {
     size_t lo, hi;
     split_range(n, tid, nth, lo, hi);
-    std::vector<uint32_t>& out = parts[static_cast<size_t>(tid)];
-    uint32_t batch[kScanBatch];
-    for (size_t base = lo; base < hi; base += kScanBatch) {
-      const size_t len = std::min(kScanBatch, hi - base);
-      size_t count = 0;
-      for (size_t j = 0; j < len; ++j) {
-        batch[count] = static_cast<uint32_t>(base + j);
-        count += key_at(base + j) >= t;
+    Candidates& out = parts[static_cast<size_t>(tid)];
+    // Reserving the expected size (untouched pages cost nothing) avoids
+    // regrowing, which dominates for large k.
+    out.above.reserve(static_cast<size_t>(1.25 * threshold.fraction_above * static_cast<double>(hi - lo)));
+    const uint32_t t = threshold.key;
+    dispatch_simd([&]() FEDHPC_SIMD_BODY {
+      constexpr size_t kGroup = 16;
+      constexpr size_t kBatch = 1024;
+      uint32_t keys[kGroup];
+      uint32_t above[kBatch];
+      uint32_t at[kBatch];
+      for (size_t base = lo; base < hi; base += kBatch) {
+        const size_t end = std::min(hi, base + kBatch);
+        size_t n_above = 0;
+        size_t n_at = 0;
+        const auto classify = [&](size_t i, uint32_t key) FEDHPC_SIMD_BODY {
+          above[n_above] = static_cast<uint32_t>(i);
+          at[n_at] = static_cast<uint32_t>(i);
+          n_above += key > t;
+          n_at += key == t;
+        };
+        size_t g = base;
+        for (; g + kGroup <= end; g += kGroup) {
+          uint32_t reach = 0;
+          for (size_t j = 0; j < kGroup; ++j) {
+            keys[j] = key_at(g + j);
+            reach |= keys[j] >= t;
+          }
+          if (reach == 0) continue;
+          for (size_t j = 0; j < kGroup; ++j) classify(g + j, keys[j]);
+        }
+        for (; g < end; ++g) classify(g, key_at(g));
+        out.above.insert(out.above.end(), above, above + n_above);
+        // No thread needs more than k ties: the global lowest k are among the
+        // per-thread lowest k, concatenated in thread (= index) order.
+        out.at.insert(out.at.end(), at, at + std::min(n_at, k - std::min(k, out.at.size())));
+        out.count_at += n_at;
       }
-      out.insert(out.end(), batch, batch + count);
-    }
+    });
   });
-  size_t total = 0;
-  for (const auto& part : parts) total += part.size();
-  std::vector<uint32_t> all;
-  all.reserve(total);
-  for (const auto& part : parts) all.insert(all.end(), part.begin(), part.end());
+  Candidates all;
+  size_t total_above = 0;
+  for (const Candidates& part : parts) total_above += part.above.size();
+  all.above.reserve(total_above);
+  for (const Candidates& part : parts) {
+    all.above.insert(all.above.end(), part.above.begin(), part.above.end());
+    all.at.insert(all.at.end(), part.at.begin(), part.at.end());
+    all.count_at += part.count_at;
+  }
+  all.at.resize(std::min(all.at.size(), k));
   return all;
 }
 
-// The exact top-k of x among `candidates` (ascending, containing every index
-// whose key is >= the k-th largest key of x), written in index order.
-void select_top(const float* x, const std::vector<uint32_t>& candidates, size_t k, uint32_t* idx, float* vals) {
-  const size_t c = candidates.size();
-  if (c == k) {
-    for (size_t j = 0; j < k; ++j) {
-      idx[j] = candidates[j];
-      vals[j] = x[candidates[j]];
-    }
-    return;
+// The k-th largest of keys (1 <= k <= keys.size()): a radix select, one
+// 16-bit histogram for the high half, one for the low half within the bucket.
+uint32_t kth_largest(const std::vector<uint32_t>& keys, size_t k) {
+  std::vector<size_t> histogram(size_t{1} << 16);
+  const auto find_bucket = [&](size_t& rank) {
+    uint32_t bucket = 0xffffu;
+    for (; histogram[bucket] < rank; --bucket) rank -= histogram[bucket];
+    return bucket;
+  };
+  for (const uint32_t key : keys) ++histogram[key >> 16];
+  size_t rank = k;
+  const uint32_t high = find_bucket(rank);
+  std::fill(histogram.begin(), histogram.end(), 0);
+  for (const uint32_t key : keys) {
+    if ((key >> 16) == high) ++histogram[key & 0xffffu];
   }
+  return (high << 16) | find_bucket(rank);
+}
+
+// The exact top-k of x among `candidates` (ascending, holding every index
+// whose key is >= the k-th largest key of x), written in index order.
+void select_among(const float* x, const std::vector<uint32_t>& candidates, size_t k, uint32_t* idx, float* vals) {
+  const size_t c = candidates.size();
   std::vector<uint32_t> keys(c);
   for (size_t j = 0; j < c; ++j) keys[j] = magnitude_key(x[candidates[j]]);
-  const auto kth = keys.begin() + static_cast<std::ptrdiff_t>(k - 1);
-  std::nth_element(keys.begin(), kth, keys.end(), std::greater<uint32_t>());
-  const uint32_t t = *kth;
-  const size_t above = static_cast<size_t>(std::count_if(keys.begin(), kth, [t](uint32_t v) { return v > t; }));
+  const uint32_t t = c == k ? 0 : kth_largest(keys, k);
+  const size_t above = static_cast<size_t>(std::count_if(keys.begin(), keys.end(), [t](uint32_t v) { return v > t; }));
   size_t ties_left = k - above;  // keys equal to t taken, lowest indices first
   size_t out = 0;
   for (size_t j = 0; j < c && out < k; ++j) {
-    const uint32_t i = candidates[j];
-    const uint32_t key = magnitude_key(x[i]);
-    if (key > t || (key == t && ties_left > 0)) {
-      if (key == t) --ties_left;
-      idx[out] = i;
-      vals[out] = x[i];
+    if (keys[j] > t || (keys[j] == t && ties_left > 0)) {
+      if (keys[j] == t) --ties_left;
+      idx[out] = candidates[j];
+      vals[out] = x[candidates[j]];
       ++out;
     }
   }
 }
 
+void select_top(const float* x, const Candidates& c, size_t k, uint32_t* idx, float* vals) {
+  if (c.above.size() >= k) {
+    select_among(x, c.above, k, idx, vals);
+    return;
+  }
+  // All keys above t, then the lowest-index keys equal to t.
+  const size_t ties = k - c.above.size();
+  std::merge(c.above.begin(), c.above.end(), c.at.begin(), c.at.begin() + static_cast<std::ptrdiff_t>(ties), idx);
+  for (size_t j = 0; j < k; ++j) vals[j] = x[idx[j]];
+}
+
 // top-k of x (x is final after the first pass). first_key_at(i) is used for
-// the sample and the first pass; it may update x[i] (error feedback), so the
-// sample uses sample_key_at, which computes the same key without writing.
+// the first pass; it may update x[i] (error feedback), so the sample uses
+// sample_key_at, which computes the same key without writing.
 template <class SampleKeyAt, class FirstKeyAt>
 void topk_select(const float* x, size_t n, size_t k, const SampleKeyAt& sample_key_at, const FirstKeyAt& first_key_at,
                  uint32_t* idx, float* vals) {
   std::vector<uint32_t> sample = sample_keys(n, sample_key_at);
   int attempt = 0;
-  std::vector<uint32_t> candidates = collect_candidates(n, sample_threshold(sample, n, k, attempt), first_key_at);
-  while (candidates.size() < k) {  // the sample overestimated the threshold: retry lower (finally 0: all)
-    const uint32_t t = sample_threshold(sample, n, k, ++attempt);
-    candidates = collect_candidates(n, t, [x](size_t i) { return magnitude_key(x[i]); });
+  Candidates candidates = collect_candidates(n, k, sample_threshold(sample, n, k, attempt), first_key_at);
+  while (candidates.reaching() < k) {  // the sample overestimated the threshold: retry lower (finally 0: all)
+    candidates = collect_candidates(n, k, sample_threshold(sample, n, k, ++attempt),
+                                    [x](size_t i) FEDHPC_SIMD_BODY { return magnitude_key(x[i]); });
   }
   select_top(x, candidates, k, idx, vals);
 }
 
-// Set of indices in [0, n) for Floyd's algorithm: a bitmap when n is small
-// or k dense enough, else an open-addressing hash set sized for k values.
+// Set of indices in [0, n) for Floyd's algorithm: a bitmap when it is small
+// (at most 8 words per value, or 128 KiB), else an open-addressing hash set
+// sized for k values. Either way the chosen indices are the same.
 class IndexSet {
  public:
   IndexSet(uint64_t n, uint64_t k) {
-    use_bitmap_ = n <= (uint64_t{1} << 27) || n / 64 <= k;
+    use_bitmap_ = n / 64 <= 8 * k || n <= (uint64_t{1} << 20);
     if (use_bitmap_) {
       bitmap_.assign(static_cast<size_t>((n + 63) / 64), 0);
     } else {
@@ -169,7 +247,7 @@ class IndexSet {
 
 void topk(const float* x, size_t n, size_t k, uint32_t* idx, float* vals) {
   if (k == 0) return;
-  const auto key_at = [x](size_t i) { return magnitude_key(x[i]); };
+  const auto key_at = [x](size_t i) FEDHPC_SIMD_BODY { return magnitude_key(x[i]); };
   topk_select(x, n, k, key_at, key_at, idx, vals);
 }
 
@@ -181,7 +259,7 @@ void topk_ef(const float* update, float* residual, size_t n, size_t k, uint32_t*
     return;
   }
   const auto sample_key_at = [=](size_t i) { return magnitude_key(residual[i] + update[i]); };
-  const auto accumulate_key_at = [=](size_t i) {
+  const auto accumulate_key_at = [=](size_t i) FEDHPC_SIMD_BODY {
     const float r = residual[i] + update[i];
     residual[i] = r;
     return magnitude_key(r);

@@ -6,6 +6,22 @@ wrong shape or an out-of-range parameter. Kernels release the GIL and run
 with OpenMP threads (``set_num_threads``). Arrays are 1-D and C-contiguous
 unless stated. Results never depend on the number of threads.
 
+Argument details (clarifications of the rules above):
+* arrays are never converted: the dtype must match exactly (native byte
+  order), and the array must be C-contiguous and aligned; arrays written in
+  place must be writeable. An argument that is not a numpy array at all
+  raises ``TypeError`` (no matching signature).
+* arrays written in place (``acc``, ``residual``) must not partially overlap
+  an input; being the very same array as the elementwise input is allowed
+  (``axpy(a, a, w)``, ``topk_ef(r, r, k)``).
+* ``seed`` is an integer in [0, 2**64); ``crc`` an integer in [0, 2**32).
+* index arrays are uint32, so arrays that are indexed must be shorter than
+  2**32 and ``n`` arguments of index functions are < 2**32 (<= 2**32 for the
+  Rice coder).
+* setting the environment variable ``FEDHPC_DISABLE_SIMD=1`` before import
+  makes the kernels use their portable code paths instead of AVX2/F16C/SSE4.2
+  ones; both give bit-identical results (for testing).
+
 Defined behaviour for non-finite input:
 * casts keep NaN as NaN and +-Inf as +-Inf (fp16 overflow rounds to Inf);
 * blockwise quantization gives a block that holds NaN/Inf the scale NaN and
@@ -21,7 +37,10 @@ import numpy as np
 import numpy.typing as npt
 
 def set_num_threads(n: int) -> None:
-    """Set the OpenMP thread count used by every kernel (n >= 1)."""
+    """Set the OpenMP thread count used by every kernel (1 <= n <= 4096).
+
+    Process-wide: it applies to kernel calls from every Python thread. The
+    default is OpenMP's (``OMP_NUM_THREADS``, else the number of cores)."""
 def get_num_threads() -> int: ...
 def cuda_device_count() -> int:
     """Number of CUDA devices visible; 0 without a GPU, a driver, or a CUDA build."""
@@ -29,11 +48,21 @@ def built_with_cuda() -> bool: ...
 
 # ---- casts -----------------------------------------------------------------
 def to_fp16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """float32 -> IEEE binary16 bits, round to nearest even (as numpy astype(float16))."""
-def from_fp16(h: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
+    """float32 -> IEEE binary16 bits, round to nearest even (as numpy astype(float16)).
+
+    Bit-identical to numpy for every input, NaN payloads included: a NaN keeps
+    its sign and the top 10 payload bits (0x7c01 | sign if those are all zero);
+    signalling NaNs are not quieted."""
+def from_fp16(h: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
+    """binary16 bits -> float32, exact; bit-identical to numpy (NaN payloads kept)."""
 def to_bf16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN."""
-def from_bf16(h: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
+    """float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN.
+
+    Finite values that round past the largest bfloat16 become +-Inf. A NaN
+    becomes ``(bits >> 16) | 0x0040``: sign and top payload bits kept, quiet
+    bit set (what AVX512-BF16 hardware does)."""
+def from_bf16(h: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
+    """bfloat16 bits -> float32 bits ``h << 16``, exact."""
 
 # ---- blockwise quantization -------------------------------------------------
 def quantize(
@@ -55,14 +84,30 @@ def quantize(
     in float32, or with ``stochastic`` q = floor(x * inv + u) where
     u = uniform(seed, i) (see ``uniform``) for global index i; q is clipped to
     [-qmax, qmax]. A block of zeros has scale 0 and codes 0.
+
+    Precisely (all operations float32, so a NumPy reference is bit-identical):
+    float16 input is first converted exactly to float32; ``x * inv + u`` is
+    two roundings (no FMA); "codes 0" means q = 0 (stored nibble 8 for 4
+    bits). A block holding NaN or Inf gets scale NaN and q = 0. When
+    ``qmax / absmax`` overflows to Inf (absmax == 0, or a block whose values
+    are all below about 3.7e-37 for 8 bits / 2.1e-38 for 4 bits) the block
+    gets scale 0 and q = 0. bits must be 8 or 4, block >= 1.
     """
 def dequantize(
     codes: npt.NDArray[np.uint8], scales: npt.NDArray[np.float32], n: int, bits: int, block: int
 ) -> npt.NDArray[np.float32]:
-    """Inverse of ``quantize``: x[i] = q[i] * scales[i // block] (float32 multiply)."""
+    """Inverse of ``quantize``: x[i] = q[i] * scales[i // block] (float32 multiply).
+
+    ``codes`` must hold exactly n (8 bits) or ceil(n/2) (4 bits) bytes and
+    ``scales`` exactly ceil(n / block) values; every nibble decodes as
+    nibble - 8, every byte (8 bits) as its int8 value."""
 def uniform(seed: int, n: int) -> npt.NDArray[np.float32]:
     """The counter-based uniforms in [0, 1) used by stochastic rounding:
-    u[i] = (splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) >> 40) * 2**-24."""
+    u[i] = (splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) >> 40) * 2**-24.
+
+    Arithmetic is modulo 2**64 and splitmix64 is the output function
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+    return z ^ (z >> 31)."""
 
 # ---- sparsification ---------------------------------------------------------
 def topk(x: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
@@ -74,41 +119,94 @@ def topk_ef(
 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
     """Top-k fused with error feedback, in place on ``residual``:
     residual += update; (idx, vals) = topk(residual, k); residual[idx] = 0.
-    Returns (idx, vals) like ``topk``."""
+    Returns (idx, vals) like ``topk``.
+
+    ``vals`` are the float32 sums residual + update (before zeroing). With
+    k = 0 the accumulation still happens. ``update`` may be ``residual``
+    itself but must not partially overlap it."""
 def randk_indices(n: int, k: int, seed: int) -> npt.NDArray[np.uint32]:
-    """k distinct indices in [0, n), ascending, a deterministic function of (n, k, seed)."""
+    """k distinct indices in [0, n), ascending, a deterministic function of (n, k, seed).
+
+    0 <= k <= n < 2**32. Exact algorithm (Floyd's sampling), so that other
+    implementations (CUDA, NumPy) reproduce it: for c = 0 .. k-1, with
+    j = n - k + c and r = splitmix64(seed + (c + 1) * 0x9E3779B97F4A7C15)
+    (as in ``uniform``, modulo 2**64), draw t = (r * (j + 1)) >> 64 (the high
+    64 bits of the 128-bit product, so 0 <= t <= j); add t to the set, or j if
+    t is already in it. The set is returned sorted."""
 def gather(x: npt.NDArray[np.float32], idx: npt.NDArray[np.uint32]) -> npt.NDArray[np.float32]:
-    """x[idx] with bounds checked."""
+    """x[idx] with bounds checked (any order, repeats allowed; an index >= len(x) raises ValueError)."""
 
 # ---- index coding -----------------------------------------------------------
 def rice_param(n: int, k: int) -> int:
-    """The Rice parameter b used for k ascending indices in [0, n)."""
+    """The Rice parameter b used for k ascending indices in [0, n).
+
+    b = floor(log2((n - k) // k)) clamped to [0, 31] (the mean gap), and 0
+    when k == 0 or (n - k) // k == 0. Requires 0 <= k <= n <= 2**32."""
 def rice_encode(idx: npt.NDArray[np.uint32], b: int) -> npt.NDArray[np.uint8]:
     """Strictly ascending indices -> Golomb-Rice coded gaps, parameter b in [0, 31].
     gap_0 = idx_0, gap_j = idx_j - idx_{j-1} - 1; each gap is written as
     (gap >> b) one-bits, a zero-bit, then the low b bits (MSB first); bits fill
-    bytes MSB first; the last byte is zero-padded."""
+    bytes MSB first; the last byte is zero-padded.
+
+    The result has exactly ceil(total bits / 8) bytes (none for an empty idx).
+    Indices that are not strictly ascending raise ValueError."""
 def rice_decode(buf: npt.NDArray[np.uint8] | bytes, k: int, n: int, b: int) -> npt.NDArray[np.uint32]:
     """Inverse of ``rice_encode``; raises ValueError if the stream is truncated,
-    has trailing non-padding bytes, or decodes to an index >= n."""
+    has trailing non-padding bytes, or decodes to an index >= n.
+
+    ``buf`` may be any C-contiguous buffer of bytes (bytes, bytearray,
+    memoryview, uint8 array). 0 <= k <= n <= 2**32, b in [0, 31]. Also
+    rejected: a run of one-bits longer than n >> b, padding bits (after the
+    last code, within the last byte) that are not zero, and any byte after the
+    one holding the last code. So exactly the output of ``rice_encode`` decodes."""
 
 # ---- aggregation ------------------------------------------------------------
 def axpy(acc: npt.NDArray[np.float32], x: npt.NDArray[np.float32] | npt.NDArray[np.float16], w: float) -> None:
-    """acc += w * x in place (float32 accumulate)."""
+    """acc += w * x in place (float32 accumulate).
+
+    w is rounded to float32 first and acc[i] = acc[i] + float32(w) * x[i] with
+    two float32 roundings (no FMA): bit-identical to numpy
+    ``acc += np.float32(w) * x``. float16 x is converted exactly to float32."""
 def sparse_axpy(acc: npt.NDArray[np.float32], idx: npt.NDArray[np.uint32], vals: npt.NDArray[np.float32], w: float) -> None:
-    """acc[idx] += w * vals in place; idx strictly ascending and < len(acc)."""
+    """acc[idx] += w * vals in place; idx strictly ascending and < len(acc).
+
+    Same arithmetic as ``axpy``; len(idx) == len(vals); idx and vals must not
+    overlap acc."""
 def median(stack: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Coordinate-wise median of a C-contiguous (K, n) array (mean of the two middle
-    values for even K, as numpy.median)."""
+    values for even K, as numpy.median).
+
+    K >= 1. For even K the result is (lower + upper) / 2 in float32, exactly
+    what numpy.median returns for float32 input."""
 def trimmed_mean(stack: npt.NDArray[np.float32], trim: int) -> npt.NDArray[np.float32]:
     """Coordinate-wise mean after dropping the ``trim`` smallest and largest of K values
-    (0 <= 2*trim < K), summed in double."""
+    (0 <= 2*trim < K), summed in double.
+
+    The kept values are summed in ascending order in double, divided by
+    K - 2*trim in double and rounded to float32: bit-identical to
+    ``(np.sort(s, 0)[trim:K-trim].astype(np.float64).sum(0) / (K - 2*trim)).astype(np.float32)``."""
 def l2_norm(x: npt.NDArray[np.float32]) -> float:
-    """Euclidean norm accumulated in double."""
+    """Euclidean norm accumulated in double.
+
+    Fixed summation order: per chunk of 65536 values, eight double lanes
+    (lane i % 8) accumulate x[i]**2 in index order and are combined as
+    ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)); the chunk sums are
+    added in order; then sqrt. 0.0 for an empty array."""
 def sq_dists(stack: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """(K, K) pairwise squared Euclidean distances of the rows (double), for Krum."""
+    """(K, K) pairwise squared Euclidean distances of the rows (double), for Krum.
+
+    Each term is (double(a) - double(b))**2; the summation order is fixed
+    (eight lanes per tile of 2048 columns, tiles and tile groups added in
+    order; the grouping depends on K and n only). The diagonal is 0 and the
+    matrix is exactly symmetric. K = 0 gives a (0, 0) array."""
 
 # ---- integrity --------------------------------------------------------------
 def crc32c(data: bytes | bytearray | memoryview | npt.NDArray[np.uint8], crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of the bytes, continuing from ``crc``; hardware
-    instructions when the CPU has SSE4.2."""
+    instructions when the CPU has SSE4.2.
+
+    Reflected polynomial 0x82F63B78, initial value and final xor 0xFFFFFFFF,
+    so crc32c(b"123456789") == 0xE3069283 and
+    crc32c(b, crc32c(a)) == crc32c(a + b) (like zlib.crc32). ``data`` may be
+    any C-contiguous buffer of bytes (item size 1); view other arrays as
+    bytes first, e.g. ``memoryview(arr).cast("B")`` or ``arr.view(np.uint8)``."""

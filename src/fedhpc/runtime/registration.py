@@ -25,8 +25,8 @@ def host_profile(ctx: Context, batches: int = 5) -> dict:
     """Measure this host: training samples/s of the run's model on its input shape, and memory."""
     model = ctx.model
     bs = ctx.cfg.local.batch_size
-    x = torch.zeros((bs, *ctx.data.input_shape))
-    y = torch.zeros(bs, dtype=torch.long)
+    x = torch.from_numpy(ctx.data.x_train[:bs])  # real samples: right dtype and shape for any model
+    y = torch.from_numpy(ctx.data.y_train[:bs])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: measure the work, leave the weights alone
 
     def step():
