@@ -114,22 +114,28 @@ uint64_t unsigned_arg(const py::object& v, uint64_t max, const char* name) {
   return u;
 }
 
-// A contiguous bytes-like buffer (bytes, bytearray, memoryview, uint8 array).
+// A 1-D contiguous buffer of bytes: bytes, bytearray, a memoryview of bytes
+// or a uint8 array (checked like every other array argument).
 class ByteView {
  public:
   ByteView(const py::object& obj, const char* name) {
+    if (py::isinstance<py::array>(obj)) check_array(py::reinterpret_borrow<py::array>(obj), name, {kUint8});
     if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_RECORDS_RO) != 0) {
       PyErr_Clear();
       fail(std::string(name) + " must be bytes-like (bytes, bytearray, memoryview or a uint8 array)");
     }
     const std::string format = view_.format ? view_.format : "B";
-    if (view_.itemsize != 1 || (format != "B" && format != "b" && format != "c")) {
-      PyBuffer_Release(&view_);
-      fail(std::string(name) + " must hold bytes (uint8), got item format '" + format + "'");
+    std::string problem;
+    if (view_.itemsize != 1 || format != "B") {
+      problem = " must hold unsigned bytes, got item format '" + format + "'";
+    } else if (view_.ndim > 1) {
+      problem = " must be 1-D";
+    } else if (!PyBuffer_IsContiguous(&view_, 'C')) {
+      problem = " must be C-contiguous";
     }
-    if (!PyBuffer_IsContiguous(&view_, 'C')) {
+    if (!problem.empty()) {
       PyBuffer_Release(&view_);
-      fail(std::string(name) + " must be C-contiguous");
+      fail(std::string(name) + problem);
     }
   }
   ~ByteView() { PyBuffer_Release(&view_); }

@@ -29,7 +29,7 @@ FEDHPC_INLINE uint32_t absmax_bits(const float* x, size_t n) {
 FEDHPC_INLINE uint32_t absmax_bits(const Half* x, size_t n) {
   uint16_t m = 0;
   for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<uint16_t>(x[i].bits & 0x7fffu));
-  return float_bits(half_bits_to_float(m));
+  return float_bits(Half{m}.to_float());
 }
 
 FEDHPC_INLINE void round_nearest(const float* x, size_t n, float inv, float qmax, int8_t* q) {

@@ -154,8 +154,8 @@ def rice_decode(buf: npt.NDArray[np.uint8] | bytes, k: int, n: int, b: int) -> n
     """Inverse of ``rice_encode``; raises ValueError if the stream is truncated,
     has trailing non-padding bytes, or decodes to an index >= n.
 
-    ``buf`` may be any C-contiguous buffer of bytes (bytes, bytearray,
-    memoryview, uint8 array). 0 <= k <= n <= 2**32, b in [0, 31]. Also
+    ``buf`` is bytes, a bytearray, a 1-D contiguous memoryview of unsigned
+    bytes, or a 1-D C-contiguous uint8 array. 0 <= k <= n <= 2**32, b in [0, 31]. Also
     rejected: a run of one-bits longer than n >> b, padding bits (after the
     last code, within the last byte) that are not zero, and any byte after the
     one holding the last code. So exactly the output of ``rice_encode`` decodes."""
@@ -207,6 +207,7 @@ def crc32c(data: bytes | bytearray | memoryview | npt.NDArray[np.uint8], crc: in
 
     Reflected polynomial 0x82F63B78, initial value and final xor 0xFFFFFFFF,
     so crc32c(b"123456789") == 0xE3069283 and
-    crc32c(b, crc32c(a)) == crc32c(a + b) (like zlib.crc32). ``data`` may be
-    any C-contiguous buffer of bytes (item size 1); view other arrays as
-    bytes first, e.g. ``memoryview(arr).cast("B")`` or ``arr.view(np.uint8)``."""
+    crc32c(b, crc32c(a)) == crc32c(a + b) (like zlib.crc32). ``data`` is
+    bytes, a bytearray, a 1-D contiguous memoryview of unsigned bytes (format
+    "B"), or a 1-D C-contiguous uint8 array; view other arrays as bytes first,
+    e.g. ``arr.ravel().view(np.uint8)`` for a contiguous arr."""

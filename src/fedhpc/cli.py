@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -17,16 +18,38 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mpi4py import MPI
 
-    from fedhpc.config import load_config
+    from fedhpc.config import load_config, load_config_text
     from fedhpc.runtime.job import main_guarded, run_job
 
     def go():
-        cfg = load_config(args.config, args.set)
-        run_job(cfg, Path(args.out))
+        out, resume, base = Path(args.out), None, None
+        if args.resume:
+            resume, out, base = _resume_target(args.resume, out)
+        if args.config:
+            cfg = load_config(args.config, args.set)
+        elif base is not None:
+            # every rank must build the same config: rank 0 reads it, the others receive the text
+            text = MPI.COMM_WORLD.bcast(base.read_text() if MPI.COMM_WORLD.rank == 0 else None, root=0)
+            cfg = load_config_text(text, args.set, source=f"config of the resumed run ({base})")
+        else:
+            cfg = load_config(None, args.set)
+        return run_job(cfg, out, resume)
 
     return main_guarded(go)
+
+
+def _resume_target(arg: str, out: Path) -> tuple[Path, Path, Path | None]:
+    """(checkpoint file or directory, output directory, config file to reuse) for --resume."""
+    from fedhpc.errors import ConfigError
+
+    target = out if arg == "latest" else Path(arg)
+    if target.is_file():
+        return target, out, None
+    if (target / "checkpoints").is_dir():
+        return target / "checkpoints", target, target / "config.toml"
+    raise ConfigError(f"--resume {arg}: no checkpoint file and no run directory with checkpoints/ at {target}")
 
 
 def _cmd_bench_kernels(args: argparse.Namespace) -> int:
@@ -53,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="runs/latest", help="output directory (default: runs/latest)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override a config key, e.g. --set local.lr=0.1 --set codec.name=topk (repeatable)")
+    p.add_argument("--resume", metavar="OUT|CKPT|latest",
+                   help="continue a run: from the newest valid checkpoint of run directory OUT (which also becomes "
+                        "--out and supplies the config), from one checkpoint file, or 'latest' = the --out directory. "
+                        "Extend a finished run with --set rounds=N")
     p.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="microbenchmarks to run on your own nodes")

@@ -161,6 +161,16 @@ class FedDropoutConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
+    keep: int = 3  # keep the newest K checkpoints
+
+    def check(self, key):
+        _require(self.every >= 0, f"{key}.every", "must be >= 0")
+        _require(self.keep >= 1, f"{key}.keep", "must be >= 1")
+
+
+@dataclass
 class EvalConfig:
     every: int = 1
 
@@ -185,6 +195,7 @@ class RunConfig:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     fed_dropout: FedDropoutConfig = field(default_factory=FedDropoutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def check(self, key):
         _require(self.rounds >= 1, "rounds", "must be >= 1")
@@ -203,6 +214,16 @@ class RunConfig:
     def to_dict(self) -> dict:
         """Plain nested dict, plugin params flattened back into their section."""
         return _to_plain(self)
+
+    def identity(self) -> dict:
+        """The settings that define what a run computes: a checkpoint may only be
+        resumed under a config with the same identity. Extending ``rounds``,
+        checkpointing, evaluation and wall-clock safety bounds may change."""
+        d = self.to_dict()
+        for key in ("rounds", "checkpoint", "eval"):
+            d.pop(key, None)
+        d["stragglers"].pop("timeout_s", None)
+        return d
 
 
 ROBUST_STRATEGIES = ("median", "trimmed-mean", "krum")
@@ -290,14 +311,21 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Read a TOML file (or the defaults when ``path`` is None), apply ``--set``
     overrides, validate, and check that the named plugins accept their params."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file '{path}' does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
+    if path is None:
+        return load_config_text("", overrides)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    return load_config_text(text, overrides, source=f"config file '{path}'")
+
+
+def load_config_text(text: str, overrides: list[str] = (), source: str = "config") -> RunConfig:
+    """Like :func:`load_config` for TOML text (e.g. the config stored in a checkpoint)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
     for item in overrides:
         keys, value = parse_override(item)
         node = raw

@@ -53,7 +53,9 @@ class LocalTrainer:
             opt = torch.optim.SGD(params, lr=local.lr, momentum=local.momentum)
         else:
             opt = torch.optim.Adam(params, lr=local.lr)
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, round_, client, SEED_TRAIN))
+        seed = derive_seed(self.cfg.seed, round_, client, SEED_TRAIN)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # for layers that draw from the global RNG (nn.Dropout)
         idx = torch.from_numpy(indices)
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()

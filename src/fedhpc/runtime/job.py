@@ -13,7 +13,8 @@ from mpi4py import MPI
 from fedhpc import env
 from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
-from fedhpc.errors import ConfigError
+from fedhpc.errors import ConfigError, FedHPCError
+from fedhpc.runtime import signals
 
 log = logging.getLogger("fedhpc")
 
@@ -43,8 +44,13 @@ def job_id_of(cfg: RunConfig) -> int:
     return K.crc32c(repr(cfg.to_dict()).encode())
 
 
-def run_job(cfg: RunConfig, out: Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dict | None:
-    """Run the federated job on ``comm``; returns the last round's metrics on rank 0."""
+def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
+    """Run the federated job on ``comm``; return the exit status every rank should use.
+
+    ``resume``: a checkpoint file, or a directory of checkpoints (the newest
+    valid one is used, older ones are fallen back to with a warning).
+    """
+    from fedhpc.checkpoint import Checkpoint, open_latest
     from fedhpc.runtime.context import build_context
     from fedhpc.runtime.orchestrator import Orchestrator
     from fedhpc.runtime.registration import register
@@ -53,6 +59,7 @@ def run_job(cfg: RunConfig, out: Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dict 
     if comm.size < 2:
         raise ConfigError("fedhpc run needs at least 2 MPI ranks (rank 0 orchestrates, the others train): "
                           "launch it as `mpiexec -n 3 fedhpc run ...`")
+    signals.install()
     rank = comm.rank
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -63,26 +70,31 @@ def run_job(cfg: RunConfig, out: Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dict 
     ctx = build_context(cfg, trainers=list(range(1, comm.size)))
     job = job_id_of(cfg)
     hosts = register(comm, ctx)
-    if rank == 0:
-        log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
-                 "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
-                 cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
-        t0 = time.monotonic()
-        last = Orchestrator(comm, ctx, job, out, hosts).run()
+    if rank != 0:
+        return Trainer(comm, ctx, job).run()
+    log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
+             "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
+             cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
+    orchestrator = Orchestrator(comm, ctx, job, out, hosts)
+    if resume is not None:
+        opened = open_latest(resume, cfg, ctx.layout, log) if resume.is_dir() else Checkpoint(resume, cfg, ctx.layout)
+        with opened as ckpt:
+            orchestrator.restore(ckpt)
+    t0 = time.monotonic()
+    last, status = orchestrator.run()
+    if last is not None and status == 0:
         log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
                  time.monotonic() - t0, last["accuracy"], out)
-        return last
-    Trainer(comm, ctx, job).run()
-    return None
+    return status
 
 
 def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
-    """Run ``fn``; if it raises on any rank, report and abort the whole MPI job,
-    so that no other rank is left waiting in a collective."""
+    """Run ``fn`` and return its exit status; if it raises on any rank, report and
+    abort the whole MPI job, so that no other rank is left waiting in a collective.
+    fedhpc's own errors (bad config, refused checkpoint) print without a traceback."""
     try:
-        fn()
-        return 0
-    except ConfigError as exc:
+        return fn()
+    except FedHPCError as exc:
         print(f"fedhpc: error (rank {comm.rank}): {exc}", file=sys.stderr, flush=True)
         if comm.size > 1:
             comm.Abort(2)

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from fedhpc.checkpoint import Checkpoint, ServerState, write_checkpoint
 from fedhpc.compress import get_codec
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.runtime.client import SEED_SELECT, derive_seed, evaluate
 from fedhpc.runtime.context import Context, simulated_profiles
-from fedhpc.runtime.protocol import Status, Tag, bcast_array, recv_update, unpack_update
+from fedhpc.record import STATUS, RunRecord
+from fedhpc.runtime import signals
+from fedhpc.runtime.protocol import Status, Tag, bcast_array, recv_arrays, recv_update, send_arrays, unpack_update
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
 from fedhpc.types import ClientFailure, ClientHistory, ClientResult, RoundOutcome
@@ -42,6 +45,7 @@ class _Collected:
     late: set[int] = field(default_factory=set)
     stale: int = 0
     bytes_up: int = 0
+    client_bytes: dict[int, int] = field(default_factory=dict)
 
     def accounted(self) -> set[int]:
         return self.arrivals.keys() | self.failures.keys() | self.late
@@ -60,6 +64,9 @@ class Orchestrator:
         self.feddrop = ctx.fed_dropout()
         self.profiles = self._profiles(hosts)
         self.history = {c: ClientHistory() for c in range(cfg.clients.total)}
+        self.first_round = 0
+        self.lines: list[str] = []  # metrics.jsonl so far
+        self.forwarded_signals = 0
         mean_samples = float(np.mean([len(p) for p in ctx.parts]))
         self.selector.set_costs(model_bytes=self.model_bytes + self.codec.wire_size(ctx.layout.size),
                                 reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
@@ -84,18 +91,66 @@ class Orchestrator:
         return profiles
 
     # -- the run ------------------------------------------------------------
-    def run(self) -> dict:
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from a validated checkpoint: server state here, residuals to their trainers."""
+        st = ckpt.server_state()
+        self.weights, self.first_round, self.lines = st.weights, st.round, st.metrics
+        self.strategy.load_state_dict(st.strategy)
+        self.profiles, self.history = st.profiles, st.history
+        self.comm.bcast({"type": "restore"}, root=0)
+        for rank in self.ctx.trainers:
+            send_arrays(self.comm, dict(ckpt.residuals(self.ctx.clients_of(rank))), rank,
+                        self.ctx.cfg.stragglers.timeout_s)
+        log.info("resumed from %s after round %d", ckpt.path, st.round)
+
+    def checkpoint(self, rounds_done: int) -> Path:
+        """Gather every client's residual from the trainers and write a checkpoint."""
+        self.comm.bcast({"type": "checkpoint"}, root=0)
+        timeout, n = self.ctx.cfg.stragglers.timeout_s, self.ctx.layout.size
+        residuals = (item for rank in self.ctx.trainers for item in recv_arrays(self.comm, rank, n, timeout))
+        state = ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
+                            self.lines)
+        path = write_checkpoint(self.out / "checkpoints", self.ctx.cfg, self.ctx.layout, state, residuals)
+        log.info("checkpoint written: %s", path)
+        return path
+
+    def stop_signals(self) -> int:
+        """Stop signals seen by any rank (forwarded by the trainers, or received here)."""
+        status = MPI.Status()
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.SIGNAL, status=status):
+            count = self.comm.recv(source=status.Get_source(), tag=Tag.SIGNAL)
+            self.forwarded_signals = max(self.forwarded_signals, count)
+        return max(signals.received(), self.forwarded_signals)
+
+    def run(self) -> tuple[dict | None, int]:
+        """Run the remaining rounds; return (last metrics, exit status for every rank)."""
         cfg = self.ctx.cfg
-        metrics = {}
+        every = cfg.checkpoint.every
+        metrics, status = None, 0
+        record = RunRecord(self.out / "run.h5", cfg.clients.total, self.first_round)
         with open(self.out / "metrics.jsonl", "w") as mfile:
-            for r in range(cfg.rounds):
-                metrics = self.round(r)
-                mfile.write(json.dumps(metrics) + "\n")
+            mfile.writelines(line + "\n" for line in self.lines)
+            for r in range(self.first_round, cfg.rounds):
+                metrics, per_client = self.round(r)
+                self.lines.append(json.dumps(metrics))
+                mfile.write(self.lines[-1] + "\n")
                 mfile.flush()
+                record.append(metrics, *per_client)
                 log.info(self._progress_line(metrics))
-        self.comm.bcast({"stop": True}, root=0)
-        np.save(self.out / "final_weights.npy", self.weights)
-        return metrics
+                stop = self.stop_signals() > 0
+                if stop or r + 1 == cfg.rounds or (every and (r + 1) % every == 0):
+                    self.checkpoint(r + 1)
+                if stop and r + 1 < cfg.rounds:
+                    log.warning("stop signal received: checkpoint written after round %d of %d; every rank exits "
+                                "with status %d; continue with `fedhpc run --resume %s`", r + 1, cfg.rounds,
+                                signals.EXIT_PREEMPTED, self.out)
+                    status = signals.EXIT_PREEMPTED
+                    break
+        record.close()
+        self.comm.bcast({"type": "stop", "exit": status}, root=0)
+        if status == 0:
+            np.save(self.out / "final_weights.npy", self.weights)
+        return metrics, status
 
     def round(self, r: int) -> dict:
         cfg, ctx = self.ctx.cfg, self.ctx
@@ -108,7 +163,7 @@ class Orchestrator:
         assign: dict[int, list[int]] = {}
         for c in selected:
             assign.setdefault(ctx.host_of(c), []).append(c)
-        self.comm.bcast({"stop": False, "round": r, "assign": assign, "mu": self.mu}, root=0)
+        self.comm.bcast({"type": "round", "round": r, "assign": assign, "mu": self.mu}, root=0)
         bcast_array(self.comm, self.weights)
         got = self.collect(r, set(selected), t0)
         outcome, sim_seconds = self.close_round(r, selected, got)
@@ -119,7 +174,7 @@ class Orchestrator:
             ctx.layout.load(ctx.model, self.weights)
             accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
         reasons_count = Counter(f.reason for f in outcome.failures)
-        return {
+        metrics = {
             "round": r + 1,
             "accuracy": accuracy,
             "loss": loss,
@@ -134,6 +189,21 @@ class Orchestrator:
             "round_seconds": time.monotonic() - t0,
             "sim_seconds": sim_seconds,
         }
+        return metrics, self._per_client(outcome, got)
+
+    def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(status, bytes up, seconds) per client for the run record."""
+        total = self.ctx.cfg.clients.total
+        status = np.zeros(total, np.int8)
+        seconds = np.full(total, np.nan)
+        for f in outcome.failures:
+            status[f.client_id] = STATUS["late"] if f.reason == "late" else STATUS["failed"]
+        for res in outcome.results:
+            status[res.client_id], seconds[res.client_id] = STATUS["reported"], res.seconds
+        nbytes = np.zeros(total, np.int64)
+        for cid, b in got.client_bytes.items():
+            nbytes[cid] = b
+        return status, nbytes, seconds
 
     # -- collecting updates ---------------------------------------------------
     def collect(self, r: int, expected: set[int], t0: float) -> _Collected:
@@ -161,6 +231,8 @@ class Orchestrator:
                     reason = f"fastest {st.fastest_k} arrived"
                 elif elapsed >= st.timeout_s:
                     reason = f"timeout {st.timeout_s}s"
+                elif self.stop_signals() >= 2:
+                    reason = "a second stop signal"
                 if reason:
                     closed = True
                     log.debug("round %d closed after %.3fs: %s", r, elapsed, reason)
@@ -200,6 +272,8 @@ class Orchestrator:
             log.warning("round %d: update from rank %d rejected: %s", r, src, exc)
             return
         cid = head.client
+        if head.job == self.job_id and head.round == r and cid in expected:
+            got.client_bytes[cid] = got.client_bytes.get(cid, 0) + buf.nbytes
         if head.job != self.job_id or head.round < r:
             got.stale += 1
             log.debug("round %d: dropped stale update (job %d round %d client %d)", r, head.job, head.round, cid)

@@ -25,6 +25,8 @@ class Tag(IntEnum):
     UPDATE = 11  # trainer -> 0: an Update (possibly in several chunks)
     CLOSE = 12  # 0 -> trainer: round r is closed, stop working on it
     DONE = 13  # trainer -> 0: (round, number of Updates sent for it)
+    SIGNAL = 14  # trainer -> 0: this rank received a stop signal
+    STATE = 15  # either way: client ids, then their error-feedback residuals (checkpoint / restore)
 
 
 class Status(IntEnum):
@@ -142,6 +144,35 @@ def bcast_array(comm: MPI.Comm, arr: np.ndarray, root: int = 0) -> None:
     step = env.MPI_CHUNK_BYTES
     for a in range(0, flat.nbytes, step):
         comm.Bcast(flat[a : a + step], root=root)
+
+
+def send_arrays(comm: MPI.Comm, arrays: dict[int, np.ndarray], dest: int, timeout_s: float) -> None:
+    """Send {client id: float32 array}: the ids first, then each array in chunks."""
+    comm.send(sorted(arrays), dest=dest, tag=Tag.STATE)
+    for cid in sorted(arrays):
+        wait_with_deadline(isend_chunked(comm, arrays[cid], dest, Tag.STATE), timeout_s, f"rank {dest} to take state")
+
+
+def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
+    """Yield (client id, float32 array of n) as sent by :func:`send_arrays`."""
+    ids = recv_object(comm, source, Tag.STATE, timeout_s, f"state from rank {source}")
+    step = env.MPI_CHUNK_BYTES
+    for cid in ids:
+        out = np.empty(n, dtype=np.float32)
+        raw = out.view(np.uint8)
+        reqs = [comm.Irecv(raw[a : a + step], source=source, tag=Tag.STATE) for a in range(0, max(raw.nbytes, 1), step)]
+        wait_with_deadline(reqs, timeout_s, f"state from rank {source}")
+        yield cid, out
+
+
+def recv_object(comm: MPI.Comm, source: int, tag: int, timeout_s: float, what: str):
+    """Receive a small pickled control message, or raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not comm.Iprobe(source=source, tag=tag):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.0005)
+    return comm.recv(source=source, tag=tag)
 
 
 def wait_with_deadline(requests: list[MPI.Request], timeout_s: float, what: str) -> None:

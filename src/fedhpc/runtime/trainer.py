@@ -11,7 +11,11 @@ from mpi4py import MPI
 from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.runtime.client import SEED_CODEC, SEED_DROPOUT, Abandoned, LocalTrainer, derive_seed, wall_sleep
 from fedhpc.runtime.context import Context, simulated_profiles
-from fedhpc.runtime.protocol import Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, wait_with_deadline
+from fedhpc.runtime import signals
+from fedhpc.runtime.protocol import (
+    Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_arrays, recv_object, send_arrays,
+    wait_with_deadline,
+)
 
 log = logging.getLogger("fedhpc.trainer")
 
@@ -35,42 +39,56 @@ class Trainer:
         self.local = LocalTrainer(cfg, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train)
         self.feddrop = ctx.fed_dropout()
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)
+        self._signal_forwarded = False
 
     def round_closed(self) -> bool:
         return self.comm.Iprobe(source=0, tag=Tag.CLOSE)
 
-    def run(self) -> None:
-        cfg = self.ctx.cfg
+    def run(self) -> int:
+        """Serve the orchestrator's tasks until it says stop; return the exit status it asks for."""
+        timeout = self.ctx.cfg.stragglers.timeout_s
         while True:
+            self._forward_signal()
             task = self.comm.bcast(None, root=0)
-            if task["stop"]:
-                return
-            bcast_array(self.comm, self.weights)
-            r, sent, pending = task["round"], 0, []
-            if self.comm.rank in cfg.faults.crash_ranks:
-                raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
-            for cid in task["assign"].get(self.comm.rank, []):
-                if self.round_closed():
-                    break
-                try:
-                    buf = self.client_update(r, cid, task["mu"])
-                except Abandoned:
-                    break
-                pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
-                sent += 1
-            closed_round = self._wait_close(cfg.stragglers.timeout_s)
-            if closed_round != r:
-                raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
-            self.comm.send((r, sent), dest=0, tag=Tag.DONE)
-            wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
+            kind = task["type"]
+            if kind == "stop":
+                return task["exit"]
+            if kind == "checkpoint":
+                send_arrays(self.comm, {c: s.residual for c, s in self.states.items()}, 0, timeout)
+            elif kind == "restore":
+                for cid, residual in recv_arrays(self.comm, 0, self.ctx.layout.size, timeout):
+                    self.states[cid] = ErrorFeedback(residual.size, residual)
+            else:
+                self.train_round(task)
 
-    def _wait_close(self, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
-        while not self.round_closed():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rank {self.comm.rank}: no word from rank 0 for {timeout_s:.0f}s")
-            time.sleep(0.0005)
-        return self.comm.recv(source=0, tag=Tag.CLOSE)
+    def _forward_signal(self) -> None:
+        """Tell rank 0 once that this rank got SIGTERM/SIGUSR1: rank 0 decides when to stop."""
+        if signals.received() and not self._signal_forwarded:
+            self.comm.send(signals.received(), dest=0, tag=Tag.SIGNAL)
+            self._signal_forwarded = True
+
+    def train_round(self, task: dict) -> None:
+        cfg = self.ctx.cfg
+        bcast_array(self.comm, self.weights)
+        r, sent, pending = task["round"], 0, []
+        if self.comm.rank in cfg.faults.crash_ranks:
+            raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
+        for cid in task["assign"].get(self.comm.rank, []):
+            self._forward_signal()
+            if self.round_closed():
+                break
+            try:
+                buf = self.client_update(r, cid, task["mu"])
+            except Abandoned:
+                break
+            pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
+            sent += 1
+        self._forward_signal()
+        closed_round = recv_object(self.comm, 0, Tag.CLOSE, cfg.stragglers.timeout_s, f"rank 0 to close round {r}")
+        if closed_round != r:
+            raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
+        self.comm.send((r, sent), dest=0, tag=Tag.DONE)
+        wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
 
     def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> bytes:
         """Encode the client's delta (only the ``kept`` coordinates under federated
