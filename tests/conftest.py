@@ -25,11 +25,13 @@ def mpirun(nprocs: int, args: list[str], timeout: float = 300, **env) -> subproc
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env(**env))
 
 
-def fedhpc_run(nprocs: int, out: Path, *sets: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """``mpiexec -n N python -m mpi4py -m fedhpc run --out OUT --set ...``."""
-    args = ["-m", "fedhpc", "run", "--out", str(out)]
+def fedhpc_run(nprocs: int, out: Path, *sets: str, timeout: float = 300, check: bool = True,
+               resume: bool = False) -> subprocess.CompletedProcess:
+    """``mpiexec -n N python -m mpi4py -m fedhpc run --out OUT --set ...`` (``--resume OUT`` with ``resume``);
+    a set starting with ``--`` is passed as an option."""
+    args = ["-m", "fedhpc", "run", "--resume" if resume else "--out", str(out)]
     for s in sets:
-        args += ["--set", s]
+        args += [s] if s.startswith("--") else ["--set", s]
     proc = mpirun(nprocs, args, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT\n{proc.stdout}\nSTDERR\n{proc.stderr[-6000:]}"

@@ -3,6 +3,10 @@
 * ``FEDHPC_MPI_CHUNK_BYTES``: largest single MPI message (default 1 GiB); bigger
   buffers travel in chunks, because single messages over 2 GiB break many MPI stacks.
 * ``FEDHPC_LOG_LEVEL``: log level of every rank (default INFO on rank 0, WARNING elsewhere).
+
+One variable is read by the compiled kernels themselves, because it must hold
+from the first kernel call: ``FEDHPC_DISABLE_SIMD=1`` forces the portable code
+paths instead of AVX2/F16C/SSE4.2 (the tests compare both).
 """
 
 from __future__ import annotations

@@ -71,7 +71,9 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     job = job_id_of(cfg)
     hosts = register(comm, ctx)
     if rank != 0:
-        return Trainer(comm, ctx, job).run()
+        status = Trainer(comm, ctx, job).run()
+        comm.Barrier()  # leave together: mpiexec kills the stragglers of a job whose first rank exits non-zero
+        return status
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
              cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
@@ -85,6 +87,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     if last is not None and status == 0:
         log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
                  time.monotonic() - t0, last["accuracy"], out)
+    comm.Barrier()
     return status
 
 

@@ -1,0 +1,139 @@
+"""``fedhpc inspect`` (a summary of a checkpoint or run file) and ``fedhpc report`` (plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fedhpc.checkpoint import Checkpoint
+from fedhpc.errors import FedHPCError
+from fedhpc.record import STATUS
+
+
+def inspect(path: Path) -> str:
+    """Human summary of a checkpoint (``ckpt-*.h5``) or run record (``run.h5``)."""
+    try:
+        with h5py.File(path, "r") as f:
+            is_checkpoint = "schema_version" in f.attrs
+    except OSError as exc:
+        raise FedHPCError(f"{path} is not a readable HDF5 file ({exc})") from None
+    return _inspect_checkpoint(path) if is_checkpoint else _inspect_record(path)
+
+
+def _inspect_checkpoint(path: Path) -> str:
+    with Checkpoint(path) as ck:
+        a = ck.file.attrs
+        st = ck.server_state()
+        cfg = ck.config()
+        acc = [json.loads(m)["accuracy"] for m in st.metrics]
+        acc = [x for x in acc if x is not None]
+        reported = sum(h.reported for h in st.history.values())
+        lines = [
+            f"checkpoint {path}",
+            f"  schema {a['schema_version']}, written by fedhpc {a['fedhpc_version']}",
+            f"  round {st.round} of {cfg.rounds}; accuracy so far: "
+            + (f"last {acc[-1]:.4f}, best {max(acc):.4f}" if acc else "not evaluated"),
+            f"  model {cfg.model.name}: {st.weights.size:,} parameters ({len(ck.file['model']) } tensors)",
+            f"  clients: {len(st.profiles)} ({reported} reports so far), "
+            f"{len(ck.file['clients/residual'])} error-feedback residuals",
+            f"  strategy {cfg.strategy.name} (state: {', '.join(st.strategy) or 'none'}), codec {cfg.codec.name}, "
+            f"selection {cfg.selection.name}, clock {cfg.clock}, seed {cfg.seed}",
+            "  config:",
+            *("    " + line for line in str(a["config_toml"]).splitlines()),
+        ]
+    return "\n".join(lines)
+
+
+def _inspect_record(path: Path) -> str:
+    with h5py.File(path, "r") as f:
+        if "rounds/round" not in f:
+            raise FedHPCError(f"{path} is neither a fedhpc checkpoint nor a run record")
+        n = len(f["rounds/round"])
+        acc = f["rounds/accuracy"][()]
+        status = f["clients/status"][()]
+        seen = np.isfinite(acc)
+        lines = [
+            f"run record {path}: {n} rounds, {status.shape[1]} clients",
+            "  accuracy: " + (f"last {acc[seen][-1]:.4f}, best {np.nanmax(acc):.4f}" if seen.any() else "none"),
+            f"  bytes up {int(f['rounds/bytes_up'][()].sum()):,}, down {int(f['rounds/bytes_down'][()].sum()):,}",
+            f"  reports {int((status == STATUS['reported']).sum())}, late {int((status == STATUS['late']).sum())}, "
+            f"failed {int((status == STATUS['failed']).sum())}",
+            f"  round time: mean {f['rounds/round_seconds'][()].mean():.3f}s",
+        ]
+    return "\n".join(lines)
+
+
+def report(out: Path) -> list[Path]:
+    """Draw PNG plots of run directory ``out`` into ``out/report/`` and write a markdown summary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = out / "run.h5"
+    if not path.exists():
+        raise FedHPCError(f"{path} does not exist: `fedhpc report` needs a run directory made by `fedhpc run`")
+    dest = out / "report"
+    dest.mkdir(exist_ok=True)
+    with h5py.File(path, "r") as f:
+        r = {k: f[f"rounds/{k}"][()] for k in f["rounds"]}
+        status = f["clients/status"][()]
+    rounds = r["round"]
+    files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(dest / name, dpi=100)
+        plt.close(fig)
+        files.append(dest / name)
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ax[0].plot(rounds, r["accuracy"], marker=".")
+    ax[0].set(xlabel="round", ylabel="test accuracy", title="Accuracy")
+    ax[1].plot(rounds, r["loss"], marker=".", color="C1")
+    ax[1].set(xlabel="round", ylabel="test loss", title="Loss")
+    save(fig, "accuracy_loss.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(rounds, r["bytes_up"] / 1e6, label="up")
+    ax.plot(rounds, r["bytes_down"] / 1e6, label="down")
+    ax.set(xlabel="round", ylabel="MB per round", title="Traffic")
+    ax.legend()
+    save(fig, "bytes.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sim = np.isfinite(r["sim_seconds"]).all() and len(rounds)
+    ax.bar(rounds, r["sim_seconds"] if sim else r["round_seconds"], color="C0", label="round time")
+    late = r["clients_late"] > 0
+    failed = r["clients_failed"] > 0
+    top = (r["sim_seconds"] if sim else r["round_seconds"])
+    ax.scatter(rounds[late], top[late], marker="v", color="C1", label="stragglers (late)", zorder=3)
+    ax.scatter(rounds[failed], top[failed] * 1.05, marker="x", color="C3", label="failures", zorder=3)
+    ax.set(xlabel="round", ylabel=("simulated" if sim else "wall") + " seconds", title="Round time")
+    ax.legend()
+    save(fig, "round_time.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.imshow(status.T, aspect="auto", interpolation="nearest", cmap=matplotlib.colors.ListedColormap(
+        ["white", "tab:green", "tab:orange", "tab:red"]), vmin=0, vmax=3)
+    ax.set(xlabel="round", ylabel="client", title="Participation: reported (green), late (orange), failed (red)")
+    save(fig, "participation.png")
+
+    acc = r["accuracy"]
+    seen = np.isfinite(acc)
+    summary = [
+        f"# fedhpc run report: {out}", "",
+        f"- rounds: {len(rounds)}",
+        f"- final accuracy: {acc[seen][-1]:.4f}" if seen.any() else "- final accuracy: not evaluated",
+        f"- best accuracy: {np.nanmax(acc):.4f}" if seen.any() else "",
+        f"- traffic: {r['bytes_up'].sum() / 1e6:.2f} MB up, {r['bytes_down'].sum() / 1e6:.2f} MB down",
+        f"- client reports: {int((status == STATUS['reported']).sum())}, late: {int(r['clients_late'].sum())}, "
+        f"failed: {int(r['clients_failed'].sum())}",
+        "", *(f"![{p.stem}]({p.name})" for p in files),
+    ]
+    (dest / "README.md").write_text("\n".join(line for line in summary if line is not None) + "\n")
+    files.append(dest / "README.md")
+    return files

@@ -1,0 +1,131 @@
+"""Checkpoints, exact resume, preemption by signal, the run record, inspect and report."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import MPIEXEC, fedhpc_run, final_weights, metrics, mpi_env
+from fedhpc.checkpoint import Checkpoint, CheckpointError, list_checkpoints
+
+# everything that draws random numbers or keeps state is on
+FULL = ["clock=simulated", "faults.dropout_prob=0.2", "stragglers.fastest_k=6", "profiles.speed_sigma=0.5",
+        "codec.name=topk-int8", "codec.ratio=0.1", "codec.stochastic=true", "selection.name=adaptive",
+        "strategy.name=fedadam", "clients.total=12", "clients.per_round=8", "local.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 6-round run."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    fedhpc_run(3, out, *FULL, "rounds=6")
+    return out
+
+
+def resume(nprocs, target, *sets, check=True):
+    return fedhpc_run(nprocs, target, *sets, check=check, resume=True)
+
+
+def test_stopped_and_resumed_run_ends_with_the_same_model(straight, tmp_path):
+    out = tmp_path / "run"
+    fedhpc_run(3, out, *FULL, "rounds=3")
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["ckpt-000003.h5"]
+    resume(4, out, "rounds=6")  # also on a different number of ranks
+    assert final_weights(out).tobytes() == final_weights(straight).tobytes()
+    assert [m["round"] for m in metrics(out)] == list(range(1, 7))
+    assert [m["accuracy"] for m in metrics(out)] == [m["accuracy"] for m in metrics(straight)]
+    with h5py.File(out / "run.h5") as f:
+        assert list(f["rounds/round"][()]) == list(range(1, 7))
+        assert f["clients/status"].shape == (6, 12)
+        assert np.array_equal(f["clients/status"][()], h5py.File(straight / "run.h5")["clients/status"][()])
+
+
+def test_a_signal_checkpoints_exits_75_and_the_resumed_run_matches(tmp_path):
+    out = tmp_path / "run"
+    sets = FULL + ["rounds=400", "clients.total=6", "clients.per_round=6", "stragglers.fastest_k=4"]
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit (mpiexec forwards it)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-3000:]
+    stopped = len(metrics(out))
+    assert 3 <= stopped < 400 and "stop signal received" in stderr
+    assert list_checkpoints(out / "checkpoints")[0].name == f"ckpt-{stopped:06d}.h5"
+    resume(3, out)
+    straight = tmp_path / "straight"
+    fedhpc_run(3, straight, *sets)
+    assert final_weights(out).tobytes() == final_weights(straight).tobytes()
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
+    out = tmp_path / "run"
+    fedhpc_run(3, out, *FULL, "rounds=4", "checkpoint.every=1", "checkpoint.keep=2")
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [p.name for p in ckpts] == ["ckpt-000004.h5", "ckpt-000003.h5"]  # keep=2
+    data = ckpts[0].read_bytes()
+    ckpts[0].write_bytes(data[: len(data) // 2])  # truncated, as by a node crash mid-write
+    proc = resume(3, out, "rounds=6")
+    assert "refusing checkpoint" in proc.stderr and "truncated" in proc.stderr
+    assert "resumed from" in proc.stderr and "ckpt-000003.h5" in proc.stderr
+    assert final_weights(out).tobytes() == final_weights(straight).tobytes()
+
+
+def test_checkpoint_refusals_say_why(straight, tmp_path):
+    from fedhpc.config import load_config
+    from fedhpc.models import Layout, build_model
+
+    path = list_checkpoints(straight / "checkpoints")[0]
+    cfg = load_config(straight / "config.toml")
+    with Checkpoint(path, cfg) as ck:
+        assert ck.round == 6 and ck.config() == cfg
+    with pytest.raises(CheckpointError, match="different configuration"):
+        Checkpoint(path, load_config(straight / "config.toml", ["codec.ratio=0.2"]))
+    layout = Layout(build_model(load_config(None, ["model.name=logreg"]).model, (64,), 10, 0))
+    with pytest.raises(CheckpointError, match="parameters"):
+        Checkpoint(path, None, layout)
+    bad = tmp_path / "ckpt-000001.h5"
+    bad.write_bytes(path.read_bytes())
+    with h5py.File(bad, "a") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(CheckpointError, match="schema version 99"):
+        Checkpoint(bad)
+    bad.write_bytes(path.read_bytes())
+    with h5py.File(bad, "a") as f:
+        ds = next(iter(f["model"].values()))
+        ds[0] = ds[0] + 1  # silent corruption of the weights
+    with pytest.raises(CheckpointError, match="checksum"):
+        Checkpoint(bad)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(CheckpointError, match="truncated or not an HDF5 file"):
+        Checkpoint(tmp_path / "junk.h5")
+
+
+def test_resume_with_a_changed_config_is_refused(straight, tmp_path):
+    proc = fedhpc_run(2, tmp_path / "x", f"--resume={straight}", "codec.ratio=0.3", check=False, timeout=120)
+    assert proc.returncode == 2 and "different configuration" in proc.stderr
+
+
+def test_inspect_and_report(straight):
+    run = [sys.executable, "-m", "fedhpc"]
+    ck = subprocess.run(run + ["inspect", str(list_checkpoints(straight / "checkpoints")[0])],
+                        capture_output=True, text=True)
+    assert ck.returncode == 0 and "round 6 of 6" in ck.stdout and "strategy fedadam" in ck.stdout
+    rec = subprocess.run(run + ["inspect", str(straight / "run.h5")], capture_output=True, text=True)
+    assert rec.returncode == 0 and "6 rounds, 12 clients" in rec.stdout
+    rep = subprocess.run(run + ["report", str(straight)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    for name in ("accuracy_loss.png", "bytes.png", "round_time.png", "participation.png"):
+        assert (straight / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "final accuracy" in (straight / "report" / "README.md").read_text()
+    bad = subprocess.run(run + ["inspect", str(straight / "metrics.jsonl")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a readable HDF5 file" in bad.stderr
