@@ -108,7 +108,7 @@ def test_bad_config_is_refused_before_anything_runs(out):
 
 
 def test_federated_dropout_sends_sub_models_and_still_learns(out):
-    fedhpc_run(3, out, "fed_dropout.rate=0.5", "model.hidden=128")
+    fedhpc_run(3, out, "fed_dropout.rate=0.5", "model.hidden=[128]")
     m = metrics(out)
     full_bytes = 4 * (64 * 128 + 128 + 128 * 10 + 10)
     for r in m:

@@ -35,13 +35,30 @@ class ClientsConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """The data of ``data.name = "synthetic"``: Gaussian class clusters (seeded, independent of the run seed)."""
+
+    shape: list[int] = field(default_factory=lambda: [32])  # of one sample, e.g. [3, 32, 32] for images
+    classes: int = 10
+    samples: int = 2000  # train + test
+
+    def check(self, key):
+        _require(len(self.shape) >= 1 and min(self.shape) >= 1, f"{key}.shape",
+                 "must be a non-empty list of sizes >= 1")
+        _require(self.classes >= 2, f"{key}.classes", "must be >= 2")
+        _require(self.samples >= 2, f"{key}.samples", "must be >= 2")
+
+
+@dataclass
 class DataConfig:
-    name: str = "digits"
-    partition: Literal["iid", "dirichlet", "classes"] = "classes"
+    name: str = "digits"  # digits | synthetic | cifar10 | shakespeare | shakespeare-offline | medmnist
+    partition: Literal["iid", "dirichlet", "classes", "natural"] = "classes"
     alpha: float = 0.5  # Dirichlet concentration (smaller = more skewed)
     classes_per_client: int = 2
-    root: str = ""  # directory of the dataset files, for datasets read from disk
+    # the dataset on disk: CIFAR-10 python directory, LEAF Shakespeare directory (train/, test/), MedMNIST .npz file
+    root: str = ""
     test_fraction: float = 0.2  # held-out share for central evaluation when the dataset has no test split
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def check(self, key):
         _require(self.alpha > 0, f"{key}.alpha", "must be > 0")
@@ -51,11 +68,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    hidden: int = 64
+    name: str = "mlp"  # mlp | logreg | cnn-cifar | cnn-medmnist | lstm-shakespeare | "package.module:factory"
+    hidden: list[int] = field(default_factory=lambda: [64])  # hidden layer sizes of mlp
 
     def check(self, key):
-        _require(self.hidden >= 1, f"{key}.hidden", "must be >= 1")
+        _require(all(h >= 1 for h in self.hidden), f"{key}.hidden", "must be a list of layer sizes >= 1")
+        module, colon, factory = self.name.partition(":")
+        _require(not colon or (module and factory), f"{key}.name",
+                 f"'{self.name}' must be a model name or 'package.module:factory'")
 
 
 @dataclass

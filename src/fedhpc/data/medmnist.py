@@ -22,7 +22,8 @@ from fedhpc.data.dataset import Dataset, data_root, standardize_images
 from fedhpc.errors import ConfigError
 
 WHERE = ("Get a 2D subset's .npz from https://medmnist.com (Zenodo record of MedMNIST v2), or with "
-         "`pip install medmnist` and `python -c \"import medmnist; medmnist.PathMNIST(split='train', download=True)\"`, "
+         "`pip install medmnist` and "
+         "`python -c \"import medmnist; medmnist.PathMNIST(split='train', download=True)\"`, "
          "which saves ~/.medmnist/pathmnist.npz; data.root is that file.")
 
 

@@ -1,10 +1,16 @@
-"""Split a dataset's train indices over clients: iid, Dirichlet label skew, k classes per client.
+"""Split a dataset's train indices over clients: iid, Dirichlet label skew, k classes per client, natural users.
 
-Every partitioner is seeded and deterministic, loses and duplicates no sample,
-and leaves no client empty (or raises a ConfigError explaining why it cannot).
+Every partitioner is seeded and deterministic, duplicates no sample and leaves
+no client empty (or raises a ConfigError explaining why it cannot). ``iid``,
+``dirichlet`` and ``classes`` use every sample; ``natural`` uses every sample
+when there are as many clients as users (see :func:`natural`).
 """
 
 from __future__ import annotations
+
+import heapq
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +18,7 @@ from fedhpc.errors import ConfigError
 
 
 def iid(y: np.ndarray, clients: int, rng: np.random.Generator, **_) -> list[np.ndarray]:
+    """A random permutation cut into equal parts."""
     return [np.sort(p) for p in np.array_split(rng.permutation(len(y)), clients)]
 
 
@@ -31,25 +38,117 @@ def dirichlet(y: np.ndarray, clients: int, rng: np.random.Generator, alpha: floa
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def classes(y: np.ndarray, clients: int, rng: np.random.Generator, classes_per_client: int = 2, **_) -> list[np.ndarray]:
-    """Shards as in McMahan et al. 2017: sort by label, cut into clients*k shards,
-    deal k shards to each client, so each holds (about) k classes."""
-    shards = clients * classes_per_client
-    if shards > len(y):
-        raise ConfigError(f"partition 'classes' needs clients*classes_per_client={shards} shards but has only {len(y)} samples")
-    order = np.argsort(y, kind="stable")
-    pieces = np.array_split(order, shards)
-    deal = rng.permutation(shards)
-    return [np.sort(np.concatenate([pieces[s] for s in deal[i::clients]])) for i in range(clients)]
+def classes(y: np.ndarray, clients: int, rng: np.random.Generator, classes_per_client: int = 2,
+            **_) -> list[np.ndarray]:
+    """Each client gets shards of exactly ``classes_per_client`` different classes.
+
+    As in McMahan et al. 2017, every class is cut into shards and each client
+    receives ``k = classes_per_client`` shards; here the shards of one class
+    always go to different clients, so a client holds exactly k classes (with
+    McMahan's sorted shards a shard could straddle two classes). A class gets
+    shards in proportion to its size (at least one, so no sample is lost, and
+    at most one per client); then each class in random order deals its shards
+    to the clients with the most free slots, ties broken at random, which
+    always completes and makes the pairing of classes random.
+    """
+    k = classes_per_client
+    labels, counts = np.unique(y, return_counts=True)
+    shards = _shards_per_class(counts, clients, k)
+    free = np.full(clients, k)
+    parts: list[list[np.ndarray]] = [[] for _ in range(clients)]
+    for c in rng.permutation(len(labels)):
+        takers = np.lexsort((rng.random(clients), -free))[: shards[c]]
+        # free slots never differ by more than one between clients, so the takers always have one
+        assert free[takers].min() > 0
+        idx = rng.permutation(np.flatnonzero(y == labels[c]))
+        for client, piece in zip(takers, np.array_split(idx, shards[c])):
+            parts[client].append(piece)
+        free[takers] -= 1
+    return [np.sort(np.concatenate(p)) for p in parts]
 
 
-PARTITIONERS = {"iid": iid, "dirichlet": dirichlet, "classes": classes}
+def _shards_per_class(counts: np.ndarray, clients: int, k: int) -> np.ndarray:
+    """How many shards each class is cut into: ``clients * k`` in all, one to
+    ``min(clients, samples)`` per class, spread so that shards are of similar size."""
+    total, n_classes = clients * k, len(counts)
+    if k > n_classes:
+        raise ConfigError(f"partition 'classes': data.classes_per_client={k} is more than the {n_classes} classes "
+                          f"of the dataset; lower data.classes_per_client")
+    if n_classes > total:
+        raise ConfigError(f"partition 'classes': {clients} clients x {k} classes each cover at most {total} of the "
+                          f"{n_classes} classes, so some samples would have no client; raise clients.total or "
+                          f"data.classes_per_client, or use partition 'dirichlet'")
+    cap = np.minimum(counts, clients)  # a class's shards go to different clients and hold a sample each
+    if cap.sum() < total:
+        raise ConfigError(f"partition 'classes': {clients} clients x {k} classes need {total} (client, class) "
+                          f"shards, but the classes are too small to be shared by that many clients (at most "
+                          f"{int(cap.sum())}); lower clients.total or data.classes_per_client")
+    shards = np.ones(n_classes, dtype=np.int64)
+    heap = [(-counts[c] / shards[c], c) for c in range(n_classes) if shards[c] < cap[c]]
+    heapq.heapify(heap)
+    for _ in range(total - n_classes):
+        _, c = heapq.heappop(heap)  # the class whose shards are largest now
+        shards[c] += 1
+        if shards[c] < cap[c]:
+            heapq.heappush(heap, (-counts[c] / shards[c], c))
+    return shards
 
 
-def partition(y: np.ndarray, clients: int, name: str, seed: int, **params) -> list[np.ndarray]:
-    """Indices of each client's samples."""
+def natural(y: np.ndarray, clients: int, rng: np.random.Generator, groups: np.ndarray | None = None,
+            **_) -> list[np.ndarray]:
+    """The dataset's own users as clients (LEAF Shakespeare: one per speaking role).
+
+    ``clients.total`` may be at most the number of users: the clients are the
+    ``clients.total`` users with the most training samples (ties: the earlier
+    user), in the dataset's user order. The samples of the remaining users are
+    not used for training (the partition summary counts them as unused); they
+    still count in the test split, which is pooled over all users. The seed
+    plays no part: the users are the partition.
+    """
+    if groups is None:
+        raise ConfigError("partition 'natural' needs a dataset with users of its own (shakespeare, "
+                          "shakespeare-offline); use iid, dirichlet or classes for this one")
+    sizes = np.bincount(groups)
+    users = int((sizes > 0).sum())
+    if clients > users:
+        raise ConfigError(f"partition 'natural': clients.total={clients} but the dataset has only {users} users; "
+                          f"set clients.total <= {users}")
+    chosen = np.sort(np.argsort(-sizes, kind="stable")[:clients])
+    order = np.argsort(groups, kind="stable")  # stable: each user's indices stay ascending
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    return [order[starts[u] : starts[u + 1]] for u in chosen]
+
+
+PARTITIONERS = {"iid": iid, "dirichlet": dirichlet, "classes": classes, "natural": natural}
+
+
+def partition(y: np.ndarray, clients: int, name: str, seed: int, groups: np.ndarray | None = None,
+              **params) -> list[np.ndarray]:
+    """Indices of each client's samples (``groups``: each sample's user, for ``natural``)."""
     if clients > len(y):
         raise ConfigError(f"{clients} clients but only {len(y)} training samples: every client needs one")
-    parts = PARTITIONERS[name](y, clients, np.random.default_rng(seed), **params)
-    assert sum(len(p) for p in parts) == len(y)
+    parts = PARTITIONERS[name](y, clients, np.random.default_rng(seed), groups=groups, **params)
+    used = np.concatenate(parts)
+    assert len(parts) == clients and all(len(p) for p in parts) and np.unique(used).size == used.size
+    assert used.size == len(y) or name == "natural"
     return parts
+
+
+def summary(data, parts: list[np.ndarray], name: str) -> dict:
+    """Samples and classes (label -> count) per client, and with natural users, each client's user."""
+    clients = []
+    for cid, p in enumerate(parts):
+        labels, counts = np.unique(data.y_train[p], return_counts=True)
+        entry = {"client": cid, "samples": int(len(p)), "classes": {str(c): int(n) for c, n in zip(labels, counts)}}
+        if name == "natural":
+            entry["user"] = data.users[int(data.groups[p[0]])]
+        clients.append(entry)
+    used = sum(len(p) for p in parts)
+    return {"dataset": data.name, "partition": name, "num_classes": data.num_classes,
+            "train_samples": int(len(data.y_train)), "test_samples": int(len(data.y_test)),
+            "unused_samples": int(len(data.y_train) - used), "clients": clients}
+
+
+def write_summary(path: Path, data, parts: list[np.ndarray], name: str) -> None:
+    """Write :func:`summary` as JSON (the run's ``partition.json``)."""
+    Path(path).write_text(json.dumps(summary(data, parts, name), indent=1))

@@ -1,38 +1,68 @@
-"""Models by name, and the flat-vector layout every model has."""
+"""Models by name, and the flat-vector layout every model has.
+
+``model.name`` is a key of :data:`MODELS` or ``"package.module:factory"``, a
+user's own factory. Every factory is called as
+``factory(input_shape, num_classes, cfg) -> torch.nn.Module`` with the shape of
+one sample (e.g. ``(3, 32, 32)`` or ``(80,)``), the number of classes and the
+:class:`~fedhpc.config.ModelConfig`; the module maps a batch of samples to
+``(batch, num_classes)`` logits. All its parameters must be float32: they are
+what the federation averages, as one flat vector (:class:`Layout`). Buffers
+(e.g. BatchNorm running statistics) are not federated and stay at their
+initial values on the orchestrator, so prefer GroupNorm/LayerNorm.
+"""
 
 from __future__ import annotations
 
-import math
+import importlib
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedhpc.errors import ConfigError
+from fedhpc.models.cnn import cnn_cifar, cnn_medmnist
+from fedhpc.models.lstm import lstm_shakespeare
+from fedhpc.models.mlp import logreg, mlp
 
-
-def mlp(input_shape, num_classes, cfg) -> nn.Module:
-    """Two-layer perceptron: flatten, Linear(hidden), ReLU, Linear(classes)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), cfg.hidden), nn.ReLU(),
-                         nn.Linear(cfg.hidden, num_classes))
-
-
-def logreg(input_shape, num_classes, cfg) -> nn.Module:
-    """Multinomial logistic regression."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
-
-
-MODELS = {"mlp": mlp, "logreg": logreg}
+MODELS = {
+    "mlp": mlp,
+    "logreg": logreg,
+    "cnn-cifar": cnn_cifar,
+    "cnn-medmnist": cnn_medmnist,
+    "lstm-shakespeare": lstm_shakespeare,
+}
 
 
 def build_model(cfg, input_shape, num_classes, seed: int) -> nn.Module:
     """The model named by ``cfg.name``, initialised from ``seed`` (same on every rank)."""
-    try:
-        factory = MODELS[cfg.name]
-    except KeyError:
-        raise ConfigError(f"config key 'model.name' is '{cfg.name}'; available models: {', '.join(MODELS)}") from None
+    factory = _user_factory(cfg.name) if ":" in cfg.name else MODELS.get(cfg.name)
+    if factory is None:
+        raise ConfigError(f"config key 'model.name' is '{cfg.name}'; available models: {', '.join(MODELS)}, "
+                          f"or 'package.module:factory' for your own")
     torch.manual_seed(seed)
-    return factory(input_shape, num_classes, cfg)
+    model = factory(tuple(input_shape), num_classes, cfg)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model '{cfg.name}' returned a {type(model).__name__}, not a torch.nn.Module")
+    wrong = [name for name, p in model.named_parameters() if p.dtype != torch.float32]
+    if wrong or not any(True for _ in model.parameters()):
+        raise ConfigError(f"model '{cfg.name}' must have float32 parameters (the federation averages them as "
+                          f"float32); {'these are not: ' + ', '.join(wrong) if wrong else 'it has none'}")
+    return model
+
+
+def _user_factory(name: str):
+    """The callable named ``package.module:factory``, importable on every rank."""
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.name '{name}': cannot import module '{module_name}' ({exc}); it must be "
+                          f"importable on every rank (installed, or on PYTHONPATH)") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model.name '{name}': module '{module_name}' has no callable '{attr}'; expected "
+                          f"def {attr}(input_shape, num_classes, cfg) -> torch.nn.Module")
+    return factory
 
 
 class Layout:

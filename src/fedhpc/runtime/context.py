@@ -45,7 +45,7 @@ def build_context(cfg: RunConfig, trainers: list[int]) -> Context:
     torch.set_num_threads(cfg.local.threads)
     data = load_dataset(cfg.data)
     parts = partition(data.y_train, cfg.clients.total, cfg.data.partition, derive_seed(cfg.seed, SEED_PARTITION),
-                      alpha=cfg.data.alpha, classes_per_client=cfg.data.classes_per_client)
+                      groups=data.groups, alpha=cfg.data.alpha, classes_per_client=cfg.data.classes_per_client)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
     return Context(cfg, data, parts, model, Layout(model), trainers)
 

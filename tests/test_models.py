@@ -1,0 +1,155 @@
+"""Models: the paper's sizes, the flat layout, federated dropout, and users' own factories."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedhpc.config import ModelConfig, load_config
+from fedhpc.errors import ConfigError
+from fedhpc.models import MODELS, Layout, build_model
+from fedhpc.models.cnn import conv_net
+from fedhpc.runtime.client import LocalTrainer
+from fedhpc.runtime.feddropout import FedDropout, droppable
+
+# name -> (sample shape, classes, input dtype, parameters)
+CASES = {
+    "mlp": ((64,), 10, torch.float32, 64 * 64 + 64 + 64 * 10 + 10),
+    "logreg": ((64,), 10, torch.float32, 64 * 10 + 10),
+    "cnn-cifar": ((3, 32, 32), 10, torch.float32, 2_156_490),
+    "cnn-medmnist": ((3, 28, 28), 9, torch.float32, 896 + 18_496 + 3136 * 128 + 128 + 128 * 9 + 9),
+    "lstm-shakespeare": ((80,), 80, torch.int64, 819_920),
+}
+
+
+def sample(shape, classes, dtype, n=5):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, classes, (n, *shape), generator=g) if dtype == torch.int64 else torch.randn(n, *shape)
+
+
+def test_every_registered_model_is_tested():
+    assert set(MODELS) == set(CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_models_have_the_papers_sizes_and_map_samples_to_logits(name):
+    shape, classes, dtype, size = CASES[name]
+    model = build_model(ModelConfig(name=name), shape, classes, seed=0)
+    assert Layout(model).size == size
+    assert model(sample(shape, classes, dtype)).shape == (5, classes)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_flat_layout_round_trips_and_seed_fixes_the_initial_model(name):
+    shape, classes, dtype, _ = CASES[name]
+    a, b = build_model(ModelConfig(name=name), shape, classes, 1), build_model(ModelConfig(name=name), shape, classes, 2)
+    layout = Layout(a)
+    assert np.array_equal(layout.flatten(a), layout.flatten(build_model(ModelConfig(name=name), shape, classes, 1)))
+    assert not np.array_equal(layout.flatten(a), layout.flatten(b))
+    layout.load(b, layout.flatten(a))
+    x = sample(shape, classes, dtype)
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x))
+
+
+def test_cnn_with_one_channel_and_mlp_with_hidden_sizes():
+    assert build_model(ModelConfig(name="cnn-medmnist"), (1, 28, 28), 2, 0)(torch.randn(2, 1, 28, 28)).shape == (2, 2)
+    mlp = build_model(load_config(None, ["model.hidden=[32, 16]"]).model, (8,), 3, 0)
+    assert [m.out_features for m in mlp if isinstance(m, nn.Linear)] == [32, 16, 3]
+    assert build_model(ModelConfig(name="mlp", hidden=[]), (8,), 3, 0)(torch.randn(1, 8)).shape == (1, 3)
+
+
+def test_federated_dropout_drops_conv_channels_and_fc_units_but_nothing_in_the_lstm():
+    cnn = build_model(ModelConfig(name="cnn-cifar"), (3, 32, 32), 10, 0)
+    assert droppable(cnn) == [("0", "3"), ("7", "9")]  # conv1 -> conv2 channels, fc1 -> fc2 units
+    assert droppable(build_model(ModelConfig(name="cnn-medmnist"), (1, 28, 28), 9, 0)) == [("0", "3"), ("7", "9")]
+    assert droppable(build_model(ModelConfig(name="mlp", hidden=[8, 4]), (6,), 3, 0)) == [("1", "3"), ("3", "5")]
+    lstm = build_model(ModelConfig(name="lstm-shakespeare"), (80,), 80, 0)
+    fd = FedDropout(lstm, Layout(lstm), rate=0.5, seed=0)
+    assert droppable(lstm) == [] and np.array_equal(fd.kept(0, 0), np.arange(Layout(lstm).size))
+
+
+def test_masked_cnn_training_equals_training_the_sub_network():
+    """Dropping conv channels and fc units by masking trains exactly the smaller CNN."""
+    cfg = load_config(None, ["local.epochs=2", "local.batch_size=4", "local.lr=0.05"])
+    shape, classes = (1, 8, 8), 3
+
+    def net(channels, hidden):
+        torch.manual_seed(0)
+        return conv_net(shape, classes, channels, 3, hidden, "test")
+
+    full = net((6, 5), 8)
+    layout = Layout(full)
+    fd = FedDropout(full, layout, rate=0.5, seed=1)
+    kept = fd.kept(0, 0)
+    mask = fd.mask(kept)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, *shape)).astype(np.float32), rng.integers(0, classes, 12)
+    delta, loss = LocalTrainer(cfg, full, layout, x, y).train(np.arange(12), layout.flatten(full), 0, 0, 0.0,
+                                                              lambda: False, mask)
+    # the kept conv1 channels and fc1 units, read off the mask of their biases
+    ch = np.flatnonzero(mask[layout.offsets[1] : layout.offsets[2]])
+    units = np.flatnonzero(mask[layout.offsets[5] : layout.offsets[6]])
+    sub, ref = net((len(ch), 5), len(units)), net((6, 5), 8)
+    with torch.no_grad():
+        sub[0].weight.copy_(ref[0].weight[ch]), sub[0].bias.copy_(ref[0].bias[ch])
+        sub[3].weight.copy_(ref[3].weight[:, ch]), sub[3].bias.copy_(ref[3].bias)
+        sub[7].weight.copy_(ref[7].weight[units]), sub[7].bias.copy_(ref[7].bias[units])
+        sub[9].weight.copy_(ref[9].weight[:, units]), sub[9].bias.copy_(ref[9].bias)
+    sub_layout = Layout(sub)
+    sub_delta, sub_loss = LocalTrainer(cfg, sub, sub_layout, x, y).train(np.arange(12), sub_layout.flatten(sub), 0, 0,
+                                                                         0.0, lambda: False)
+    assert np.allclose(delta[kept], sub_delta, atol=1e-5) and abs(loss - sub_loss) < 1e-5
+    assert np.all(delta[np.setdiff1d(np.arange(layout.size), kept)] == 0)
+
+
+@pytest.mark.parametrize("name,shape,classes,message", [
+    ("cnn-cifar", (64,), 10, "needs images of shape \\(channels, height, width\\)"),
+    ("lstm-shakespeare", (64,), 10, "use it with data.name = shakespeare"),
+    ("resnet", (64,), 10, "available models: mlp, logreg, cnn-cifar"),
+])
+def test_a_model_that_does_not_fit_the_data_is_a_clear_error(name, shape, classes, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(ModelConfig(name=name), shape, classes, 0)
+
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+def tiny(input_shape, num_classes, cfg):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 4), nn.Tanh(), nn.Linear(4, num_classes))
+
+def not_a_module(input_shape, num_classes, cfg):
+    return 42
+
+def double(input_shape, num_classes, cfg):
+    return nn.Linear(input_shape[0], num_classes).double()
+'''
+
+
+def test_users_own_model_factory(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model(load_config(None, ["model.name=my_models:tiny"]).model, (6,), 3, 0)
+    assert model(torch.randn(2, 6)).shape == (2, 3) and Layout(model).size == 6 * 4 + 4 + 4 * 3 + 3
+    assert droppable(model) == [("1", "3")]
+    for name, message in [("my_models:nothing", "has no callable 'nothing'; expected def nothing\\(input_shape"),
+                          ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'.*PYTHONPATH"),
+                          ("my_models:not_a_module", "returned a int, not a torch.nn.Module"),
+                          ("my_models:double", "must have float32 parameters.*these are not: weight, bias")]:
+        with pytest.raises(ConfigError, match=message):
+            build_model(ModelConfig(name=name), (6,), 3, 0)
+    sys.modules.pop("my_models", None)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["model.hidden=64"], "'model.hidden' must be a list"),
+    (["model.hidden=[0]"], "'model.hidden' must be a list of layer sizes >= 1"),
+    (["model.name=pkg:"], "must be a model name or 'package.module:factory'"),
+])
+def test_model_config_errors_name_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
