@@ -61,6 +61,7 @@ def _cmd_bench_kernels(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
     from fedhpc.bench import kernels as bench_kernels
+    from fedhpc.data.cli import add_data_commands
 
     parser = argparse.ArgumentParser(prog="fedhpc", description="Federated learning as one MPI job.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--out and supplies the config), from one checkpoint file, or 'latest' = the --out directory. "
                         "Extend a finished run with --set rounds=N")
     p.set_defaults(func=_cmd_run)
+
+    add_data_commands(sub)
 
     bench = sub.add_parser("bench", help="microbenchmarks to run on your own nodes")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

@@ -51,6 +51,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     valid one is used, older ones are fallen back to with a warning).
     """
     from fedhpc.checkpoint import Checkpoint, open_latest
+    from fedhpc.data.partition import write_summary
     from fedhpc.runtime.context import build_context
     from fedhpc.runtime.orchestrator import Orchestrator
     from fedhpc.runtime.registration import register
@@ -77,6 +78,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
              cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
+    write_summary(out / "partition.json", ctx.data, ctx.parts, cfg.data.partition)
     orchestrator = Orchestrator(comm, ctx, job, out, hosts)
     if resume is not None:
         opened = open_latest(resume, cfg, ctx.layout, log) if resume.is_dir() else Checkpoint(resume, cfg, ctx.layout)
