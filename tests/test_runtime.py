@@ -41,7 +41,7 @@ def test_default_job_reaches_85_percent_on_non_iid_digits(out):
 
 
 def test_fedprox_converges(out):
-    fedhpc_run(3, out, "strategy.name=fedprox", "strategy.mu=0.01", "rounds=15")
+    fedhpc_run(3, out, "strategy.name=fedprox", "strategy.mu=0.01", "rounds=30")
     assert metrics(out)[-1]["accuracy"] >= 0.8
 
 

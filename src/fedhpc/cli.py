@@ -52,6 +52,54 @@ def _resume_target(arg: str, out: Path) -> tuple[Path, Path, Path | None]:
     raise ConfigError(f"--resume {arg}: no checkpoint file and no run directory with checkpoints/ at {target}")
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from fedhpc.errors import FedHPCError
+    from fedhpc.report import inspect
+
+    try:
+        print(inspect(Path(args.path)))
+    except FedHPCError as exc:
+        print(f"fedhpc inspect: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fedhpc.errors import FedHPCError
+    from fedhpc.report import report
+
+    try:
+        for p in report(Path(args.out)):
+            print(p)
+    except FedHPCError as exc:
+        print(f"fedhpc report: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from fedhpc.gateway.worker import run_worker
+
+    return run_worker(args)
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from fedhpc.errors import FedHPCError
+    from fedhpc.gateway import certs
+
+    try:
+        if args.certs == "init":
+            files = certs.init(Path(args.dir), args.hosts.split(","))
+        else:
+            files, _ = certs.issue(Path(args.dir), args.name)
+    except FedHPCError as exc:
+        print(f"fedhpc certs: error: {exc}", file=sys.stderr)
+        return 2
+    for f in files:
+        print(f)
+    return 0
+
+
 def _cmd_bench_kernels(args: argparse.Namespace) -> int:
     from fedhpc.bench import kernels
 
@@ -83,7 +131,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "Extend a finished run with --set rounds=N")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("inspect", help="summarise a checkpoint (ckpt-*.h5) or a run record (run.h5)")
+    p.add_argument("path", help="checkpoint or run.h5 file")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("report", help="draw PNG plots and a markdown summary of a run into OUT/report/")
+    p.add_argument("out", help="run directory (holds run.h5)")
+    p.set_defaults(func=_cmd_report)
+
     add_data_commands(sub)
+
+    from fedhpc.gateway.worker import add_arguments as add_worker_arguments
+
+    p = sub.add_parser("worker", help="join a running job through its gateway (no MPI needed)",
+                       description="Register with a job's gateway, train the tasks it sends on local data, "
+                                   "stream the updates back; reconnects with backoff. Exit 0 when the job ends, "
+                                   "2 when refused (token/certificate), 1 after --retry-s without the gateway.")
+    add_worker_arguments(p)
+    p.set_defaults(func=_cmd_worker)
+
+    certs = sub.add_parser("certs", help="create a CA, the gateway certificate, worker certificates and tokens")
+    csub = certs.add_subparsers(dest="certs", required=True, metavar="ACTION")
+    p = csub.add_parser("init", help="new CA + server certificate + empty tokens.txt in --dir")
+    p.add_argument("--dir", required=True, help="directory for the files (keys are written 0600)")
+    p.add_argument("--hosts", default="localhost,127.0.0.1",
+                   help="comma-separated DNS names / IPs workers use to reach the gateway (certificate SANs)")
+    p.set_defaults(func=_cmd_certs)
+    p = csub.add_parser("issue", help="a worker certificate NAME.pem/.key and a token (appended to tokens.txt)")
+    p.add_argument("--dir", required=True, help="the directory made by `fedhpc certs init`")
+    p.add_argument("--name", required=True, help="worker name")
+    p.set_defaults(func=_cmd_certs)
+
 
     bench = sub.add_parser("bench", help="microbenchmarks to run on your own nodes")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

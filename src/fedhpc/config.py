@@ -31,7 +31,7 @@ class ClientsConfig:
 
     def check(self, key):
         _require(self.total >= 1, f"{key}.total", "must be >= 1")
-        _require(1 <= self.per_round <= self.total, f"{key}.per_round", f"must be in [1, clients.total={self.total}]")
+        _require(self.per_round >= 1, f"{key}.per_round", "must be >= 1")
 
 
 @dataclass
@@ -181,6 +181,40 @@ class FedDropoutConfig:
 
 
 @dataclass
+class GatewayConfig:
+    """The gRPC gateway rank (the last rank) through which external workers join."""
+
+    enabled: bool = False
+    listen: str = "0.0.0.0:50051"
+    clients: int = 4  # remote client slots; their ids follow the MPI-hosted clients
+    token_file: str = ""  # one "worker-name token" per line; every call must carry one of them
+    tls_cert: str = ""  # server certificate and key (PEM): TLS when set
+    tls_key: str = ""
+    client_ca: str = ""  # CA of the worker certificates: mutual TLS when set
+    # codec on the WAN link; name "" = the same as [codec]
+    codec: CodecConfig = field(default_factory=lambda: CodecConfig(name=""))
+    min_workers: int = 0  # before the first round, wait until this many workers registered ...
+    wait_s: float = 120.0  # ... but no longer than this
+    calls_per_second: float = 50.0  # per worker, beyond which calls are refused
+    heartbeat_s: float = 2.0  # a worker silent for 3 heartbeats while holding a task has failed
+
+    def check(self, key):
+        _require(self.clients >= 1, f"{key}.clients", "must be >= 1")
+        host, _, port = self.listen.rpartition(":")
+        _require(bool(host) and port.isdigit() and 0 <= int(port) < 65536, f"{key}.listen",
+                 f"must be HOST:PORT, got '{self.listen}'")
+        _require(not self.enabled or bool(self.token_file), f"{key}.token_file",
+                 "must name a token file when the gateway is enabled (create one with `fedhpc certs init`)")
+        _require(bool(self.tls_cert) == bool(self.tls_key), f"{key}.tls_cert",
+                 "and gateway.tls_key must be given together")
+        _require(not self.client_ca or bool(self.tls_cert), f"{key}.client_ca", "needs gateway.tls_cert (mutual TLS)")
+        _require(0 <= self.min_workers <= self.clients, f"{key}.min_workers", f"must be in [0, gateway.clients={self.clients}]")
+        _require(self.wait_s >= 0, f"{key}.wait_s", "must be >= 0")
+        _require(self.calls_per_second > 0, f"{key}.calls_per_second", "must be > 0")
+        _require(self.heartbeat_s > 0, f"{key}.heartbeat_s", "must be > 0")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
     keep: int = 3  # keep the newest K checkpoints
@@ -216,9 +250,14 @@ class RunConfig:
     fed_dropout: FedDropoutConfig = field(default_factory=FedDropoutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def check(self, key):
         _require(self.rounds >= 1, "rounds", "must be >= 1")
+        population = self.clients.total + (self.gateway.clients if self.gateway.enabled else 0)
+        _require(self.clients.per_round <= population, "clients.per_round",
+                 f"must be in [1, clients.total={self.clients.total}"
+                 + (f" + gateway.clients={self.gateway.clients}]" if self.gateway.enabled else "]"))
         _require(self.seed >= 0, "seed", "must be >= 0")
         for key, ids in (("profiles.slow_clients", self.profiles.slow_clients),
                          ("faults.error_clients", self.faults.error_clients),
@@ -243,6 +282,9 @@ class RunConfig:
         for key in ("rounds", "checkpoint", "eval"):
             d.pop(key, None)
         d["stragglers"].pop("timeout_s", None)
+        for key in ("listen", "token_file", "tls_cert", "tls_key", "client_ca", "calls_per_second", "heartbeat_s",
+                    "min_workers", "wait_s"):
+            d["gateway"].pop(key, None)  # where and how workers connect, not what the run computes
         return d
 
 
@@ -364,8 +406,11 @@ def _check_plugins(cfg: RunConfig) -> None:
     from fedhpc.selection import get_selector
     from fedhpc.strategy import get_strategy
 
-    for section, factory in (("codec", get_codec), ("strategy", get_strategy), ("selection", get_selector)):
-        plugin = getattr(cfg, section)
+    plugins = [("codec", cfg.codec, get_codec), ("strategy", cfg.strategy, get_strategy),
+               ("selection", cfg.selection, get_selector)]
+    if cfg.gateway.codec.name:
+        plugins.append(("gateway.codec", cfg.gateway.codec, get_codec))
+    for section, plugin, factory in plugins:
         try:
             factory(plugin.name, **plugin.params)
         except ValueError as exc:

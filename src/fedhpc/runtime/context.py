@@ -23,14 +23,34 @@ class Context:
     parts: list[np.ndarray]  # client id -> indices into the train split
     model: nn.Module
     layout: Layout
-    trainers: list[int]  # ranks that host clients
+    mpi_trainers: list[int]  # ranks that host and train the MPI clients
+    gateway: int | None = None  # the gateway rank, whose clients are external workers
+
+    @property
+    def trainers(self) -> list[int]:
+        """Every rank that takes part in rounds (closing, accounting, checkpoints)."""
+        return self.mpi_trainers + ([self.gateway] if self.gateway is not None else [])
+
+    @property
+    def remote_clients(self) -> list[int]:
+        """Client ids played by gateway workers: they follow the MPI-hosted ones."""
+        if self.gateway is None:
+            return []
+        total = self.cfg.clients.total
+        return list(range(total, total + self.cfg.gateway.clients))
+
+    @property
+    def all_clients(self) -> list[int]:
+        return list(range(self.cfg.clients.total)) + self.remote_clients
 
     def host_of(self, client: int) -> int:
         """The rank hosting ``client``: fixed for the run, so its state stays in one place."""
-        return self.trainers[client % len(self.trainers)]
+        if client >= self.cfg.clients.total:
+            return self.gateway
+        return self.mpi_trainers[client % len(self.mpi_trainers)]
 
     def clients_of(self, rank: int) -> list[int]:
-        return [c for c in range(self.cfg.clients.total) if self.host_of(c) == rank]
+        return [c for c in self.all_clients if self.host_of(c) == rank]
 
     def fed_dropout(self):
         """The federated-dropout mapper, or None when ``fed_dropout.rate`` is 0."""
@@ -41,13 +61,13 @@ class Context:
         return FedDropout(self.model, self.layout, self.cfg.fed_dropout.rate, self.cfg.seed)
 
 
-def build_context(cfg: RunConfig, trainers: list[int]) -> Context:
+def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None = None) -> Context:
     torch.set_num_threads(cfg.local.threads)
     data = load_dataset(cfg.data)
     parts = partition(data.y_train, cfg.clients.total, cfg.data.partition, derive_seed(cfg.seed, SEED_PARTITION),
                       groups=data.groups, alpha=cfg.data.alpha, classes_per_client=cfg.data.classes_per_client)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-    return Context(cfg, data, parts, model, Layout(model), trainers)
+    return Context(cfg, data, parts, model, Layout(model), mpi_trainers, gateway)
 
 
 def simulated_profiles(cfg: RunConfig) -> dict[int, ClientProfile]:

@@ -15,13 +15,15 @@ from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
 from fedhpc.errors import ConfigError, FedHPCError
 from fedhpc.runtime import signals
+from fedhpc.runtime.protocol import Tag, recv_object
 
 log = logging.getLogger("fedhpc")
 
 
-def setup_logging(rank: int, out: Path | None) -> None:
-    """Rank 0 logs progress (and to OUT/run.log); other ranks only warnings, prefixed with their rank."""
-    level = env.LOG_LEVEL or ("INFO" if rank == 0 else "WARNING")
+def setup_logging(rank: int, out: Path | None, verbose: bool = False) -> None:
+    """Rank 0 (and a ``verbose`` rank: the gateway) logs progress, rank 0 also to OUT/run.log;
+    other ranks only warnings. Every line names its rank."""
+    level = env.LOG_LEVEL or ("INFO" if rank == 0 or verbose else "WARNING")
     root = logging.getLogger("fedhpc")
     root.setLevel(level)
     root.handlers.clear()
@@ -57,22 +59,30 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     from fedhpc.runtime.registration import register
     from fedhpc.runtime.trainer import Trainer
 
-    if comm.size < 2:
-        raise ConfigError("fedhpc run needs at least 2 MPI ranks (rank 0 orchestrates, the others train): "
-                          "launch it as `mpiexec -n 3 fedhpc run ...`")
+    gateway = comm.size - 1 if cfg.gateway.enabled else None
+    needed = 3 if gateway is not None else 2
+    if comm.size < needed:
+        raise ConfigError(f"fedhpc run needs at least {needed} MPI ranks (rank 0 orchestrates, the others train"
+                          + (", the last is the gateway" if gateway is not None else "")
+                          + f"): launch it as `mpiexec -n {needed + 1} fedhpc run ...`")
     signals.install()
     rank = comm.rank
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml")
     comm.Barrier()
-    setup_logging(rank, out if rank == 0 else None)
+    setup_logging(rank, out if rank == 0 else None, verbose=rank == gateway)
     K.set_num_threads(cfg.local.threads)
-    ctx = build_context(cfg, trainers=list(range(1, comm.size)))
+    ctx = build_context(cfg, list(range(1, gateway or comm.size)), gateway)
     job = job_id_of(cfg)
     hosts = register(comm, ctx)
     if rank != 0:
-        status = Trainer(comm, ctx, job).run()
+        if rank == gateway:
+            from fedhpc.gateway.rank import GatewayRank
+
+            status = GatewayRank(comm, ctx, job).run()
+        else:
+            status = Trainer(comm, ctx, job).run()
         comm.Barrier()  # leave together: mpiexec kills the stragglers of a job whose first rank exits non-zero
         return status
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
@@ -80,6 +90,10 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
              cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
     write_summary(out / "partition.json", ctx.data, ctx.parts, cfg.data.partition)
     orchestrator = Orchestrator(comm, ctx, job, out, hosts)
+    if gateway is not None:
+        g = cfg.gateway
+        orchestrator.update_remote(recv_object(comm, gateway, Tag.WORKERS, g.wait_s + cfg.stragglers.timeout_s,
+                                               "the gateway to start"))
     if resume is not None:
         opened = open_latest(resume, cfg, ctx.layout, log) if resume.is_dir() else Checkpoint(resume, cfg, ctx.layout)
         with opened as ckpt:

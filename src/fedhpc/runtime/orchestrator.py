@@ -23,7 +23,7 @@ from fedhpc.runtime import signals
 from fedhpc.runtime.protocol import Status, Tag, bcast_array, recv_arrays, recv_update, send_arrays, unpack_update
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
-from fedhpc.types import ClientFailure, ClientHistory, ClientResult, RoundOutcome
+from fedhpc.types import ClientFailure, ClientHistory, ClientProfile, ClientResult, RoundOutcome
 
 log = logging.getLogger("fedhpc.orchestrator")
 
@@ -56,6 +56,9 @@ class Orchestrator:
         self.comm, self.ctx, self.job_id, self.out = comm, ctx, job_id, out
         cfg = ctx.cfg
         self.codec = get_codec(cfg.codec.name, **cfg.codec.params)
+        wan = cfg.gateway.codec
+        self.remote_codec = get_codec(wan.name, **wan.params) if wan.name else self.codec
+        self.remote_connected: set[int] = set()  # remote clients with a worker, as of the last round
         self.strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         self.selector = get_selector(cfg.selection.name, **cfg.selection.params)
         self.mu = cfg.strategy.mu if cfg.strategy.mu is not None else self.strategy.client_mu()
@@ -63,7 +66,7 @@ class Orchestrator:
         self.model_bytes = self.weights.nbytes
         self.feddrop = ctx.fed_dropout()
         self.profiles = self._profiles(hosts)
-        self.history = {c: ClientHistory() for c in range(cfg.clients.total)}
+        self.history = {c: ClientHistory() for c in ctx.all_clients}
         self.first_round = 0
         self.lines: list[str] = []  # metrics.jsonl so far
         self.forwarded_signals = 0
@@ -82,6 +85,7 @@ class Orchestrator:
             log.info("rank %d on %s: %.0f samples/s, %.1f GiB, link %.3f ms / %.0f Mbit/s", rank, h["host"],
                      h["samples_per_s"], h["memory_gb"], h["latency_ms"], h["bandwidth_mbps"])
         profiles = simulated_profiles(self.ctx.cfg)
+        profiles |= {c: ClientProfile(client_id=c, remote=True) for c in self.ctx.remote_clients}
         for c, p in profiles.items():
             h = hosts[self.ctx.host_of(c)]
             p.samples_per_s, p.memory_gb = h["samples_per_s"], h["memory_gb"]
@@ -127,7 +131,7 @@ class Orchestrator:
         cfg = self.ctx.cfg
         every = cfg.checkpoint.every
         metrics, status = None, 0
-        record = RunRecord(self.out / "run.h5", cfg.clients.total, self.first_round)
+        record = RunRecord(self.out / "run.h5", len(self.ctx.all_clients), self.first_round)
         with open(self.out / "metrics.jsonl", "w") as mfile:
             mfile.writelines(line + "\n" for line in self.lines)
             for r in range(self.first_round, cfg.rounds):
@@ -156,8 +160,8 @@ class Orchestrator:
         cfg, ctx = self.ctx.cfg, self.ctx
         t0 = time.monotonic()
         rng = np.random.default_rng(derive_seed(cfg.seed, r, SEED_SELECT))
-        selected, reasons = self.selector.select(r, list(range(cfg.clients.total)), cfg.clients.per_round,
-                                                 self.profiles, self.history, rng)
+        available = list(range(cfg.clients.total)) + sorted(self.remote_connected)
+        selected, reasons = self.selector.select(r, available, cfg.clients.per_round, self.profiles, self.history, rng)
         for line in reasons:
             log.debug("round %d selection: %s", r, line)
         assign: dict[int, list[int]] = {}
@@ -193,7 +197,7 @@ class Orchestrator:
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(status, bytes up, seconds) per client for the run record."""
-        total = self.ctx.cfg.clients.total
+        total = len(self.ctx.all_clients)
         status = np.zeros(total, np.int8)
         seconds = np.full(total, np.nan)
         for f in outcome.failures:
@@ -257,8 +261,10 @@ class Orchestrator:
                 got.bytes_up += buf.nbytes
                 self.accept(r, src, buf, expected, got, closed, time.monotonic() - t0)
             elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
-                rr, count = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
+                rr, count, connected = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
                 done[status.Get_source()] = count
+                if connected is not None:
+                    self.update_remote(connected)
             else:
                 time.sleep(0.0002)
         return got
@@ -287,7 +293,7 @@ class Orchestrator:
             problem = f"is a duplicate for client {cid}"
         elif self.ctx.host_of(cid) != src:
             problem = f"claims client {cid}, which rank {src} does not host"
-        elif head.num_samples != len(self.ctx.parts[cid]):
+        elif cid < len(self.ctx.parts) and head.num_samples != len(self.ctx.parts[cid]):
             problem = f"claims {head.num_samples} samples, client {cid} has {len(self.ctx.parts[cid])}"
         if problem:
             log.warning("round %d: update from rank %d rejected: it %s", r, src, problem)
@@ -302,8 +308,9 @@ class Orchestrator:
             got.failures[cid] = ClientFailure(cid, "error", bytes(body).decode("utf-8", "replace"))
             return
         kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
+        codec = self.remote_codec if cid >= self.ctx.cfg.clients.total else self.codec
         try:
-            delta = self.codec.decode(body, expected_n=self.ctx.layout.size if kept is None else kept.size)
+            delta = codec.decode(body, expected_n=self.ctx.layout.size if kept is None else kept.size)
         except CorruptUpdateError as exc:
             log.warning("round %d: client %d sent a corrupt update: %s", r, cid, exc)
             got.failures[cid] = ClientFailure(cid, "corrupt", str(exc))
@@ -336,6 +343,21 @@ class Orchestrator:
         failures = list(got.failures.values()) + [ClientFailure(c, "late") for c in got.late]
         results = sorted((a.result for a in arrivals), key=lambda res: res.client_id)
         return RoundOutcome(r, results, sorted(failures, key=lambda f: f.client_id)), sim_seconds
+
+    def update_remote(self, connected: dict[int, dict]) -> None:
+        """Take the gateway's report of connected workers: who can be selected, and their profiles."""
+        fastest = max((p.samples_per_s for p in self.profiles.values()), default=0.0) or 1.0
+        for cid, prof in connected.items():
+            p = self.profiles[cid]
+            p.samples_per_s, p.memory_gb = prof["samples_per_s"], prof["memory_gb"]
+            p.bandwidth_mbps, p.latency_ms = max(prof["bandwidth_mbps"], 1e-3), prof["latency_ms"]
+            p.speed = max(prof["samples_per_s"], 1e-9) / fastest
+        joined, left = connected.keys() - self.remote_connected, self.remote_connected - connected.keys()
+        for cid in sorted(joined):
+            log.info("remote client %d joined (worker %s)", cid, connected[cid].get("worker"))
+        for cid in sorted(left):
+            log.info("remote client %d left", cid)
+        self.remote_connected = set(connected)
 
     def download_bytes(self, r: int, client: int) -> int:
         """Bytes of the model a client needs: its sub-model under federated dropout."""

@@ -27,6 +27,7 @@ class Tag(IntEnum):
     DONE = 13  # trainer -> 0: (round, number of Updates sent for it)
     SIGNAL = 14  # trainer -> 0: this rank received a stop signal
     STATE = 15  # either way: client ids, then their error-feedback residuals (checkpoint / restore)
+    WORKERS = 16  # gateway -> 0 before the first round: {client id: profile} of the connected workers
 
 
 class Status(IntEnum):

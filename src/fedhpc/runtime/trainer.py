@@ -87,7 +87,7 @@ class Trainer:
         closed_round = recv_object(self.comm, 0, Tag.CLOSE, cfg.stragglers.timeout_s, f"rank 0 to close round {r}")
         if closed_round != r:
             raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
-        self.comm.send((r, sent), dest=0, tag=Tag.DONE)
+        self.comm.send((r, sent, None), dest=0, tag=Tag.DONE)  # None: no remote workers to report
         wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
 
     def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> bytes:

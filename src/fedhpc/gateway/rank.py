@@ -1,0 +1,104 @@
+"""The gateway rank: to rank 0 a trainer rank whose clients are external workers.
+
+It serves the workers over gRPC (:class:`~fedhpc.gateway.server.GatewayServer`)
+and speaks the trainer protocol over MPI: it receives the round's model,
+hands each assigned remote client's task to the worker playing it, forwards
+the Update bytes the workers push, reports a failure at once for a client with
+no worker or whose worker went silent, and accounts for the round at CLOSE
+like any trainer (adding the profiles of the connected workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+import numpy as np
+import tomli_w
+
+from fedhpc.gateway.server import GatewayServer, Task, fingerprint, load_tokens
+from fedhpc.runtime.protocol import (
+    Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_object, wait_with_deadline,
+)
+from fedhpc.runtime.trainer import Trainer
+
+log = logging.getLogger("fedhpc.gateway")
+
+
+class GatewayRank(Trainer):
+    def __init__(self, comm, ctx, job_id: int):
+        super().__init__(comm, ctx, job_id)
+        g = ctx.cfg.gateway
+        self.server = GatewayServer(
+            job_id=job_id, slots=ctx.remote_clients, config_toml=tomli_w.dumps(ctx.cfg.to_dict()),
+            tokens=load_tokens(g.token_file), max_update_bytes=64 + 2 * 4 * ctx.layout.size + (1 << 20),
+            calls_per_second=g.calls_per_second, heartbeat_s=g.heartbeat_s)
+        port = self.server.start(g.listen, g.tls_cert, g.tls_key, g.client_ca)
+        host = g.listen.rpartition(":")[0]
+        security = ("mutual TLS" if g.client_ca else "TLS") if g.tls_cert else "NO TLS (tokens travel in clear)"
+        log.info("gateway listening on %s:%d (%s), remote clients %d..%d", host, port, security,
+                 ctx.remote_clients[0], ctx.remote_clients[-1])
+        if g.tls_cert:
+            log.info("gateway certificate SHA-256 fingerprint %s", fingerprint(g.tls_cert))
+        self._await_workers(g.min_workers, g.wait_s)
+
+    def _await_workers(self, count: int, wait_s: float) -> None:
+        """Hold the first round until ``count`` workers registered (or ``wait_s`` passed),
+        then tell rank 0 who is there so they can be selected from the first round on."""
+        deadline = time.monotonic() + wait_s
+        if count:
+            log.info("waiting up to %.0fs for %d worker(s) to register", wait_s, count)
+        while len(self.server.connected()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        connected = self.server.connected()
+        if len(connected) < count:
+            log.warning("only %d of %d workers registered within %.0fs; starting anyway", len(connected), count,
+                        wait_s)
+        self.comm.send(connected, dest=0, tag=Tag.WORKERS)
+
+    def run(self) -> int:
+        try:
+            return super().run()
+        finally:
+            self.server.stop()
+
+    def _failure(self, r: int, cid: int, reason: str) -> np.ndarray:
+        head = UpdateHeader(Status.ERROR, self.job_id, r, cid, 0, 0.0, 0.0, 0.0, 0)
+        return pack_update(head, reason.encode())
+
+    def train_round(self, task: dict) -> None:
+        timeout = self.ctx.cfg.stragglers.timeout_s
+        bcast_array(self.comm, self.weights)
+        r, sent, pending = task["round"], 0, []
+
+        def send(buf: np.ndarray) -> None:
+            nonlocal sent, pending
+            pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
+            sent += 1
+
+        self.server.begin_round(r)
+        model = self.weights.tobytes()
+        for cid in task["assign"].get(self.comm.rank, []):
+            if not self.server.offer_task(Task(r, cid, task["mu"], model)):
+                send(self._failure(r, cid, f"no worker is connected for remote client {cid}"))
+        deadline = time.monotonic() + timeout
+        while not self.round_closed():
+            self._forward_signal()
+            try:
+                client, rnd, data = self.server.updates.get(timeout=0.002)
+                if rnd == r:
+                    send(np.frombuffer(data, dtype=np.uint8))
+            except queue.Empty:
+                pass
+            for cid in self.server.lost_clients():
+                send(self._failure(r, cid, f"the worker of client {cid} disconnected mid-round"))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway: no word from rank 0 for {timeout:.0f}s in round {r}")
+        self.server.end_round()
+        closed = recv_object(self.comm, 0, Tag.CLOSE, timeout, f"rank 0 to close round {r}")
+        if closed != r:
+            raise RuntimeError(f"gateway: orchestrator closed round {closed} while in round {r}")
+        self.comm.send((r, sent, self.server.connected()), dest=0, tag=Tag.DONE)
+        wait_with_deadline(pending, timeout, f"rank 0 to receive round {r}'s updates")
+

@@ -1,0 +1,297 @@
+"""The gateway's gRPC server: registration, tasks, updates, liveness, security.
+
+It knows nothing of MPI: :class:`GatewayServer` is driven by the gateway rank
+(:mod:`fedhpc.gateway.rank`) through :meth:`offer_task`, :meth:`take_updates`
+and friends, so it can also be exercised on its own in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from fedhpc.errors import ConfigError, CorruptUpdateError
+from fedhpc.gateway import fedhpc_pb2 as pb
+from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
+from fedhpc.runtime.protocol import unpack_update
+
+log = logging.getLogger("fedhpc.gateway")
+
+CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default, framing included
+TOKEN_KEY = "x-fedhpc-token"
+
+
+def load_tokens(path: str | Path) -> dict[str, str]:
+    """token -> worker name, from lines ``name token`` (``#`` comments allowed)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"gateway token file {path} cannot be read: {exc}") from None
+    tokens = {}
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[1]) < 16:
+            raise ConfigError(f"{path}:{n}: expected 'worker-name token' with a token of >= 16 characters")
+        tokens[parts[1]] = parts[0]
+    if not tokens:
+        raise ConfigError(f"gateway token file {path} holds no tokens")
+    return tokens
+
+
+@dataclass
+class Task:
+    round: int
+    client: int
+    mu: float
+    model: bytes
+
+
+@dataclass
+class Session:
+    id: str
+    worker: str  # the token's name
+    client: int
+    profile: dict
+    last_seen: float
+    tasks: queue.Queue = field(default_factory=queue.Queue)
+    outstanding: Task | None = None  # handed out, no update yet
+
+
+class _RateLimiter:
+    """Token bucket per worker: ``rate`` calls per second, bursts of 2 s worth."""
+
+    def __init__(self, rate: float):
+        self.rate, self.burst = rate, max(1.0, 2 * rate)
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def allow(self, who: str) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            level, then = self.buckets.get(who, (self.burst, now))
+            level = min(self.burst, level + (now - then) * self.rate)
+            ok = level >= 1.0
+            self.buckets[who] = (level - 1.0 if ok else level, now)
+            return ok
+
+
+class GatewayServer(pb_grpc.GatewayServicer):
+    """Serves external workers for one job.
+
+    ``slots``: the remote client ids workers can play. ``config_toml``: the
+    run config sent to workers. ``check_update(header)`` is called for every
+    pushed Update and returns an error string or None.
+    """
+
+    def __init__(self, *, job_id: int, slots: list[int], config_toml: str, tokens: dict[str, str],
+                 max_update_bytes: int, calls_per_second: float, heartbeat_s: float):
+        self.job_id, self.slots, self.config_toml, self.tokens = job_id, slots, config_toml, tokens
+        self.max_update_bytes, self.heartbeat_s = max_update_bytes, heartbeat_s
+        self.limiter = _RateLimiter(calls_per_second)
+        self.sessions: dict[str, Session] = {}
+        self.lock = threading.Lock()
+        self.updates: queue.Queue = queue.Queue()  # (session, client, round, bytes) for the gateway rank
+        self.open_round = -1
+        self.stopping = threading.Event()
+        self.server: grpc.Server | None = None
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self, listen: str, tls_cert: str = "", tls_key: str = "", client_ca: str = "") -> int:
+        """Start serving on ``listen``; return the bound port."""
+        options = [("grpc.max_receive_message_length", 2 * CHUNK_BYTES),
+                   ("grpc.max_send_message_length", 2 * CHUNK_BYTES),
+                   ("grpc.so_reuseport", 0)]  # a stale server must not silently share the port
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
+        pb_grpc.add_GatewayServicer_to_server(self, self.server)
+        if tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())],
+                root_certificates=Path(client_ca).read_bytes() if client_ca else None,
+                require_client_auth=bool(client_ca))
+            port = self.server.add_secure_port(listen, creds)
+        else:
+            port = self.server.add_insecure_port(listen)
+        if port == 0:
+            raise ConfigError(f"gateway cannot listen on {listen} (address in use or invalid)")
+        self.server.start()
+        return port
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.stopping.set()
+        if self.server is not None:
+            self.server.stop(grace_s).wait(grace_s + 1)
+
+    # -- driven by the gateway rank ----------------------------------------
+    def client_session(self, client: int) -> Session | None:
+        with self.lock:
+            return next((s for s in self.sessions.values() if s.client == client), None)
+
+    def offer_task(self, task: Task) -> bool:
+        """Queue a task for the worker playing ``task.client``; False if none is connected."""
+        s = self.client_session(task.client)
+        if s is None:
+            return False
+        s.tasks.put(task)
+        return True
+
+    def begin_round(self, r: int) -> None:
+        self.open_round = r
+
+    def end_round(self) -> None:
+        """Close the round: queued tasks are dropped, later pushes refused as late."""
+        self.open_round = -1
+        with self.lock:
+            for s in self.sessions.values():
+                s.outstanding = None
+                while not s.tasks.empty():
+                    s.tasks.get_nowait()
+
+    def lost_clients(self) -> list[int]:
+        """Clients whose worker holds a task but stopped sending heartbeats (and drop their sessions)."""
+        limit = time.monotonic() - 3 * self.heartbeat_s
+        with self.lock:
+            lost = [s for s in self.sessions.values() if s.last_seen < limit]
+            for s in lost:
+                del self.sessions[s.id]
+                log.warning("worker %s (client %d) went silent; its session is closed", s.worker, s.client)
+            return [s.client for s in lost if s.outstanding is not None]
+
+    def connected(self) -> dict[int, dict]:
+        """client id -> profile of the workers connected now."""
+        with self.lock:
+            return {s.client: dict(s.profile) for s in self.sessions.values()}
+
+    # -- RPCs ----------------------------------------------------------------
+    def _auth(self, context) -> str:
+        """The caller's worker name; aborts the call unless its token is valid and it is within its rate."""
+        token = dict(context.invocation_metadata()).get(TOKEN_KEY, "")
+        worker = self.tokens.get(token) if token else None
+        if worker is None:
+            log.warning("refused a call from %s: %s token", context.peer(), "wrong" if token else "no")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (x-fedhpc-token)")
+        if not self.limiter.allow(worker):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"worker {worker}: too many calls per second")
+        return worker
+
+    def _session(self, context, worker: str, sid: str) -> Session:
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None or s.worker != worker:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown or expired session: register again")
+            s.last_seen = time.monotonic()
+            return s
+
+    def Register(self, request, context):
+        worker = self._auth(context)
+        with self.lock:
+            for old in [s for s in self.sessions.values() if s.worker == worker and
+                        request.requested_client in (-1, s.client)]:
+                del self.sessions[old.id]  # the same worker reconnecting replaces its old session
+            taken = {s.client for s in self.sessions.values()}
+            free = [c for c in self.slots if c not in taken]
+            if request.requested_client >= 0:
+                free = [c for c in free if c == request.requested_client]
+            if not free:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"no free remote client slot (slots {self.slots[0]}..{self.slots[-1]}, "
+                              f"requested {request.requested_client})")
+            p = request.profile
+            s = Session(secrets.token_hex(16), worker, free[0], _profile_dict(p) | {"worker": worker},
+                        time.monotonic())
+            self.sessions[s.id] = s
+        log.info("worker %s (%s) registered as client %d (link %.1f Mbit/s, %.2f ms)", worker, context.peer(),
+                 s.client, p.bandwidth_mbps, p.latency_ms)
+        return pb.RegisterReply(session=s.id, client_id=s.client, job_id=self.job_id, config_toml=self.config_toml,
+                                max_update_bytes=self.max_update_bytes, chunk_bytes=CHUNK_BYTES)
+
+    def GetTask(self, request, context):
+        s = self._session(context, self._auth(context), request.session)
+        deadline = time.monotonic() + min(max(request.wait_s, 0.0), 30.0)
+        while not self.stopping.is_set():
+            try:
+                task = s.tasks.get(timeout=0.05)
+            except queue.Empty:
+                s.last_seen = time.monotonic()
+                if time.monotonic() >= deadline or not context.is_active():
+                    yield pb.TaskChunk(kind=pb.TaskChunk.IDLE)
+                    return
+                continue
+            if task.round != self.open_round:
+                continue  # the round closed while the task waited
+            s.outstanding = task
+            for a in range(0, max(len(task.model), 1), CHUNK_BYTES):
+                yield pb.TaskChunk(kind=pb.TaskChunk.TRAIN, round=task.round, client_id=task.client, mu=task.mu,
+                                   model_bytes=len(task.model), data=task.model[a : a + CHUNK_BYTES])
+            return
+        yield pb.TaskChunk(kind=pb.TaskChunk.STOP)
+
+    def PushUpdate(self, request_iterator, context):
+        worker = self._auth(context)
+        parts, size, s, rnd = [], 0, None, None
+        max_chunks = self.max_update_bytes // CHUNK_BYTES + 2
+        for chunk in request_iterator:
+            if s is None:
+                s, rnd = self._session(context, worker, chunk.session), chunk.round
+            size += len(chunk.data)
+            if size > self.max_update_bytes or len(parts) >= max_chunks:
+                log.warning("worker %s: update refused, over %d bytes / %d chunks", worker, self.max_update_bytes,
+                            max_chunks)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"update exceeds {self.max_update_bytes} bytes or {max_chunks} chunks")
+            parts.append(chunk.data)
+        if s is None:
+            return pb.PushReply(accepted=False, reason="empty upload")
+        data = b"".join(parts)
+        reason = self._check(s, rnd, data)
+        if reason:
+            log.warning("worker %s (client %d): update refused: %s", worker, s.client, reason)
+            return pb.PushReply(accepted=False, reason=reason)
+        s.outstanding = None
+        self.updates.put((s.client, rnd, data))
+        return pb.PushReply(accepted=True)
+
+    def _check(self, s: Session, rnd: int, data: bytes) -> str | None:
+        try:
+            head, _ = unpack_update(data)
+        except CorruptUpdateError as exc:
+            return str(exc)
+        if head.job != self.job_id:
+            return f"update is for job {head.job}, this job is {self.job_id}"
+        if head.client != s.client:
+            return f"update claims client {head.client}, this session plays client {s.client}"
+        if head.round != rnd or s.outstanding is None or s.outstanding.round != rnd:
+            return f"round {head.round} is not open for client {s.client} (late or never assigned)"
+        return None
+
+    def Heartbeat(self, request, context):
+        worker = self._auth(context)
+        if request.session:
+            s = self._session(context, worker, request.session)
+            if request.HasField("profile"):
+                s.profile.update(_profile_dict(request.profile))
+        return pb.HeartbeatReply(payload=request.payload[:CHUNK_BYTES])
+
+
+def _profile_dict(p: pb.Profile) -> dict:
+    return {"samples_per_s": p.samples_per_s, "memory_gb": p.memory_gb, "bandwidth_mbps": p.bandwidth_mbps,
+            "latency_ms": p.latency_ms}
+
+
+def fingerprint(cert_path: str | Path) -> str:
+    """SHA-256 fingerprint of a PEM certificate, as workers can compare it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))

@@ -1,0 +1,200 @@
+"""``fedhpc worker``: an external worker that joins a job through its gateway.
+
+A plain process, no MPI: it registers with a profile of its host, long-polls
+for tasks, trains the model it is sent on its own data, streams back the
+encoded Update (the same bytes a trainer rank sends over MPI), and repeats
+until the job ends. It reconnects with exponential backoff when the link
+drops; a refused credential is fatal and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from fedhpc.compress import ErrorFeedback, get_codec
+from fedhpc.config import DataConfig, load_config_text
+from fedhpc.data import load_dataset
+from fedhpc.gateway import fedhpc_pb2 as pb
+from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
+from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY
+from fedhpc.models import Layout, build_model
+from fedhpc.runtime.client import SEED_CODEC, LocalTrainer, derive_seed
+from fedhpc.runtime.protocol import Status, UpdateHeader, pack_update
+
+log = logging.getLogger("fedhpc.worker")
+FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the gateway's address")
+    p.add_argument("--token-file", required=True, help="file holding this worker's token")
+    p.add_argument("--ca", help="CA certificate (PEM) to verify the gateway; without it the link is NOT encrypted")
+    p.add_argument("--cert", help="this worker's certificate (PEM), for mutual TLS")
+    p.add_argument("--key", help="this worker's private key (PEM), for mutual TLS")
+    p.add_argument("--name", default=os.uname().nodename, help="worker name in the gateway's logs")
+    p.add_argument("--client-id", type=int, default=-1, help="remote client slot to take (default: any free)")
+    p.add_argument("--data", default="digits", help="dataset name this worker trains on (see fedhpc data)")
+    p.add_argument("--data-root", default="", help="directory of the dataset files")
+    p.add_argument("--shard", default="0/1", metavar="K/N", help="train on iid shard K of N of the dataset")
+    p.add_argument("--retry-s", type=float, default=120.0, help="give up after this long without the gateway")
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.token = Path(args.token_file).read_text().strip()
+        self.metadata = ((TOKEN_KEY, self.token),)
+        options = [("grpc.max_receive_message_length", 2 * CHUNK_BYTES),
+                   ("grpc.max_send_message_length", 2 * CHUNK_BYTES)]
+        if args.ca:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(args.ca).read_bytes(),
+                private_key=Path(args.key).read_bytes() if args.key else None,
+                certificate_chain=Path(args.cert).read_bytes() if args.cert else None)
+            self.channel = grpc.secure_channel(args.connect, creds, options=options)
+        else:
+            log.warning("no --ca: connecting WITHOUT TLS; the token travels in clear")
+            self.channel = grpc.insecure_channel(args.connect, options=options)
+        self.stub = pb_grpc.GatewayStub(self.channel)
+        k, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError(f"--shard {args.shard}: need 0 <= K < N")
+        self.shard = (k, n)
+        self.state: ErrorFeedback | None = None
+        self.session = ""
+
+    # -- setup -----------------------------------------------------------------
+    def register(self) -> None:
+        data = load_dataset(DataConfig(name=self.args.data, root=self.args.data_root))
+        order = np.random.default_rng(0).permutation(len(data.y_train))
+        self.indices = np.sort(np.array_split(order, self.shard[1])[self.shard[0]])
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        profile = self.probe_link()
+        reply = self.stub.Register(pb.RegisterRequest(worker=self.args.name, requested_client=self.args.client_id,
+                                                      profile=profile), metadata=self.metadata, timeout=30)
+        self.session, self.client, self.job = reply.session, reply.client_id, reply.job_id
+        cfg = load_config_text(reply.config_toml, source="the gateway's run config")
+        self.cfg = cfg
+        wan = cfg.gateway.codec if cfg.gateway.codec.name else cfg.codec
+        self.codec = get_codec(wan.name, **wan.params)
+        self.use_ef = wan.error_feedback and not self.codec.lossless
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+        self.layout = Layout(self.model)
+        self.trainer = LocalTrainer(cfg, self.model, self.layout, data.x_train, data.y_train)
+        # the training throughput needs the job's model, known only now: send it with a heartbeat
+        profile.samples_per_s = self.measure_throughput(data)
+        self.stub.Heartbeat(pb.HeartbeatRequest(session=self.session, profile=profile), metadata=self.metadata,
+                            timeout=30)
+        log.info("registered as client %d of job %d (%d samples, codec %s, %.0f samples/s, %.1f Mbit/s)",
+                 self.client, self.job, len(self.indices), wan.name, profile.samples_per_s, profile.bandwidth_mbps)
+
+    def probe_link(self) -> pb.Profile:
+        """Latency from an empty echo, bandwidth from a 256 KiB echo, and this host's memory."""
+        def echo(n: int) -> float:
+            t0 = time.perf_counter()
+            self.stub.Heartbeat(pb.HeartbeatRequest(payload=bytes(n)), metadata=self.metadata, timeout=30)
+            return time.perf_counter() - t0
+
+        rtt = min(echo(0) for _ in range(3))
+        big = min(echo(1 << 18) for _ in range(2))
+        return pb.Profile(memory_gb=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+                          latency_ms=rtt / 2 * 1e3, bandwidth_mbps=2 * (1 << 18) * 8 / max(big - rtt, 1e-6) / 1e6)
+
+    def measure_throughput(self, data) -> float:
+        """Samples per second of local training, as the trainer ranks measure their hosts."""
+        n = min(len(self.indices), 4 * self.cfg.local.batch_size)
+        weights = self.layout.flatten(self.model)
+        t0 = time.perf_counter()
+        self.trainer.train(self.indices[:n], weights, 0, self.client, 0.0, lambda: False)
+        return n * self.cfg.local.epochs / max(time.perf_counter() - t0, 1e-9)
+
+    # -- the loop ----------------------------------------------------------------
+    def serve(self) -> None:
+        """Work until the job stops (returns) or the link fails (raises grpc.RpcError)."""
+        beat = threading.Event()
+        beating = threading.Thread(target=self._heartbeat, args=(beat,), daemon=True)
+        beating.start()
+        try:
+            while True:
+                chunks = self.stub.GetTask(pb.TaskRequest(session=self.session, wait_s=10.0),
+                                           metadata=self.metadata, timeout=60)
+                first, model = None, bytearray()
+                for c in chunks:
+                    if c.kind == pb.TaskChunk.STOP:
+                        log.info("the job is over")
+                        return
+                    if c.kind == pb.TaskChunk.IDLE:
+                        break
+                    first = first or c
+                    model += c.data
+                if first is not None:
+                    self.train(first, bytes(model))
+        finally:
+            beat.set()
+            beating.join(timeout=15)  # no gRPC call may outlive the channel (it aborts the process)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.gateway.heartbeat_s):
+            try:
+                self.stub.Heartbeat(pb.HeartbeatRequest(session=self.session), metadata=self.metadata, timeout=10)
+            except grpc.RpcError:
+                pass  # the main loop notices a dead link and reconnects
+
+    def train(self, task: pb.TaskChunk, model: bytes) -> None:
+        if len(model) != 4 * self.layout.size:
+            raise ValueError(f"the job's model has {len(model) // 4} parameters but the model built for this "
+                             f"worker's data ({self.args.data}) has {self.layout.size}: use data of the same shape")
+        weights = np.frombuffer(model, dtype=np.float32)
+        t0 = time.perf_counter()
+        delta, loss = self.trainer.train(self.indices, weights, task.round, task.client_id, task.mu, lambda: False)
+        if self.use_ef and self.state is None:
+            self.state = ErrorFeedback(delta.size)
+        payload = self.codec.encode(delta, self.state if self.use_ef else None,
+                                    seed=derive_seed(self.cfg.seed, task.round, task.client_id, SEED_CODEC))
+        head = UpdateHeader(Status.OK, self.job, task.round, task.client_id, len(self.indices), loss,
+                            time.perf_counter() - t0, 0.0, 0)
+        buf = pack_update(head, payload).tobytes()
+        chunks = (pb.UpdateChunk(session=self.session, round=task.round, data=buf[a : a + CHUNK_BYTES])
+                  for a in range(0, len(buf), CHUNK_BYTES))
+        reply = self.stub.PushUpdate(chunks, metadata=self.metadata, timeout=120)
+        if reply.accepted:
+            log.info("round %d: update sent (%d bytes, loss %.4f)", task.round, len(buf), loss)
+        else:
+            log.warning("round %d: the gateway refused the update: %s", task.round, reply.reason)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Register and serve, reconnecting with backoff; 0 when the job ends, 2 when refused, 1 on giving up."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [worker {args.name}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    worker = Worker(args)
+    delay, lost_since = 1.0, None
+    while True:
+        try:
+            worker.register()
+            delay, lost_since = 1.0, None
+            worker.serve()
+            worker.channel.close()
+            return 0
+        except grpc.FutureTimeoutError:
+            reason = f"cannot reach the gateway at {args.connect} (or the TLS handshake failed: check --ca/--cert)"
+        except grpc.RpcError as exc:
+            if exc.code() in FATAL:
+                log.error("the gateway refused this worker: %s: %s", exc.code().name, exc.details())
+                return 2
+            reason = f"{exc.code().name}: {exc.details()}"
+        lost_since = lost_since or time.monotonic()
+        if time.monotonic() - lost_since > args.retry_s:
+            log.error("giving up after %.0fs without the gateway (%s)", args.retry_s, reason)
+            return 1
+        log.warning("link to the gateway lost (%s); retrying in %.0fs", reason, delay)
+        time.sleep(delay)
+        delay = min(2 * delay, 30.0)

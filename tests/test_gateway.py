@@ -1,0 +1,260 @@
+"""The gRPC gateway: stubs, security, limits, chunked streaming, and hybrid MPI + worker jobs."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import h5py
+import numpy as np
+import pytest
+
+from conftest import MPIEXEC, metrics, mpi_env
+from fedhpc.gateway import certs
+from fedhpc.gateway import fedhpc_pb2 as pb
+from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
+from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY, GatewayServer, Task, load_tokens
+from fedhpc.gateway.stubs import HERE, generate
+from fedhpc.runtime.protocol import Status, UpdateHeader, pack_update
+
+JOB = 4242
+
+
+def test_committed_stubs_match_the_proto(tmp_path):
+    for f in generate(tmp_path):
+        assert f.read_text() == (HERE / f.name).read_text(), f"{f.name} is stale: run python -m fedhpc.gateway.stubs"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    certs.init(d, ["localhost", "127.0.0.1"])
+    for name in ("w1", "w2"):
+        certs.issue(d, name)
+    other = d / "other"
+    certs.init(other, ["localhost"])
+    certs.issue(other, "intruder")
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gateway(pki):
+    srv = GatewayServer(job_id=JOB, slots=[10, 11], config_toml="rounds = 1\n", tokens=load_tokens(pki / "tokens.txt"),
+                        max_update_bytes=3 << 20, calls_per_second=200, heartbeat_s=0.2)
+    port = srv.start("127.0.0.1:0", str(pki / "server.pem"), str(pki / "server.key"), str(pki / "ca.pem"))
+    yield srv, f"127.0.0.1:{port}"
+    srv.stop(0.5)
+
+
+def channel(pki, addr, who="w1", ca_dir=None):
+    ca_dir = ca_dir or pki
+    creds = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes(), (ca_dir / f"{who}.key").read_bytes(),
+                                         (ca_dir / f"{who}.pem").read_bytes())
+    return grpc.secure_channel(addr, creds, options=[("grpc.max_receive_message_length", 2 * CHUNK_BYTES)])
+
+
+def token(pki, who="w1"):
+    return ((TOKEN_KEY, (pki / f"{who}.token").read_text().strip()),)
+
+
+def register(stub, md, client=-1):
+    return stub.Register(pb.RegisterRequest(worker="t", requested_client=client, profile=pb.Profile()), metadata=md,
+                         timeout=10)
+
+
+def test_calls_without_or_with_a_wrong_token_are_refused(pki, gateway):
+    srv, addr = gateway
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    for md in ((), ((TOKEN_KEY, "x" * 40),)):
+        with pytest.raises(grpc.RpcError) as exc:
+            register(stub, md)
+        assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert register(stub, token(pki)).client_id == 10
+
+
+def test_a_certificate_from_another_ca_or_no_tls_cannot_connect(pki, gateway):
+    srv, addr = gateway
+    for ch in (channel(pki, addr, "intruder", pki / "other"), grpc.insecure_channel(addr)):
+        with pytest.raises(grpc.RpcError) as exc:
+            register(pb_grpc.GatewayStub(ch), token(pki))
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert srv.connected() == {}
+
+
+def test_slots_are_handed_out_and_run_out(pki, gateway):
+    srv, addr = gateway
+    s1 = pb_grpc.GatewayStub(channel(pki, addr, "w1"))
+    s2 = pb_grpc.GatewayStub(channel(pki, addr, "w2"))
+    assert register(s1, token(pki, "w1"), client=11).client_id == 11
+    assert register(s2, token(pki, "w2")).client_id == 10
+    assert register(s1, token(pki, "w1"), client=11).client_id == 11  # the same worker reconnecting
+    with pytest.raises(grpc.RpcError) as exc:
+        register(s1, token(pki, "w1"), client=10)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sorted(srv.connected()) == [10, 11]
+
+
+def test_a_100_mb_model_and_update_stream_in_chunks(pki, gateway):
+    srv, addr = gateway
+    srv.max_update_bytes = 110 << 20
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    md = token(pki)
+    reg = register(stub, md)
+    model = np.random.default_rng(0).standard_normal(25_000_000).astype(np.float32).tobytes()  # 100 MB
+    srv.begin_round(3)
+    assert srv.offer_task(Task(3, reg.client_id, 0.0, model))
+    got = bytearray()
+    for chunk in stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=md, timeout=60):
+        assert chunk.kind == pb.TaskChunk.TRAIN and len(chunk.data) <= CHUNK_BYTES
+        got += chunk.data
+    assert bytes(got) == model
+    body = model[:100_000_000]
+    update = pack_update(UpdateHeader(Status.OK, JOB, 3, reg.client_id, 5, 0.1, 0.0, 0.0, 0), body).tobytes()
+    chunks = (pb.UpdateChunk(session=reg.session, round=3, data=update[a : a + CHUNK_BYTES])
+              for a in range(0, len(update), CHUNK_BYTES))
+    assert stub.PushUpdate(chunks, metadata=md, timeout=60).accepted
+    client, rnd, data = srv.updates.get(timeout=5)
+    assert (client, rnd) == (reg.client_id, 3) and data == update
+
+
+def push(stub, session, rnd, data):
+    return stub.PushUpdate(iter([pb.UpdateChunk(session=session, round=rnd, data=data)]), metadata=stub.md,
+                           timeout=10)
+
+
+def test_bad_updates_are_refused_without_reaching_the_job(pki, gateway):
+    srv, addr = gateway
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    stub.md = token(pki)
+    reg = register(stub, stub.md)
+    srv.begin_round(1)
+    srv.offer_task(Task(1, reg.client_id, 0.0, b"\0" * 64))
+    list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=stub.md, timeout=10))
+
+    def update(**kw):
+        h = dict(status=Status.OK, job=JOB, round=1, client=reg.client_id, num_samples=5, loss=0.1, compute_s=0.0,
+                 sim_s=0.0, body_len=0) | kw
+        return pack_update(UpdateHeader(**h), b"payload").tobytes()
+
+    flipped = bytearray(update())
+    flipped[20] ^= 1  # a bit of the sample count
+    assert "checksum" in push(stub, reg.session, 1, bytes(flipped)).reason
+    assert "not a fedhpc Update" in push(stub, reg.session, 1, b"X" + update()[1:]).reason
+    assert "job" in push(stub, reg.session, 1, update(job=1)).reason
+    assert "claims client" in push(stub, reg.session, 1, update(client=99)).reason
+    assert "not open" in push(stub, reg.session, 2, update(round=2)).reason
+    with pytest.raises(grpc.RpcError) as exc:
+        push(stub, reg.session, 1, b"\0" * (4 << 20))  # over max_update_bytes (one chunk over 1 MiB is refused too)
+    assert exc.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,)
+    assert srv.updates.empty()
+    assert push(stub, reg.session, 1, update()).accepted
+    srv.end_round()
+    assert "not open" in push(stub, reg.session, 1, update()).reason  # late: the round has closed
+
+
+def test_rate_limit_per_worker(pki, gateway):
+    srv, addr = gateway
+    srv.limiter.rate, srv.limiter.burst = 2.0, 4.0
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    codes = []
+    for _ in range(12):
+        try:
+            stub.Heartbeat(pb.HeartbeatRequest(), metadata=token(pki), timeout=5)
+            codes.append("ok")
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert codes[:3] == ["ok"] * 3 and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+
+
+def test_a_silent_worker_holding_a_task_is_reported_lost(pki, gateway):
+    srv, addr = gateway
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    reg = register(stub, token(pki))
+    srv.begin_round(0)
+    srv.offer_task(Task(0, reg.client_id, 0.0, b"\0" * 8))
+    list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=token(pki), timeout=10))
+    time.sleep(0.7)  # > 3 heartbeats of 0.2 s
+    assert srv.lost_clients() == [reg.client_id]
+    assert srv.connected() == {}
+
+
+# --- hybrid jobs: mpiexec with a gateway rank, workers as plain processes ---------------------
+
+
+def hybrid_config(pki, tmp_path, port, extra=""):
+    cfg = tmp_path / "hybrid.toml"
+    cfg.write_text(f"""
+rounds = 30
+[clients]
+total = 5
+per_round = 7
+[profiles]
+slow_clients = [0]
+slow_factor = 40.0
+[stragglers]
+deadline_s = 5.0
+[gateway]
+enabled = true
+listen = "127.0.0.1:{port}"
+clients = 2
+min_workers = 2
+wait_s = 90
+heartbeat_s = 0.3
+token_file = "{pki}/tokens.txt"
+tls_cert = "{pki}/server.pem"
+tls_key = "{pki}/server.key"
+client_ca = "{pki}/ca.pem"
+[gateway.codec]
+name = "topk-int8"
+ratio = 0.1
+{extra}""")
+    return cfg
+
+
+def start_worker(pki, port, who, client, shard):
+    cmd = [sys.executable, "-m", "fedhpc", "worker", "--connect", f"127.0.0.1:{port}", "--token-file",
+           str(pki / f"{who}.token"), "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{who}.pem"), "--key",
+           str(pki / f"{who}.key"), "--name", who, "--client-id", str(client), "--shard", shard, "--retry-s", "20"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env())
+
+
+def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
+    port = free_port()
+    out = tmp_path / "run"
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config",
+                            str(hybrid_config(pki, tmp_path, port)), "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    w1 = start_worker(pki, port, "w1", 5, "0/2")
+    w2 = start_worker(pki, port, "w2", 6, "1/2")
+    lines = lambda: len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").exists() else 0
+    deadline = time.monotonic() + 180
+    while lines() < 4:
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
+    w2.send_signal(signal.SIGKILL)  # vanishes mid-run, maybe mid-round
+    w2.wait()
+    w2 = start_worker(pki, port, "w2", 6, "1/2")
+    _, err = job.communicate(timeout=240)
+    assert job.returncode == 0, err[-4000:]
+    assert w1.wait(timeout=60) == 0 and w2.wait(timeout=60) == 0, (w1.stdout.read(), w2.stdout.read())
+    assert "gateway listening on 127.0.0.1" in err and "fingerprint" in err
+    assert "remote client 5 joined" in err and "remote client 6 joined" in err
+    m = metrics(out)
+    assert len(m) == 30
+    with h5py.File(out / "run.h5") as f:
+        status = f["clients/status"][()]
+    assert status.shape == (30, 7)
+    killed = np.flatnonzero(status[:, 6] != 1)
+    assert (killed >= 3).any()  # w2's client missed rounds after the kill (round 0 may miss as it warms up) ...
+    assert status[-1, 6] == 1  # ... and was accepted again after rejoining
+    assert (status[:, 5] == 1).sum() >= 25  # w1 kept working
+    assert m[-1]["accuracy"] > 0.8
