@@ -227,9 +227,11 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     every: int = 1
+    max_samples: int = 0  # evaluate on a fixed seeded subset of this many test samples (0 = all)
 
     def check(self, key):
         _require(self.every >= 1, f"{key}.every", "must be >= 1")
+        _require(self.max_samples >= 0, f"{key}.max_samples", "must be >= 0")
 
 
 @dataclass

@@ -17,9 +17,7 @@ import numpy as np
 from torch import nn
 
 from fedhpc.models import Layout
-from fedhpc.runtime.client import derive_seed
-
-SEED_FEDDROP = 7
+from fedhpc.runtime.client import SEED_FEDDROP, derive_seed
 
 
 def droppable(module: nn.Module) -> list[tuple[str, str]]:

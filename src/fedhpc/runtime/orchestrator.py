@@ -16,7 +16,7 @@ from mpi4py import MPI
 from fedhpc.checkpoint import Checkpoint, ServerState, write_checkpoint
 from fedhpc.compress import get_codec
 from fedhpc.errors import CorruptUpdateError
-from fedhpc.runtime.client import SEED_SELECT, derive_seed, evaluate
+from fedhpc.runtime.client import SEED_EVAL, SEED_SELECT, derive_seed, evaluate
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
@@ -65,6 +65,10 @@ class Orchestrator:
         self.weights = ctx.layout.flatten(ctx.model)
         self.model_bytes = self.weights.nbytes
         self.feddrop = ctx.fed_dropout()
+        n_test, cap = len(ctx.data.y_test), cfg.eval.max_samples
+        # a fixed subset, so every evaluation of the run is comparable (large test sets take minutes on CPU)
+        self.eval_idx = (np.sort(np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL)).choice(n_test, cap, replace=False))
+                         if 0 < cap < n_test else slice(None))
         self.profiles = self._profiles(hosts)
         self.history = {c: ClientHistory() for c in ctx.all_clients}
         self.first_round = 0
@@ -176,7 +180,7 @@ class Orchestrator:
         accuracy = loss = None
         if (r + 1) % cfg.eval.every == 0 or r + 1 == cfg.rounds:
             ctx.layout.load(ctx.model, self.weights)
-            accuracy, loss = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test)
+            accuracy, loss = evaluate(ctx.model, ctx.data.x_test[self.eval_idx], ctx.data.y_test[self.eval_idx])
         reasons_count = Counter(f.reason for f in outcome.failures)
         metrics = {
             "round": r + 1,
