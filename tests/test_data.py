@@ -230,7 +230,7 @@ def test_shakespeare_reads_leaf_json_with_one_user_per_role(tmp_path):
     train = {"PLAY_HAMLET": 30, "PLAY_OPHELIA": 12, "PLAY_GHOST": 5, "PLAY_LAERTES": 8}
     written = write_leaf_shakespeare(tmp_path, train, {"PLAY_HAMLET": 6, "PLAY_OPHELIA": 3, "PLAY_HORATIO": 2})
     d = load_dataset(DataConfig(name="shakespeare", root=str(tmp_path)))
-    assert d.x_train.shape == (55, 80) and d.x_train.dtype == np.int64 and d.x_test.shape == (11, 80)
+    assert d.x_train.shape == (55, 80) and d.x_train.dtype == np.uint8 and d.x_test.shape == (11, 80)
     assert d.num_classes == 80 and d.users == list(train)
     for g, (user, (x, y)) in enumerate(written["train"].items()):
         rows = np.flatnonzero(d.groups == g)

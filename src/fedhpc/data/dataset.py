@@ -14,7 +14,7 @@ from fedhpc.errors import ConfigError
 class Dataset:
     """Arrays of one dataset with a train and a test split.
 
-    ``x`` is (N, ...) float32 (images as N x C x H x W) or int64 (text as
+    ``x`` is (N, ...) float32 (images as N x C x H x W) or uint8 (text as
     vocabulary indices); ``y`` is (N,) int64 in ``[0, num_classes)``. Datasets
     with users of their own (LEAF Shakespeare's speaking roles) also give, per
     train sample, the index of its user in ``groups`` and the user names in

@@ -20,7 +20,7 @@ class CharLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, sequence) character indices -> (batch, vocab) logits of the next character."""
-        h, _ = self.lstm(self.embed(x))
+        h, _ = self.lstm(self.embed(x.long()))  # datasets keep characters as uint8, 8x less memory
         return self.out(h[:, -1])
 
 
