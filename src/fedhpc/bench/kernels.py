@@ -43,8 +43,9 @@ class Record:
     baseline_seconds: float
     speedup: float
     copy_gbps: float
-    roof_fraction: float
+    roof_fraction: float  # gbps / copy_gbps
     threads: int
+    copyto_gbps: float  # copy into a preallocated array
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -124,16 +125,20 @@ def run(sizes, kernels, threads: int, repeats: int, progress=print) -> list[Reco
     for n in sizes:
         src = rng.standard_normal(n, dtype=np.float32)
         dst = np.empty_like(src)
-        copy_s = best_time(lambda: np.copyto(dst, src), repeats)
-        copy_gbps = 8 * n / copy_s / 1e9
-        progress(f"n={n:,}: memory copy {copy_gbps:.2f} GB/s (read+write)")
+        # The roof: a copy into a new array, the same work pattern as a kernel that
+        # returns a new array (first-touch page faults included); the copy into a
+        # preallocated array is recorded beside it.
+        copy_gbps = 8 * n / best_time(lambda: src.copy(), repeats) / 1e9
+        copyto_gbps = 8 * n / best_time(lambda: np.copyto(dst, src), repeats) / 1e9
+        progress(f"n={n:,}: memory copy {copy_gbps:.2f} GB/s into a new array, {copyto_gbps:.2f} GB/s into an "
+                 "existing one (read+write)")
         for name, ours, base_name, base, nbytes in cases(n, rng):
             if name not in kernels:
                 continue
             s = best_time(ours, repeats)
             b = best_time(base, max(1, repeats // 2) if n >= 1 << 26 else repeats)
             gbps = nbytes / s / 1e9
-            rec = Record(name, n, s, gbps, base_name, b, b / s, copy_gbps, gbps / copy_gbps, threads)
+            rec = Record(name, n, s, gbps, base_name, b, b / s, copy_gbps, gbps / copy_gbps, threads, copyto_gbps)
             records.append(rec)
             progress(f"  {name:<18} {s * 1e3:9.3f} ms {gbps:7.2f} GB/s  vs {base_name:<22} {b * 1e3:9.3f} ms  x{b / s:6.1f}")
     return records
@@ -142,13 +147,13 @@ def run(sizes, kernels, threads: int, repeats: int, progress=print) -> list[Reco
 def table(records: list[Record]) -> str:
     """Markdown table of the records."""
     lines = [
-        "| kernel | n | ms | GB/s | of copy BW | baseline | baseline ms | speedup |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| kernel | n | ms | GB/s | of copy (new array) | of copy (existing array) | baseline | baseline ms | speedup |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in records:
         lines.append(
             f"| {r.kernel} | {r.n:,} | {r.seconds * 1e3:.2f} | {r.gbps:.2f} | {r.roof_fraction:.0%} "
-            f"| {r.baseline} | {r.baseline_seconds * 1e3:.2f} | {r.speedup:.1f}x |"
+            f"| {r.gbps / r.copyto_gbps:.0%} | {r.baseline} | {r.baseline_seconds * 1e3:.2f} | {r.speedup:.1f}x |"
         )
     return "\n".join(lines)
 
