@@ -19,6 +19,8 @@ from fedhpc.runtime.protocol import Tag, recv_object
 
 log = logging.getLogger("fedhpc")
 
+EXIT_GRACE_S = 2.0
+
 
 def setup_logging(rank: int, out: Path | None, verbose: bool = False) -> None:
     """Rank 0 (and a ``verbose`` rank: the gateway) logs progress, rank 0 also to OUT/run.log;
@@ -80,11 +82,11 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
         if rank == gateway:
             from fedhpc.gateway.rank import GatewayRank
 
-            status = GatewayRank(comm, ctx, job).run()
+            GatewayRank(comm, ctx, job).run()
         else:
-            status = Trainer(comm, ctx, job).run()
-        comm.Barrier()  # leave together: mpiexec kills the stragglers of a job whose first rank exits non-zero
-        return status
+            Trainer(comm, ctx, job).run()
+        comm.Barrier()
+        return 0  # rank 0 carries the job's status; see below
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
              cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
@@ -104,6 +106,11 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
         log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
                  time.monotonic() - t0, last["accuracy"], out)
     comm.Barrier()
+    if status:
+        # mpiexec kills the ranks still running when one exits non-zero, and then
+        # reports the kill (9), not our status: exit last, after the others left.
+        MPI.Finalize()
+        time.sleep(EXIT_GRACE_S)
     return status
 
 

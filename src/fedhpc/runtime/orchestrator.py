@@ -149,7 +149,7 @@ class Orchestrator:
                 if stop or r + 1 == cfg.rounds or (every and (r + 1) % every == 0):
                     self.checkpoint(r + 1)
                 if stop and r + 1 < cfg.rounds:
-                    log.warning("stop signal received: checkpoint written after round %d of %d; every rank exits "
+                    log.warning("stop signal received: checkpoint written after round %d of %d; the job exits "
                                 "with status %d; continue with `fedhpc run --resume %s`", r + 1, cfg.rounds,
                                 signals.EXIT_PREEMPTED, self.out)
                     status = signals.EXIT_PREEMPTED

@@ -4,14 +4,15 @@
 Every rank installs the handler, so a signal never kills a rank mid-collective.
 It only counts: the orchestrator acts at safe points (the first signal lets the
 current round finish, a second one closes it at once), then checkpoints and
-stops every rank with :data:`EXIT_PREEMPTED`.
+stops every rank; the job (rank 0, hence mpiexec and srun) exits with
+:data:`EXIT_PREEMPTED`.
 """
 
 from __future__ import annotations
 
 import signal
 
-#: Exit status of every rank after a signal-triggered checkpoint (EX_TEMPFAIL):
+#: Exit status of the job after a signal-triggered checkpoint (EX_TEMPFAIL):
 #: job scripts requeue on it (``scontrol requeue``) and resume with ``--resume``.
 EXIT_PREEMPTED = 75
 
