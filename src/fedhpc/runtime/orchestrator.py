@@ -131,7 +131,7 @@ class Orchestrator:
         return max(signals.received(), self.forwarded_signals)
 
     def run(self) -> tuple[dict | None, int]:
-        """Run the remaining rounds; return (last metrics, exit status for every rank)."""
+        """Run the remaining rounds; return (last metrics, exit status of the job)."""
         cfg = self.ctx.cfg
         every = cfg.checkpoint.every
         metrics, status = None, 0
@@ -160,7 +160,8 @@ class Orchestrator:
             np.save(self.out / "final_weights.npy", self.weights)
         return metrics, status
 
-    def round(self, r: int) -> dict:
+    def round(self, r: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Run round ``r``; return its metrics line and the per-client arrays of the run record."""
         cfg, ctx = self.ctx.cfg, self.ctx
         t0 = time.monotonic()
         rng = np.random.default_rng(derive_seed(cfg.seed, r, SEED_SELECT))
