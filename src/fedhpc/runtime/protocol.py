@@ -126,10 +126,8 @@ def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: f
     deadline = time.monotonic() + timeout_s
     st = MPI.Status()
     while got < total:
-        while not comm.Iprobe(source=src, tag=tag, status=st):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rank {src} stopped sending an Update after {got} of {total} bytes")
-            time.sleep(0.0005)
+        poll(lambda: comm.Iprobe(source=src, tag=tag, status=st), deadline - time.monotonic(),
+             f"the rest of an Update from rank {src} ({got} of {total} bytes came)")
         n = st.Get_count(MPI.BYTE)
         chunk = np.empty(n, dtype=np.uint8) if out is None or got + n > total else out[got : got + n]
         comm.Recv(chunk, source=src, tag=tag)
@@ -166,20 +164,22 @@ def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
         yield cid, out
 
 
+def poll(ready, timeout_s: float, what: str) -> None:
+    """Call ``ready()`` until it is true, or raise TimeoutError naming ``what``:
+    the one way fedhpc waits on MPI, so that no wait is without a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {max(timeout_s, 0):.0f}s waiting for {what}")
+        time.sleep(0.0005)
+
+
 def recv_object(comm: MPI.Comm, source: int, tag: int, timeout_s: float, what: str):
     """Receive a small pickled control message, or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while not comm.Iprobe(source=source, tag=tag):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.0005)
+    poll(lambda: comm.Iprobe(source=source, tag=tag), timeout_s, what)
     return comm.recv(source=source, tag=tag)
 
 
 def wait_with_deadline(requests: list[MPI.Request], timeout_s: float, what: str) -> None:
     """Complete ``requests`` or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while not MPI.Request.Testall(requests):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.0005)
+    poll(lambda: MPI.Request.Testall(requests), timeout_s, what)
