@@ -35,3 +35,10 @@ bench: setup
 
 clean:
 	rm -rf build $(VENV)
+
+.PHONY: bench-paper bench-overhead
+bench-paper: setup
+	$(BIN)/python benchmarks/paper.py
+
+bench-overhead: setup
+	$(BIN)/python benchmarks/overhead.py

@@ -1,0 +1,98 @@
+"""Run many federated jobs inside one MPI launch, for the paper and overhead benchmarks.
+
+A benchmark is dozens of short ``fedhpc run`` jobs. Starting each as its own
+``mpiexec`` costs several seconds of interpreter and PyTorch start-up per rank
+on a small machine, more than many of the jobs themselves, so the driver
+writes a *plan* (a JSON list of jobs, each an output directory and the
+``--set`` overrides of one ``fedhpc run``) and launches one MPI job that runs
+them one after the other through :func:`fedhpc.runtime.job.run_job`, the same
+function ``fedhpc run`` calls. Each job writes its usual ``OUT/`` (metrics.jsonl,
+config.toml, run.log ...) plus ``OUT/bench.json`` with its wall time on rank 0.
+
+    mpiexec -n 3 python -m mpi4py -m fedhpc.bench._jobs PLAN.json
+
+A job whose ``OUT/bench.json`` exists and whose ``OUT/config.toml`` equals the
+planned config is skipped when the plan says ``"reuse": true``, so an
+interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# what every launch gets: one OpenMP/torch thread per rank (fedhpc sets torch's
+# own count from local.threads), and only warnings on the console: the
+# per-round lines still go to OUT/run.log
+LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "FEDHPC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+
+
+def mpiexec() -> str:
+    """The ``mpiexec`` next to this interpreter (the venv's MPICH), else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else "mpiexec"
+
+
+def launch(module: str, args: list[str], ranks: int, timeout: float | None = None) -> None:
+    """``mpiexec -n RANKS python -m mpi4py -m MODULE ARGS``; raise with the output's tail if it fails."""
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", module, *args]
+    env = dict(os.environ, **LAUNCH_ENV)
+    proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=None, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
+
+
+def run_plan(jobs: list[dict], plan_path: Path, ranks: int, reuse: bool) -> None:
+    """Write the plan and run every job of it in one MPI launch."""
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(json.dumps({"reuse": reuse, "jobs": jobs}, indent=1))
+    launch("fedhpc.bench._jobs", [str(plan_path)], ranks)
+
+
+def read_run(out: Path) -> tuple[list[dict], dict]:
+    """(metrics per round, bench.json) of a finished job."""
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return metrics, json.loads((out / "bench.json").read_text())
+
+
+def _worker(plan_path: Path) -> int:
+    from mpi4py import MPI
+
+    from fedhpc.config import load_config
+    from fedhpc.runtime.job import main_guarded, run_job
+
+    comm = MPI.COMM_WORLD
+    plan = json.loads(plan_path.read_text())
+    for i, job in enumerate(plan["jobs"]):
+        out = Path(job["out"])
+
+        def go():
+            cfg = load_config(None, job["sets"])
+            done = None
+            if comm.rank == 0:
+                done = (plan["reuse"] and (out / "bench.json").exists() and (out / "config.toml").exists()
+                        and load_config(out / "config.toml").to_dict() == cfg.to_dict())
+            if comm.bcast(done, root=0):
+                return 0
+            t0 = time.perf_counter()
+            status = run_job(cfg, out, comm=comm)
+            if comm.rank == 0 and status == 0:
+                (out / "bench.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "ranks": comm.size}))
+            return status
+
+        t0 = time.perf_counter()
+        status = main_guarded(go)
+        if status != 0:
+            return status
+        if comm.rank == 0:
+            print(f"  [{i + 1}/{len(plan['jobs'])}] {job.get('name', out.name)}: {time.perf_counter() - t0:.1f}s",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(Path(sys.argv[1])))
