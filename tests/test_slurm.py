@@ -101,6 +101,11 @@ def test_render_turns_options_into_directives_and_knobs(tmp_path):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert slurm.render(req) == text  # deterministic
 
+    per_job = slurm.render(slurm.SlurmRequest(config=None, out=tmp_path / "runs" / "slurm-%j"))
+    assert f"#SBATCH --output={tmp_path}/runs/slurm-%j.out\n" in per_job  # OUT does not exist yet when SLURM opens it
+    assert f'FEDHPC_OUT="{tmp_path}/runs/slurm-${{SLURM_JOB_ID}}"\n' in per_job
+    assert f"#SBATCH --comment=fedhpc-out:{tmp_path}/runs/slurm-%j\n" in per_job
+
     gpu = slurm.render(slurm.SlurmRequest(config=None, out=tmp_path, nodes=2, gpus_per_node=4, gateway_port=6000))
     assert "#SBATCH --ntasks=9\n" in gpu and "#SBATCH --gpus-per-node=4\n" in gpu and "#SBATCH --exclusive\n" in gpu
     assert 'FEDHPC_GATEWAY_PORT="6000"' in gpu and gpu.endswith(slurm.launch_code(gpus=True, gateway=True))
@@ -267,14 +272,14 @@ def release(cluster, job_id: str) -> None:
 
 
 def test_cpu_sbatch_runs_to_completed_with_its_metrics(cluster, tmp_path, cli):
-    job = sbatch(cluster, JOBS / "slurm" / "cpu.sbatch", tmp_path, "--ntasks=3", "--overcommit",
+    job = sbatch(cluster, JOBS / "slurm" / "cpu.sbatch", tmp_path, "--ntasks=2",
                  FEDHPC_SET=" ".join(FAST + ["rounds=3"]))
     info = cluster.wait_for(job, slurm.ENDED, timeout=150)
     log = (tmp_path / f"slurm-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]
     out = tmp_path / "runs" / f"slurm-{job}"  # the script's default run directory
     assert [m["round"] for m in metrics(out)] == [1, 2, 3] and (out / "final_weights.npy").exists()
-    assert "2 trainer ranks" in log  # one 3-rank MPI world, not three 1-rank jobs
+    assert "1 trainer ranks" in log  # one 2-rank MPI world (a 1-rank job would refuse to run)
     code, status, err = cli("slurm", "status", job, env=cluster.env)  # finds runs/slurm-JOBID by itself
     assert code == 0, err
     assert f"job {job}: COMPLETED" in status and "round 3 of 3" in status and "final_weights.npy written" in status
@@ -328,15 +333,16 @@ def test_preemptible_job_signalled_and_requeued_ends_with_the_uninterrupted_mode
 def test_submit_status_cancel(cluster, tmp_path, cli):
     config = tmp_path / "run.toml"
     config.write_text("rounds = 100000\nclock = \"simulated\"\n")
-    out = tmp_path / "run"
-    code, job, err = cli("slurm", "submit", str(config), "--ntasks", "2", "--overcommit", "--out", str(out),
-                         *[a for s in FAST for a in ("--set", s)], env=job_env(cluster))
+    code, job, err = cli("slurm", "submit", str(config), "--ntasks", "2", "--overcommit",
+                         "--out", str(tmp_path / "runs" / "exp-%j"), *[a for s in FAST for a in ("--set", s)],
+                         env=job_env(cluster))
     assert code == 0, err
     job = job.strip()
-    assert job.isdigit() and f"fedhpc slurm status {job}" in err
+    out, log = tmp_path / "runs" / f"exp-{job}", tmp_path / "runs" / f"exp-{job}.out"
+    assert job.isdigit() and f"fedhpc slurm status {job}" in err and str(log) in err
     assert (out / "job.sbatch").read_text().startswith("#!/bin/bash")
     wait_until(lambda: lines_of(out / "metrics.jsonl") >= 2, 120, "rounds of the submitted job",
-               lambda: (out / f"slurm-{job}.out").read_text() if (out / f"slurm-{job}.out").exists() else "")
+               lambda: log.read_text() if log.exists() else "")
 
     code, running, err = cli("slurm", "status", job, "--json", env=cluster.env)
     assert code == 0, err

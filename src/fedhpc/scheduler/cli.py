@@ -34,8 +34,9 @@ def _guarded(name: str, fn):
 def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", type=Path, metavar="CONFIG",
                    help="run configuration TOML (default: the embedded default run)")
-    p.add_argument("--out", type=Path, default=Path("runs/slurm"), metavar="DIR",
-                   help="run directory, made absolute (default: runs/slurm); the job's log goes to DIR/slurm-JOBID.out")
+    p.add_argument("--out", type=Path, default=Path("runs/slurm-%j"), metavar="DIR",
+                   help="run directory, made absolute; %%j stands for the job id (default: runs/slurm-%%j, as the "
+                        "jobs/slurm scripts). The job's log is DIR/slurm-JOBID.out, or DIR.out when DIR has %%j")
     p.add_argument("--nodes", type=int, default=1, help="nodes (default: 1)")
     p.add_argument("--ntasks", type=int, help="MPI ranks: rank 0 orchestrates, the others train (default: 5; with "
                                               "--gpus: nodes x gpus + 1)")
@@ -89,10 +90,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from fedhpc.scheduler import slurm
 
-    job_id, script = slurm.submit(_slurm_request(args))
+    job_id, out = slurm.submit(_slurm_request(args))
     print(job_id)
-    print(f"submitted {script} as job {job_id}; log in {script.parent}/slurm-{job_id}.out; "
-          f"follow it with `fedhpc slurm status {job_id}`", file=sys.stderr)
+    log = slurm.log_path(args.out.resolve()).replace("%j", job_id)
+    print(f"submitted job {job_id}: run directory {out} (the script is {out}/job.sbatch), log {log}; follow it "
+          f"with `fedhpc slurm status {job_id}`", file=sys.stderr)
     return 0
 
 
@@ -160,8 +162,8 @@ def _add_slurm(subparsers) -> None:
     p.set_defaults(func=_guarded("slurm render", _cmd_render))
 
     p = ssub.add_parser("submit", help="render the sbatch script, sbatch it, print the job id",
-                        description="Like `fedhpc slurm render`, then write the script to OUT/job.sbatch, submit "
-                                    "it with sbatch and print the job id (only the id on stdout).")
+                        description="Like `fedhpc slurm render`, then submit the script with sbatch, keep a copy "
+                                    "in OUT/job.sbatch and print the job id (only the id on stdout).")
     _add_job_options(p)
     p.set_defaults(func=_guarded("slurm submit", _cmd_submit))
 

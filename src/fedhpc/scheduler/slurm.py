@@ -180,7 +180,7 @@ class SlurmRequest:
     """What to run and on what: the options of ``fedhpc slurm render/submit``."""
 
     config: Path | None  # None = the embedded default run
-    out: Path
+    out: Path  # run directory; "%j" in it stands for the job id
     nodes: int = 1
     ntasks: int | None = None  # default: 5, or nodes * gpus_per_node + 1 with GPUs
     cpus_per_task: int = 1
@@ -211,7 +211,11 @@ def current_venv() -> str:
 
 def _dq(value: str) -> str:
     """``value`` quoted for a bash double-quoted string."""
-    return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
+    return '"' + _escape(value) + '"'
+
+
+def _escape(value: str) -> str:
+    return re.sub(r'(["\\$`])', r"\\\1", value)
 
 
 def _check(req: SlurmRequest) -> None:
@@ -240,6 +244,12 @@ def _check(req: SlurmRequest) -> None:
     load_config(req.config, req.sets)
 
 
+def log_path(out: Path) -> str:
+    """The job's log (#SBATCH --output): inside OUT, or next to it when OUT is named after the job
+    id (SLURM opens the log before the script can create OUT)."""
+    return f"{out}.out" if "%j" in str(out) else f"{out}/slurm-%j.out"
+
+
 def render(req: SlurmRequest) -> str:
     """The sbatch script for ``req`` (deterministic: the same request gives the same text)."""
     _check(req)
@@ -249,14 +259,14 @@ def render(req: SlurmRequest) -> str:
     lines = [
         "#!/bin/bash",
         f"# fedhpc {kind} job, rendered by `fedhpc slurm render`. Submit with `sbatch THIS_FILE` (or `fedhpc slurm",
-        "# submit`, which also creates the run directory that --output below needs). Launch code documented in",
+        "# submit`, which also creates the directory that --output below needs). Launch code documented in",
         "# jobs/slurm/*.sbatch of the fedhpc sources.",
         f"#SBATCH --job-name={req.job_name}",
         f"#SBATCH --nodes={req.nodes}",
         f"#SBATCH --ntasks={req.tasks()}",
         f"#SBATCH --cpus-per-task={req.cpus_per_task}",
         f"#SBATCH --time={req.time}",
-        f"#SBATCH --output={out}/slurm-%j.out",
+        f"#SBATCH --output={log_path(out)}",
         # `fedhpc slurm status` finds the run directory here
         f"#SBATCH --comment=fedhpc-out:{out}",
     ]
@@ -273,7 +283,6 @@ def render(req: SlurmRequest) -> str:
     lines += [f"#SBATCH {opt}" for opt in req.sbatch_options]
     knobs = {
         "FEDHPC_CONFIG": str(req.config.resolve()) if req.config else "",
-        "FEDHPC_OUT": str(out),
         "FEDHPC_SET": " ".join(req.sets),
         "FEDHPC_VENV": req.venv,
         "FEDHPC_MPI": req.mpi,
@@ -281,6 +290,7 @@ def render(req: SlurmRequest) -> str:
         "FEDHPC_GATEWAY_PORT": str(req.gateway_port) if req.gateway_port else None,
     }
     lines.append("")
+    lines.append('FEDHPC_OUT="' + "${SLURM_JOB_ID}".join(_escape(part) for part in str(out).split("%j")) + '"')
     lines += [f"{k}={_dq(v)}" for k, v in knobs.items() if v is not None]
     lines.append('FEDHPC_THREADS="${SLURM_CPUS_PER_TASK:-1}"')
     lines.append("")
@@ -291,10 +301,10 @@ def render(req: SlurmRequest) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # SLURM client commands
 
-def run_tool(cmd: list[str], timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_tool(cmd: list[str], timeout: float = COMMAND_TIMEOUT_S, input: str | None = None) -> subprocess.CompletedProcess:
     """Run a SLURM client command; a missing command or a hung controller raises SchedulerError."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
     except FileNotFoundError:
         raise SchedulerError(f"`{cmd[0]}` is not on PATH: run this where the SLURM client commands are (a login "
                              f"node), or install them (Debian/Ubuntu: apt-get install slurm-client)") from None
@@ -309,19 +319,21 @@ def _failed(cmd: list[str], proc: subprocess.CompletedProcess) -> SchedulerError
 
 
 def submit(req: SlurmRequest) -> tuple[str, Path]:
-    """Render, write the script to OUT/job.sbatch (a record of what ran) and sbatch it: (job id, script)."""
+    """Render and sbatch the script, and keep a copy in OUT/job.sbatch: (job id, run directory)."""
     script = render(req)
-    out = req.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)  # --output points into it, and SLURM does not create directories
-    path = out / "job.sbatch"
-    path.write_text(script)
-    return sbatch(path), path
+    # SLURM does not create the directory of the log
+    Path(log_path(req.out.resolve())).parent.mkdir(parents=True, exist_ok=True)
+    job_id = sbatch(None, script=script)
+    out = Path(str(req.out.resolve()).replace("%j", job_id))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.sbatch").write_text(script)  # a record of what runs
+    return job_id, out
 
 
-def sbatch(script: Path, *options: str) -> str:
-    """``sbatch --parsable [options] script``: the job id."""
-    cmd = ["sbatch", "--parsable", *options, str(script)]
-    proc = run_tool(cmd)
+def sbatch(path: Path | None, *options: str, script: str | None = None) -> str:
+    """``sbatch --parsable [options] PATH``, or the ``script`` text on stdin: the job id."""
+    cmd = ["sbatch", "--parsable", *options] + ([str(path)] if path is not None else [])
+    proc = run_tool(cmd, input=script)
     if proc.returncode != 0:
         raise _failed(cmd, proc)
     return proc.stdout.strip().split(";")[0]
@@ -384,7 +396,7 @@ def run_directory(job_id: str, record: dict[str, str] | None, out: Path | None) 
         return None
     comment = record.get("Comment", "")
     if comment.startswith("fedhpc-out:"):
-        return Path(comment[len("fedhpc-out:"):])
+        return Path(comment[len("fedhpc-out:"):].replace("%j", job_id))
     guess = Path(record.get("WorkDir", ".")) / "runs" / f"slurm-{job_id}"
     return guess if guess.is_dir() else None
 
