@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
 
-    from fedhpc.gateway.worker import add_arguments as add_worker_arguments
+    from fedhpc.gateway.cli import add_arguments as add_worker_arguments
 
     p = sub.add_parser("worker", help="join a running job through its gateway (no MPI needed)",
                        description="Register with a job's gateway, train the tasks it sends on local data, "

@@ -106,6 +106,9 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
         log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
                  time.monotonic() - t0, last["accuracy"], out)
     comm.Barrier()
+    # A trainer may have forwarded a stop signal after rank 0 last looked:
+    # left unreceived, it makes MPI_Finalize fail.
+    orchestrator.stop_signals()
     if status:
         # mpiexec kills the ranks still running when one exits non-zero, and then
         # reports the kill (9), not our status: exit last, after the others left.
