@@ -61,7 +61,8 @@ class GatewayRank(Trainer):
         try:
             return super().run()
         finally:
-            self.server.stop()
+            # a worker busy training asks for its next task within a round's time; heartbeats bound it too
+            self.server.stop(drain_s=10 * self.ctx.cfg.gateway.heartbeat_s)
 
     def _failure(self, r: int, cid: int, reason: str) -> np.ndarray:
         head = UpdateHeader(Status.ERROR, self.job_id, r, cid, 0, 0.0, 0.0, 0.0, 0)

@@ -66,6 +66,7 @@ class Session:
     last_seen: float
     tasks: queue.Queue = field(default_factory=queue.Queue)
     outstanding: Task | None = None  # handed out, no update yet
+    told_to_stop: bool = False
 
 
 class _RateLimiter:
@@ -127,8 +128,16 @@ class GatewayServer(pb_grpc.GatewayServicer):
         self.server.start()
         return port
 
-    def stop(self, grace_s: float = 2.0) -> None:
+    def stop(self, grace_s: float = 2.0, drain_s: float = 0.0) -> None:
+        """Stop serving; first give connected workers up to ``drain_s`` to collect
+        their STOP, so they exit cleanly instead of retrying a vanished gateway."""
         self.stopping.set()
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(s.told_to_stop for s in self.sessions.values()):
+                    break
+            time.sleep(0.05)
         if self.server is not None:
             self.server.stop(grace_s).wait(grace_s + 1)
 
@@ -234,6 +243,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
                 yield pb.TaskChunk(kind=pb.TaskChunk.TRAIN, round=task.round, client_id=task.client, mu=task.mu,
                                    model_bytes=len(task.model), data=task.model[a : a + CHUNK_BYTES])
             return
+        s.told_to_stop = True
         yield pb.TaskChunk(kind=pb.TaskChunk.STOP)
 
     def PushUpdate(self, request_iterator, context):
