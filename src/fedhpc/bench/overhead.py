@@ -31,8 +31,8 @@ Targets (issue 8): data plane within 1.25x of raw buffers; overhead with
 1,000 clients and realistic training under 5% of the round.
 
 The machine's cores are shared by all ranks (3 ranks on 2 cores by default),
-so rank 0's work competes with training: numbers are upper bounds of what
-dedicated cores would show, and noisy when other jobs run.
+so rank 0's work competes with the trainers for CPU, and every number is
+noisy when other jobs run on the machine.
 """
 
 from __future__ import annotations
@@ -204,6 +204,7 @@ def run_case(comm, case: dict, out: Path) -> dict | None:
     return {"name": case["name"], "kind": case["kind"], "clients": case["clients"], "params": int(params),
             "job_s": job_s, "rounds": rounds, "steady_rounds": [r["round"] for r in steady], **mean,
             "overhead_fraction": mean["overhead_s"] / mean["round_s"],
+            "overhead_fraction_without_copies": (mean["overhead_s"] - mean["model_copies_s"]) / mean["round_s"],
             "overhead_per_client_ms": 1e3 * mean["overhead_s"] / case["clients"]}
 
 
@@ -300,8 +301,6 @@ def dataplane(comm, params: int, repeats: int) -> dict | None:
     if rank != 0:
         return None
     out["fedhpc_vs_raw"] = out["fedhpc_s"] / out["raw_s"]
-    # the transfer alone, roughly (a trainer's encode may overlap rank 0's decode of another update)
-    out["fedhpc_transfer_vs_raw"] = (out["fedhpc_s"] - out["fedhpc_encode_s"] - out["fedhpc_decode_s"]) / out["raw_s"]
     out["pickle_vs_raw"] = out["pickle_s"] / out["raw_s"]
     out["raw_fresh_vs_raw"] = out["raw_fresh_s"] / out["raw_s"]
     out["raw_gbps"] = (1 + trainers) * 4 * params / out["raw_s"] / 1e9
@@ -344,30 +343,30 @@ def markdown(res: dict, meta: dict) -> str:
            f"{meta['ranks']} MPI ranks (rank 0 + {meta['ranks'] - 1} trainers); means over the steady rounds "
            f"(not the first, not the evaluating last).", "",
            "| case | clients | parameters | round s | slowest rank's training s | overhead s | overhead % of round | "
-           "per client ms | of which aggregation s | model copies s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "per client ms | of which aggregation s | of which model copies s | overhead % without the copies |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in res["cases"]:
         out.append(f"| {c['name']} | {c['clients']:,} | {c['params']:,} | {c['round_s']:.3f} | {c['training_s']:.3f} | "
                    f"{c['overhead_s']:.3f} | {c['overhead_fraction']:.1%} | {c['overhead_per_client_ms']:.3f} | "
-                   f"{c['aggregate_s']:.3f} | {c['model_copies_s']:.3f} |")
+                   f"{c['aggregate_s']:.3f} | {c['model_copies_s']:.3f} | {c['overhead_fraction_without_copies']:.1%} |")
     out += ["", "Data plane, one model down to every trainer and one update from each back, same bytes "
             "(median seconds on rank 0; encode = the slowest trainer's `codec.encode` + `pack_update`, decode = "
             "rank 0's `unpack_update` + `codec.decode`, both inside the fedhpc time):", "",
             "| parameters | MB per copy | fedhpc s | of which encode s | of which decode s | raw Bcast + Gatherv s | "
-            "fedhpc / raw | fedhpc without encode, decode / raw | raw into fresh buffers / raw | pickled state_dict s | "
-            "pickle / raw | raw GB/s |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "fedhpc / raw | raw into fresh buffers / raw | pickled state_dict s | pickle / raw | raw GB/s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for d in res["dataplane"]:
         out.append(f"| {d['params']:,} | {d['bytes'] / 1e6:.0f} | {d['fedhpc_s']:.4f} | {d['fedhpc_encode_s']:.4f} | "
                    f"{d['fedhpc_decode_s']:.4f} | {d['raw_s']:.4f} | {d['fedhpc_vs_raw']:.2f}x | "
-                   f"{d['fedhpc_transfer_vs_raw']:.2f}x | {d['raw_fresh_vs_raw']:.2f}x | {d['pickle_s']:.4f} | "
+                   f"{d['raw_fresh_vs_raw']:.2f}x | {d['pickle_s']:.4f} | "
                    f"{d['pickle_vs_raw']:.2f}x | {d['raw_gbps']:.2f} |")
     t = res["targets"]
     out += ["", f"Targets: data plane within {TARGET_DATAPLANE_RATIO}x of raw buffers: "
             + ("met" if t["dataplane_met"] else "missed") + f" (worst {t['dataplane_worst_ratio']:.2f}x); "
             f"overhead with {t['realistic_clients']:,} clients and realistic training under "
             f"{TARGET_OVERHEAD_FRACTION:.0%} of the round: " + ("met" if t["overhead_met"] else "missed")
-            + f" ({t['realistic_overhead_fraction']:.1%})."]
+            + f" ({t['realistic_overhead_fraction']:.1%}; {t['realistic_without_copies']:.1%} if the copies of the "
+            f"global model into and out of the module counted as local training)."]
     return "\n".join(out)
 
 
@@ -408,6 +407,7 @@ def main(args: argparse.Namespace) -> int:
     res["targets"] = {"dataplane_worst_ratio": worst, "dataplane_met": worst <= TARGET_DATAPLANE_RATIO,
                       "realistic_clients": realistic["clients"],
                       "realistic_overhead_fraction": realistic["overhead_fraction"],
+                      "realistic_without_copies": realistic["overhead_fraction_without_copies"],
                       "overhead_met": realistic["overhead_fraction"] < TARGET_OVERHEAD_FRACTION}
     meta = {"size": args.size, "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(), "ranks": args.ranks,
             "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
