@@ -82,10 +82,11 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
         if rank == gateway:
             from fedhpc.gateway.rank import GatewayRank
 
-            GatewayRank(comm, ctx, job).run()
+            role = GatewayRank(comm, ctx, job)
         else:
-            Trainer(comm, ctx, job).run()
-        comm.Barrier()
+            role = Trainer(comm, ctx, job)
+        role.run()
+        comm.gather(role.signals_sent, root=0)
         return 0  # rank 0 carries the job's status; see below
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
@@ -105,10 +106,9 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     if last is not None and status == 0:
         log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
                  time.monotonic() - t0, last["accuracy"], out)
-    comm.Barrier()
-    # A trainer may have forwarded a stop signal after rank 0 last looked:
-    # left unreceived, it makes MPI_Finalize fail.
-    orchestrator.stop_signals()
+    # A trainer may have forwarded a stop signal after rank 0 last looked: an
+    # unreceived message makes MPI_Finalize fail, so receive exactly what was sent.
+    orchestrator.drain_signals(sum(comm.gather(0, root=0)))
     if status:
         # mpiexec kills the ranks still running when one exits non-zero, and then
         # reports the kill (9), not our status: exit last, after the others left.
@@ -121,15 +121,16 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     """Run ``fn`` and return its exit status; if it raises on any rank, report and
     abort the whole MPI job, so that no other rank is left waiting in a collective.
     fedhpc's own errors (bad config, refused checkpoint) print without a traceback."""
+    rank, size = comm.rank, comm.size  # still known if the failure was in MPI_Finalize
     try:
         return fn()
     except FedHPCError as exc:
-        print(f"fedhpc: error (rank {comm.rank}): {exc}", file=sys.stderr, flush=True)
-        if comm.size > 1:
+        print(f"fedhpc: error (rank {rank}): {exc}", file=sys.stderr, flush=True)
+        if size > 1 and not MPI.Is_finalized():
             comm.Abort(2)
         return 2
     except Exception:
-        print(f"fedhpc: rank {comm.rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        if comm.size > 1:
+        print(f"fedhpc: rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if size > 1 and not MPI.Is_finalized():
             comm.Abort(1)
         return 1

@@ -20,7 +20,9 @@ from fedhpc.runtime.client import SEED_EVAL, SEED_SELECT, derive_seed, evaluate
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
-from fedhpc.runtime.protocol import Status, Tag, bcast_array, recv_arrays, recv_update, send_arrays, unpack_update
+from fedhpc.runtime.protocol import (
+    Status, Tag, bcast_array, recv_arrays, recv_object, recv_update, send_arrays, unpack_update,
+)
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
 from fedhpc.types import ClientFailure, ClientHistory, ClientProfile, ClientResult, RoundOutcome
@@ -73,7 +75,8 @@ class Orchestrator:
         self.history = {c: ClientHistory() for c in ctx.all_clients}
         self.first_round = 0
         self.lines: list[str] = []  # metrics.jsonl so far
-        self.forwarded_signals = 0
+        self.forwarded_signals = 0  # the highest stop-signal count a trainer reported
+        self.signal_messages = 0  # SIGNAL messages received
         mean_samples = float(np.mean([len(p) for p in ctx.parts]))
         self.selector.set_costs(model_bytes=self.model_bytes + self.codec.wire_size(ctx.layout.size),
                                 reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
@@ -126,9 +129,18 @@ class Orchestrator:
         """Stop signals seen by any rank (forwarded by the trainers, or received here)."""
         status = MPI.Status()
         while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.SIGNAL, status=status):
-            count = self.comm.recv(source=status.Get_source(), tag=Tag.SIGNAL)
-            self.forwarded_signals = max(self.forwarded_signals, count)
+            self._take_signal(self.comm.recv(source=status.Get_source(), tag=Tag.SIGNAL))
         return max(signals.received(), self.forwarded_signals)
+
+    def _take_signal(self, count: int) -> None:
+        self.forwarded_signals = max(self.forwarded_signals, count)
+        self.signal_messages += 1
+
+    def drain_signals(self, sent: int) -> None:
+        """Receive the SIGNAL messages not yet received of the ``sent`` the other ranks sent."""
+        while self.signal_messages < sent:
+            self._take_signal(recv_object(self.comm, MPI.ANY_SOURCE, Tag.SIGNAL, self.ctx.cfg.stragglers.timeout_s,
+                                          "a forwarded stop signal"))
 
     def run(self) -> tuple[dict | None, int]:
         """Run the remaining rounds; return (last metrics, exit status of the job)."""

@@ -39,7 +39,7 @@ class Trainer:
         self.local = LocalTrainer(cfg, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train)
         self.feddrop = ctx.fed_dropout()
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)
-        self._signal_forwarded = False
+        self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
 
     def round_closed(self) -> bool:
         return self.comm.Iprobe(source=0, tag=Tag.CLOSE)
@@ -63,9 +63,9 @@ class Trainer:
 
     def _forward_signal(self) -> None:
         """Tell rank 0 once that this rank got SIGTERM/SIGUSR1: rank 0 decides when to stop."""
-        if signals.received() and not self._signal_forwarded:
+        if signals.received() and not self.signals_sent:
             self.comm.send(signals.received(), dest=0, tag=Tag.SIGNAL)
-            self._signal_forwarded = True
+            self.signals_sent = 1
 
     def train_round(self, task: dict) -> None:
         cfg = self.ctx.cfg
