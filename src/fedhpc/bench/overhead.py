@@ -82,6 +82,7 @@ SIZES = {
 
 
 def width_params(w: int) -> int:
+    """Parameters of the MLP 32-w-w-10."""
     return w * w + 44 * w + 10
 
 
@@ -339,6 +340,7 @@ def _worker(plan_path: Path) -> int:
 
 # -- driver -----------------------------------------------------------------
 def markdown(res: dict, meta: dict) -> str:
+    """The README section: overhead per case, then the data plane, then the targets."""
     out = [f"Measured by `{meta['command']}` (size `{meta['size']}`) on {meta['date']}, {meta['cpus']} cores, "
            f"{meta['ranks']} MPI ranks (rank 0 + {meta['ranks'] - 1} trainers); means over the steady rounds "
            f"(not the first, not the evaluating last).", "",

@@ -53,7 +53,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,7 @@ MEDMNIST = {
     "clients.total": 20, "clients.per_round": 20, "model.name": "cnn-medmnist",
     "local.epochs": 5, "local.batch_size": 16, "local.lr": 0.05, "clock": "simulated",
 }
-# accuracy that counts as "reached" for rounds-to-threshold in Table 2 (fixed before the runs)
+# accuracy that counts as "reached" for rounds-to-threshold in Table 2 (fixed before the full runs)
 THRESHOLDS = {"digits": 0.85, "shakespeare": 0.35, "medmnist": 0.85}
 ABLATION_TARGET = 0.80  # the paper's "time to reach 80% accuracy"
 
@@ -256,6 +256,7 @@ def toml_value(v) -> str:
 
 
 def job(out: Path, name: str, *settings: dict) -> dict:
+    """A plan entry: the job's output directory and its settings (later ones win) as ``--set`` overrides."""
     merged = {}
     for s in settings:
         merged.update(s)
@@ -270,6 +271,7 @@ def strategies(size: Size, dataset: str) -> list[tuple[str, dict]]:
 
 
 def codecs(size: Size) -> list[tuple[str, dict]]:
+    """(label, settings) of the Table 4 codecs, all with error feedback."""
     out = [("none", {"codec.name": "none"}), ("int8", {"codec.name": "int8"})]
     for name in ("topk", "topk-int8"):
         out += [(f"{name}-{r:g}", {"codec.name": name, "codec.ratio": r}) for r in size.codec_ratios]
@@ -361,6 +363,7 @@ def summarize(metrics: list[dict], threshold: float | None = None) -> dict:
 
 
 def _load(j: dict, threshold: float | None = None) -> dict:
+    """The summary of a finished job, with its name, settings and wall time."""
     metrics, bench = _jobs.read_run(Path(j["out"]))
     return {"name": j["name"], "sets": j["sets"], "job_wall_s": bench["wall_s"], **summarize(metrics, threshold)}
 
@@ -741,8 +744,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: unknown section or dataset {', '.join(bad)} (sections: {', '.join(SECTIONS)}; datasets: "
               f"{', '.join(DATASETS)}), or --ranks < 2", file=sys.stderr)
         return 2
-    size = SIZES[args.size]
-    size.datasets = [d for d in DATASETS if d in args.datasets]
+    size = replace(SIZES[args.size], datasets=[d for d in DATASETS if d in args.datasets])
     runs = args.out.resolve() / args.size
     t0 = time.perf_counter()
     data, data_info = {}, {}
