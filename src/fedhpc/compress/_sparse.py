@@ -3,7 +3,7 @@
 import numpy as np
 
 from fedhpc import kernels as K
-from fedhpc.compress.base import DEFAULT_MAX_N, Codec, check_ratio_k, ratio_to_k
+from fedhpc.compress.base import DEFAULT_MAX_N, Codec, check_ratio_k
 from fedhpc.errors import CorruptUpdateError
 
 
@@ -16,7 +16,9 @@ class SparseCodec(Codec):
 
     def k_for(self, n: int) -> int:
         """Number of values kept of an n-element vector."""
-        return ratio_to_k(self.name, n, self.ratio, self.k)
+        if self.k is not None:
+            return min(self.k, n)
+        return min(n, max(1, int(round(self.ratio * n)))) if n else 0
 
     def describe(self):
         return f"ratio={self.ratio}" if self.k is None else f"k={self.k}"

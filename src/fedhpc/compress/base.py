@@ -148,13 +148,6 @@ def expect_body(codec: Codec, body: memoryview, expected: int) -> None:
         raise CorruptUpdateError(f"'{codec.name}' body is {body.nbytes} bytes, expected {expected}")
 
 
-def ratio_to_k(name: str, n: int, ratio: float | None, k: int | None) -> int:
-    """Resolve a sparsifier's ``ratio`` or ``k`` for an n-element vector."""
-    if k is not None:
-        return min(k, n)
-    return min(n, max(1, int(round(ratio * n)))) if n else 0
-
-
 def check_ratio_k(name: str, ratio: float | None, k: int | None) -> tuple[float | None, int | None]:
     """Validate a sparsifier's parameters: exactly one of ``ratio`` in (0, 1] or ``k`` >= 0."""
     if k is not None and ratio is not None:

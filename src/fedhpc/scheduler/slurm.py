@@ -244,6 +244,12 @@ def _check(req: SlurmRequest) -> None:
     load_config(req.config, req.sets)
 
 
+def _placement(req) -> list[str]:
+    """The optional --partition / --account lines shared by every rendered script."""
+    return ([f"#SBATCH --partition={req.partition}"] if req.partition else []) + (
+        [f"#SBATCH --account={req.account}"] if req.account else [])
+
+
 def log_path(out: Path) -> str:
     """The job's log (#SBATCH --output): inside OUT, or next to it when OUT is named after the job
     id (SLURM opens the log before the script can create OUT)."""
@@ -270,10 +276,7 @@ def render(req: SlurmRequest) -> str:
         # `fedhpc slurm status` finds the run directory here
         f"#SBATCH --comment=fedhpc-out:{out}",
     ]
-    if req.partition:
-        lines.append(f"#SBATCH --partition={req.partition}")
-    if req.account:
-        lines.append(f"#SBATCH --account={req.account}")
+    lines += _placement(req)
     if req.gpus_per_node:
         lines += [f"#SBATCH --gpus-per-node={req.gpus_per_node}", "#SBATCH --exclusive"]
     if req.preemptible:
@@ -545,10 +548,7 @@ def render_workers(req: WorkerRequest) -> str:
         f"#SBATCH --cpus-per-task={req.cpus_per_task}",
         f"#SBATCH --time={req.time}",
     ]
-    if req.partition:
-        lines.append(f"#SBATCH --partition={req.partition}")
-    if req.account:
-        lines.append(f"#SBATCH --account={req.account}")
+    lines += _placement(req)
     if req.after:
         lines.append(f"#SBATCH --dependency=after:{req.after}")
     lines += [f"#SBATCH {opt}" for opt in req.sbatch_options]
