@@ -11,7 +11,7 @@ from fedhpc.config import ModelConfig, load_config
 from fedhpc.errors import ConfigError
 from fedhpc.models import MODELS, Layout, build_model
 from fedhpc.models.cnn import conv_net
-from fedhpc.runtime.client import LocalTrainer
+from fedhpc.runtime.client import SEED_TRAIN, LocalTrainer, derive_seed
 from fedhpc.runtime.feddropout import FedDropout, droppable
 
 # name -> (sample shape, classes, input dtype, parameters)
@@ -153,3 +153,49 @@ def test_users_own_model_factory(tmp_path, monkeypatch):
 def test_model_config_errors_name_the_key(sets, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, sets)
+
+
+def test_bind_makes_parameters_and_gradients_views_of_flat_buffers_that_survive_training():
+    cfg = load_config(None, ["local.epochs=2", "local.batch_size=4", "local.lr=0.1"])
+    model = build_model(ModelConfig(name="mlp", hidden=[16, 8]), (6,), 3, seed=0)
+    layout = Layout(model)
+    before = layout.flatten(model)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 6)).astype(np.float32), rng.integers(0, 3, 10)
+    trainer = LocalTrainer(cfg, model, layout, x, y)
+    assert np.array_equal(trainer.params.numpy(), before)  # binding keeps the values
+    out = np.full(layout.size, np.nan, np.float32)
+    delta, _ = trainer.train(np.arange(10), before, 0, 0, 0.0, lambda: False, out=out)
+    assert delta is out and np.any(delta != 0)
+    assert np.allclose(layout.flatten(model), before + delta, atol=1e-6)
+    for p, a in zip(model.parameters(), layout.offsets):  # still views after backward and step
+        assert p.data_ptr() == trainer.params[a:].data_ptr() and p.grad.data_ptr() == trainer.grads[a:].data_ptr()
+
+
+def test_fedprox_gradient_term_matches_the_proximal_loss_of_the_paper():
+    """mu (w - w0) added to the gradient must train exactly like mu/2 ||w - w0||^2 added to the loss."""
+    cfg = load_config(None, ["local.epochs=3", "local.batch_size=5", "local.lr=0.2"])
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((15, 6)).astype(np.float32), rng.integers(0, 3, 15)
+    model = build_model(ModelConfig(name="mlp", hidden=[8]), (6,), 3, seed=0)
+    layout = Layout(model)
+    w0 = layout.flatten(model) + rng.standard_normal(layout.size).astype(np.float32)
+    mu = 0.7
+    delta, _ = LocalTrainer(cfg, model, layout, x, y).train(np.arange(15), w0, 4, 2, mu, lambda: False)
+
+    ref = build_model(ModelConfig(name="mlp", hidden=[8]), (6,), 3, seed=0)
+    layout.load(ref, w0)
+    anchor = [p.detach().clone() for p in ref.parameters()]
+    opt = torch.optim.SGD(ref.parameters(), lr=0.2)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 4, 2, SEED_TRAIN))
+    for _ in range(3):
+        order = torch.randperm(15, generator=gen)
+        for b in range(0, 15, 5):
+            batch = order[b : b + 5]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(ref(torch.from_numpy(x)[batch]), torch.from_numpy(y)[batch])
+            loss = loss + 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(ref.parameters(), anchor))
+            loss.backward()
+            opt.step()
+    assert np.allclose(delta, layout.flatten(ref) - w0, atol=1e-5)
+    assert np.abs(delta).max() > 1e-2

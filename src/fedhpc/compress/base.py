@@ -59,11 +59,13 @@ class Codec(ABC):
             raise ValueError(f"codec '{self.name}': max_n must be in [1, 2**32), got {max_n}")
         self.max_n = max_n
 
-    def encode(self, delta, state: ErrorFeedback | None = None, *, seed: int = 0) -> bytes:
-        """Encode ``delta`` (float32 vector); with ``state``, apply error feedback.
+    def encode(self, delta, state: ErrorFeedback | None = None, *, seed: int = 0, headroom: int = 0) -> np.ndarray:
+        """Encode ``delta`` (float32 vector) into a frame, a uint8 array; with
+        ``state``, apply error feedback.
 
         ``seed`` drives stochastic parts (stochastic rounding, random-k) and is
-        recorded in the frame where the decoder needs it.
+        recorded in the frame where the decoder needs it. ``headroom`` bytes
+        are left free in front of the frame for the caller's own header.
         """
         x = K.as_f32(delta)
         if x.size > self.max_n:
@@ -73,10 +75,11 @@ class Codec(ABC):
         if state is not None and state.n != x.size:
             raise ValueError(f"codec '{self.name}': error-feedback state has {state.n} elements, delta has {x.size}")
         params, body = self._encode(x, state, seed & 0xFFFFFFFFFFFFFFFF)
-        return wire.pack(self.codec_id, x.size, self.params.pack(*params), body)
+        return wire.pack(self.codec_id, x.size, self.params.pack(*params), body, headroom)
 
     def decode(self, data, expected_n: int | None = None) -> np.ndarray:
-        """Decode a frame made by :meth:`encode` into a new float32 array.
+        """Decode a frame made by :meth:`encode` into a float32 array (for the
+        lossless ``none`` codec, a view of ``data``: nothing is copied).
 
         Raises :class:`~fedhpc.errors.CorruptUpdateError` for anything
         malformed, for a frame of another codec, for a length other than

@@ -17,7 +17,7 @@ class NoCompression(DenseCodec):
 
     def _decode(self, n, params, body):
         expect_body(self, body, 4 * n)
-        return np.frombuffer(body, dtype=np.float32).copy()
+        return np.frombuffer(body, dtype=np.float32)
 
     def _body_size(self, n):
         return 4 * n

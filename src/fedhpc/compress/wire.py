@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+import numpy as np
+
 from fedhpc import kernels as K
 from fedhpc.errors import CorruptUpdateError
 
@@ -42,16 +44,24 @@ class Frame(NamedTuple):
     body: memoryview
 
 
-def pack(codec_id: int, n: int, params: bytes, body: list) -> bytes:
-    """Frame ``params`` and the body buffers into one checksummed message."""
-    blen = sum(memoryview(b).nbytes for b in body)
-    head = HEADER.pack(MAGIC, WIRE_VERSION, codec_id, DTYPE_FLOAT32, 0, n, len(params), blen, 0)
-    out = bytearray(head)
-    out += params
-    for b in body:
-        out += memoryview(b).cast("B")
-    struct.pack_into("<I", out, _CRC_OFFSET, K.crc32c(out))
-    return bytes(out)
+def pack(codec_id: int, n: int, params: bytes, body: list, headroom: int = 0) -> np.ndarray:
+    """Frame ``params`` and the body buffers into one checksummed message.
+
+    Returns a uint8 array of ``headroom`` free bytes followed by the frame: a
+    caller that sends the frame behind its own header (an Update) writes that
+    header into the room, so the body is copied exactly once.
+    """
+    views = [memoryview(b).cast("B") for b in body]
+    blen = sum(v.nbytes for v in views)
+    out = np.empty(headroom + HEADER.size + len(params) + blen, dtype=np.uint8)
+    frame = out[headroom:]
+    HEADER.pack_into(frame, 0, MAGIC, WIRE_VERSION, codec_id, DTYPE_FLOAT32, 0, n, len(params), blen, 0)
+    at = HEADER.size
+    for v in (memoryview(params).cast("B"), *views):
+        frame[at : at + v.nbytes] = np.frombuffer(v, dtype=np.uint8)
+        at += v.nbytes
+    struct.pack_into("<I", frame, _CRC_OFFSET, K.crc32c(frame))
+    return out
 
 
 def unpack(data, max_n: int) -> Frame:

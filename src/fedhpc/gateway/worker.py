@@ -27,7 +27,7 @@ from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
 from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY
 from fedhpc.models import Layout, build_model
 from fedhpc.runtime.client import SEED_CODEC, LocalTrainer, derive_seed
-from fedhpc.runtime.protocol import Status, UpdateHeader, pack_update
+from fedhpc.runtime.protocol import HEADER, Status, UpdateHeader, seal_update
 
 log = logging.getLogger("fedhpc.worker")
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
@@ -144,10 +144,11 @@ class Worker:
         if self.use_ef and self.state is None:
             self.state = ErrorFeedback(delta.size)
         payload = self.codec.encode(delta, self.state if self.use_ef else None,
-                                    seed=derive_seed(self.cfg.seed, task.round, task.client_id, SEED_CODEC))
+                                    seed=derive_seed(self.cfg.seed, task.round, task.client_id, SEED_CODEC),
+                                    headroom=HEADER.size)
         head = UpdateHeader(Status.OK, self.job, task.round, task.client_id, len(self.indices), loss,
                             time.perf_counter() - t0, 0.0, 0)
-        buf = pack_update(head, payload).tobytes()
+        buf = seal_update(head, payload).tobytes()
         chunks = (pb.UpdateChunk(session=self.session, round=task.round, data=buf[a : a + CHUNK_BYTES])
                   for a in range(0, len(buf), CHUNK_BYTES))
         reply = self.stub.PushUpdate(chunks, metadata=self.metadata, timeout=120)

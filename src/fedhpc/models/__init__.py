@@ -83,6 +83,27 @@ class Layout:
             out[a:b] = p.detach().reshape(-1).numpy()
         return out
 
+    def bind(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the module's parameters and their gradients views of two flat
+        float32 tensors, in this layout's order, and return (params, grads).
+
+        Loading a model into the module, reading it back, zeroing the
+        gradients or adding a term to all of them is then one pass over one
+        buffer instead of a Python loop over tensors: with thousands of
+        virtual clients per rank, those loops were a third of the per-client
+        overhead. The gradients stay views as long as they are zeroed in place
+        (``grads.zero_()``, never ``zero_grad(set_to_none=True)``), because
+        autograd accumulates into an existing gradient.
+        """
+        params = torch.empty(self.size, dtype=torch.float32)
+        grads = torch.zeros(self.size, dtype=torch.float32)
+        with torch.no_grad():
+            for p, a, b in zip(module.parameters(), self.offsets, self.offsets[1:]):
+                params[a:b] = p.reshape(-1)
+                p.data = params[a:b].view_as(p)
+                p.grad = grads[a:b].view_as(p)
+        return params, grads
+
     def load(self, module: nn.Module, flat: np.ndarray) -> None:
         """Copy a flat vector into the module's parameters in place."""
         if flat.size != self.size:

@@ -27,28 +27,41 @@ SEED_TRAIN, SEED_DROPOUT, SEED_CODEC, SEED_SELECT, SEED_PROFILE, SEED_PARTITION,
 
 
 class LocalTrainer:
-    """Trains a client's shard starting from the global weights (SGD/Adam, optional FedProx term)."""
+    """Trains a client's shard starting from the global weights (SGD/Adam, optional FedProx term).
+
+    The module's parameters and gradients are bound to two flat buffers
+    (:meth:`~fedhpc.models.Layout.bind`), so starting a client from the global
+    model and reading its delta back are one copy each.
+    """
 
     def __init__(self, cfg: RunConfig, model: nn.Module, layout: Layout, x: np.ndarray, y: np.ndarray):
         self.cfg, self.model, self.layout = cfg, model, layout
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.params, self.grads = layout.bind(model)
 
     def train(self, indices: np.ndarray, weights: np.ndarray, round_: int, client: int, mu: float,
-              should_stop: Callable[[], bool], mask: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+              should_stop: Callable[[], bool], mask: np.ndarray | None = None,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Return (delta = w_local - w_start, mean training loss of the last epoch).
 
-        With a federated-dropout ``mask`` (0/1 over the flat model) the client
-        trains the sub-model: masked coordinates start at zero and are zeroed
-        again after every step, which is exactly the smaller network without
-        those units, whatever the activation.
+        The delta is written into ``out`` (a float32 array of the model's size)
+        when given, so that a rank training many clients reuses one buffer.
+        With ``mu`` > 0 FedProx's proximal term mu/2 ||w - w_start||^2 is
+        added as its gradient, mu (w - w_start); the loss reported is the data
+        loss alone. With a federated-dropout ``mask`` (0/1 over the flat model)
+        the client trains the sub-model: masked coordinates start at zero and
+        are zeroed again after every step, which is exactly the smaller network
+        without those units, whatever the activation.
         """
         local = self.cfg.local
+        if weights.size != self.layout.size:
+            raise ValueError(f"flat vector has {weights.size} values, the model has {self.layout.size}")
         start = weights if mask is None else weights * mask
-        self.layout.load(self.model, start)
+        flat = self.params.numpy()
+        np.copyto(flat, start)
+        anchor = self.params.clone() if mu > 0 else None
+        keep = None if mask is None else torch.as_tensor(mask)
         params = list(self.model.parameters())
-        masks = None if mask is None else [torch.from_numpy(mask[a:b]).view_as(p) for p, a, b in
-                                           zip(params, self.layout.offsets, self.layout.offsets[1:])]
-        anchor = [p.detach().clone() for p in params] if mu > 0 else None
         if local.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=local.lr, momentum=local.momentum)
         else:
@@ -66,20 +79,19 @@ class LocalTrainer:
                 if should_stop():
                     raise Abandoned
                 batch = order[b : b + local.batch_size]
-                opt.zero_grad()
+                self.grads.zero_()
                 loss = loss_fn(self.model(self.x[batch]), self.y[batch])
-                if anchor is not None:
-                    loss = loss + 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
                 loss.backward()
-                opt.step()
-                if masks is not None:
-                    with torch.no_grad():
-                        for p, m in zip(params, masks):
-                            p.mul_(m)
+                with torch.no_grad():
+                    if anchor is not None:
+                        self.grads.add_(self.params - anchor, alpha=mu)
+                    opt.step()
+                    if keep is not None:
+                        self.params.mul_(keep)
                 total += loss.item() * len(batch)
                 count += len(batch)
         mean_loss = total / max(count, 1)
-        return self.layout.flatten(self.model) - start, mean_loss
+        return np.subtract(flat, start, out=out), mean_loss
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> tuple[float, float]:

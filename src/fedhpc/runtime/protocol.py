@@ -57,15 +57,21 @@ class UpdateHeader:
 
 
 def pack_update(h: UpdateHeader, body: bytes) -> np.ndarray:
-    """Header + body as one uint8 buffer ready for MPI."""
+    """Header + a copy of ``body`` as one uint8 buffer ready for MPI."""
     out = np.empty(HEADER.size + len(body), dtype=np.uint8)
-    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), h.job, h.round, h.client, h.num_samples,
-              h.loss, h.compute_s, h.sim_s, len(body))
-    HEADER.pack_into(out, 0, *fields, 0)
-    crc = K.crc32c(out[: HEADER.size])
-    HEADER.pack_into(out, 0, *fields, crc)
     out[HEADER.size :] = np.frombuffer(body, dtype=np.uint8)
-    return out
+    return seal_update(h, out)
+
+
+def seal_update(h: UpdateHeader, buf: np.ndarray) -> np.ndarray:
+    """Write the Update header into the first ``HEADER.size`` bytes of ``buf``,
+    whose rest is the body already in place (a codec frame encoded with that
+    much headroom); return ``buf``."""
+    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), h.job, h.round, h.client, h.num_samples,
+              h.loss, h.compute_s, h.sim_s, buf.nbytes - HEADER.size)
+    HEADER.pack_into(buf, 0, *fields, 0)
+    HEADER.pack_into(buf, 0, *fields, K.crc32c(buf[: HEADER.size]))
+    return buf
 
 
 def unpack_update(buf) -> tuple[UpdateHeader, memoryview]:

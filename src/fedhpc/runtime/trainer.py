@@ -13,8 +13,8 @@ from fedhpc.runtime.client import SEED_CODEC, SEED_DROPOUT, Abandoned, LocalTrai
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime import signals
 from fedhpc.runtime.protocol import (
-    Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_arrays, recv_object, send_arrays,
-    wait_with_deadline,
+    HEADER, Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_arrays, recv_object,
+    seal_update, send_arrays, wait_with_deadline,
 )
 
 log = logging.getLogger("fedhpc.trainer")
@@ -39,6 +39,7 @@ class Trainer:
         self.local = LocalTrainer(cfg, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train)
         self.feddrop = ctx.fed_dropout()
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)
+        self.delta = np.empty_like(self.weights)  # reused by every client this rank trains
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
 
     def round_closed(self) -> bool:
@@ -90,17 +91,18 @@ class Trainer:
         self.comm.send((r, sent, None), dest=0, tag=Tag.DONE)  # None: no remote workers to report
         wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
 
-    def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> bytes:
+    def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
         """Encode the client's delta (only the ``kept`` coordinates under federated
-        dropout) with its error-feedback state, which always spans the full model."""
+        dropout) with its error-feedback state, which always spans the full model,
+        leaving room for the Update header in front of the frame."""
         seed = derive_seed(self.ctx.cfg.seed, r, cid, SEED_CODEC)
         state = self.states.setdefault(cid, ErrorFeedback(delta.size)) if self.use_ef else None
         if kept is None:
-            return self.codec.encode(delta, state, seed=seed)
+            return self.codec.encode(delta, state, seed=seed, headroom=HEADER.size)
         if state is None:
-            return self.codec.encode(delta[kept], None, seed=seed)
+            return self.codec.encode(delta[kept], None, seed=seed, headroom=HEADER.size)
         sub = ErrorFeedback(kept.size, state.residual[kept])
-        payload = self.codec.encode(delta[kept], sub, seed=seed)
+        payload = self.codec.encode(delta[kept], sub, seed=seed, headroom=HEADER.size)
         state.residual[kept] = sub.residual
         return payload
 
@@ -119,7 +121,7 @@ class Trainer:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
             kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
             mask = None if kept is None else self.feddrop.mask(kept)
-            delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask)
+            delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask, self.delta)
             head.compute_s = time.perf_counter() - t0
             if cfg.clock == "wall" and profile.speed < 1:
                 wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
@@ -131,10 +133,8 @@ class Trainer:
             head.status = Status.ERROR
             return pack_update(head, f"{type(exc).__name__}: {exc}".encode()[:4096])
         if cid in cfg.faults.corrupt_clients:
-            damaged = bytearray(payload)
-            damaged[len(damaged) // 2] ^= 0xFF
-            payload = bytes(damaged)
+            payload[HEADER.size + (payload.nbytes - HEADER.size) // 2] ^= 0xFF
         head.loss = loss
         head.compute_s = time.perf_counter() - t0
-        head.sim_s = simulated_seconds(ctx, profile, len(indices), len(payload))
-        return pack_update(head, payload)
+        head.sim_s = simulated_seconds(ctx, profile, len(indices), payload.nbytes - HEADER.size)
+        return seal_update(head, payload)
