@@ -34,6 +34,9 @@ def test_default_job_reaches_85_percent_on_non_iid_digits(out):
     assert m[-1]["accuracy"] >= 0.85, m[-1]
     assert set(m[0]) >= {"round", "accuracy", "loss", "clients_selected", "clients_reported", "clients_late",
                          "clients_failed", "bytes_up", "bytes_down", "round_seconds", "sim_seconds"}
+    for r in m:  # the slowest rank's local training is part of the round; the rest is the framework's
+        assert 0 < r["train_seconds"] < r["round_seconds"], r
+        assert r["overhead_seconds"] == pytest.approx(r["round_seconds"] - r["train_seconds"])
     # rank 0 prints one progress line per round; the other ranks stay quiet
     assert proc.stderr.count("[rank 0] INFO round") == cfg["rounds"]
     assert "[rank 1]" not in proc.stderr

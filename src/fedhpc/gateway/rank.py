@@ -100,6 +100,6 @@ class GatewayRank(Trainer):
         closed = recv_object(self.comm, 0, Tag.CLOSE, timeout, f"rank 0 to close round {r}")
         if closed != r:
             raise RuntimeError(f"gateway: orchestrator closed round {closed} while in round {r}")
-        self.comm.send((r, sent, self.server.connected()), dest=0, tag=Tag.DONE)
+        self.comm.send((r, sent, self.server.connected(), 0.0), dest=0, tag=Tag.DONE)  # 0.0: trains nothing itself
         wait_with_deadline(pending, timeout, f"rank 0 to receive round {r}'s updates")
 

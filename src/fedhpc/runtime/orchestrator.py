@@ -48,6 +48,7 @@ class _Collected:
     stale: int = 0
     bytes_up: int = 0
     client_bytes: dict[int, int] = field(default_factory=dict)
+    train_s: float = 0.0  # the slowest trainer rank's seconds in local training
 
     def accounted(self) -> set[int]:
         return self.arrivals.keys() | self.failures.keys() | self.late
@@ -208,8 +209,10 @@ class Orchestrator:
             "bytes_up": got.bytes_up,
             "bytes_down": sum(self.download_bytes(r, c) for c in selected),
             "round_seconds": time.monotonic() - t0,
+            "train_seconds": got.train_s,
             "sim_seconds": sim_seconds,
         }
+        metrics["overhead_seconds"] = metrics["round_seconds"] - got.train_s
         return metrics, self._per_client(outcome, got)
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -278,8 +281,9 @@ class Orchestrator:
                 got.bytes_up += buf.nbytes
                 self.accept(r, src, buf, expected, got, closed, time.monotonic() - t0)
             elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
-                rr, count, connected = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
+                rr, count, connected, train_s = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
                 done[status.Get_source()] = count
+                got.train_s = max(got.train_s, train_s)
                 if connected is not None:
                     self.update_remote(connected)
             else:
@@ -385,5 +389,5 @@ class Orchestrator:
         acc = f"acc {m['accuracy']:.4f} loss {m['loss']:.4f}" if m["accuracy"] is not None else "acc -"
         return (f"round {m['round']:>3}: {acc} | {m['clients_reported']}/{m['clients_selected']} reported, "
                 f"{m['clients_late']} late, {m['clients_failed']} failed | up {m['bytes_up'] / 1e6:.2f} MB "
-                f"down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s"
+                f"down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s, training {m['train_seconds']:.2f}s"
                 + (f" (simulated {m['sim_seconds']:.2f}s)" if m["sim_seconds"] is not None else ""))

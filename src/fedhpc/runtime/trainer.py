@@ -41,6 +41,7 @@ class Trainer:
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)
         self.delta = np.empty_like(self.weights)  # reused by every client this rank trains
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
+        self.train_s = 0.0  # this round's seconds in local training, reported to rank 0 with DONE
 
     def round_closed(self) -> bool:
         return self.comm.Iprobe(source=0, tag=Tag.CLOSE)
@@ -72,6 +73,7 @@ class Trainer:
         cfg = self.ctx.cfg
         bcast_array(self.comm, self.weights)
         r, sent, pending = task["round"], 0, []
+        self.train_s = 0.0
         if self.comm.rank in cfg.faults.crash_ranks:
             raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
         for cid in task["assign"].get(self.comm.rank, []):
@@ -88,7 +90,7 @@ class Trainer:
         closed_round = recv_object(self.comm, 0, Tag.CLOSE, cfg.stragglers.timeout_s, f"rank 0 to close round {r}")
         if closed_round != r:
             raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
-        self.comm.send((r, sent, None), dest=0, tag=Tag.DONE)  # None: no remote workers to report
+        self.comm.send((r, sent, None, self.train_s), dest=0, tag=Tag.DONE)  # None: no remote workers to report
         wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
 
     def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
@@ -121,10 +123,14 @@ class Trainer:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
             kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
             mask = None if kept is None else self.feddrop.mask(kept)
-            delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask, self.delta)
-            head.compute_s = time.perf_counter() - t0
-            if cfg.clock == "wall" and profile.speed < 1:
-                wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
+            try:
+                delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask,
+                                               self.delta)
+                head.compute_s = time.perf_counter() - t0
+                if cfg.clock == "wall" and profile.speed < 1:
+                    wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
+            finally:
+                self.train_s += time.perf_counter() - t0
             payload = self.encode(r, cid, delta, kept)
         except Abandoned:
             raise
