@@ -37,6 +37,8 @@ def test_resolved_config_round_trips(tmp_path):
     (["clients.per_round=50"], "'clients.per_round' must be in [1, clients.total=20]"),
     (["faults.dropout_prob=1.2"], "'faults.dropout_prob' must be in [0, 1)"),
     (["stragglers.fastest_k=11"], "'stragglers.fastest_k' must be <= clients.per_round=10"),
+    (["stragglers.partial_work=true", "stragglers.deadline_s=1"], "'stragglers.partial_work' needs clock"),
+    (["stragglers.partial_work=true", "clock=simulated"], "'stragglers.partial_work' needs clock"),
     (["codec.name=zip"], "[codec]: unknown codec 'zip'"),
     (["codec.name=topk", "codec.ratio=2"], "[codec]: codec 'topk': ratio must be in (0, 1]"),
     (["strategy.name=fedsgd"], "[strategy]"),

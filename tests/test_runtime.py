@@ -78,6 +78,20 @@ def test_simulated_deadline_is_deterministic(tmp_path):
     assert [r["accuracy"] for r in ma] == [r["accuracy"] for r in mb]
 
 
+def test_partial_work_lets_stragglers_report_the_epochs_that_fit_before_the_deadline(tmp_path):
+    """FedProx's systems-heterogeneity setting: a client 4x slower cannot do 4 epochs in
+    the deadline; with partial work it does the one that fits and is aggregated."""
+    sets = ["rounds=2", "clients.total=10", "clients.per_round=10", "clock=simulated", "local.epochs=4",
+            "profiles.slow_clients=[2, 7]", "profiles.slow_factor=4", "stragglers.deadline_s=0.5"]
+    fedhpc_run(3, tmp_path / "drop", *sets)
+    fedhpc_run(3, tmp_path / "partial", *sets, "stragglers.partial_work=true")
+    for r in metrics(tmp_path / "drop"):  # the round waits until the deadline for the two that never come
+        assert r["clients_reported"] == 8 and r["clients_late"] == 2 and r["sim_seconds"] == 0.5, r
+    for r in metrics(tmp_path / "partial"):
+        # about 144 samples each: 4 epochs at full speed or 1 epoch at 1/4 speed, both about 0.29 s
+        assert r["clients_reported"] == 10 and r["clients_late"] == 0 and 0.25 < r["sim_seconds"] < 0.35, r
+
+
 def test_failing_and_corrupt_clients_are_counted_not_fatal(out):
     proc = fedhpc_run(3, out, "rounds=3", "clients.total=10", "clients.per_round=10",
                       "faults.error_clients=[3]", "faults.corrupt_clients=[5]", "codec.name=int8")

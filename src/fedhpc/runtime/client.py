@@ -41,11 +41,12 @@ class LocalTrainer:
 
     def train(self, indices: np.ndarray, weights: np.ndarray, round_: int, client: int, mu: float,
               should_stop: Callable[[], bool], mask: np.ndarray | None = None,
-              out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+              out: np.ndarray | None = None, epochs: int | None = None) -> tuple[np.ndarray, float]:
         """Return (delta = w_local - w_start, mean training loss of the last epoch).
 
         The delta is written into ``out`` (a float32 array of the model's size)
         when given, so that a rank training many clients reuses one buffer.
+        ``epochs`` overrides ``local.epochs`` (a straggler's partial work).
         With ``mu`` > 0 FedProx's proximal term mu/2 ||w - w_start||^2 is
         added as its gradient, mu (w - w_start); the loss reported is the data
         loss alone. With a federated-dropout ``mask`` (0/1 over the flat model)
@@ -72,7 +73,7 @@ class LocalTrainer:
         idx = torch.from_numpy(indices)
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()
-        for _ in range(local.epochs):
+        for _ in range(local.epochs if epochs is None else epochs):
             total, count = 0.0, 0
             order = idx[torch.randperm(len(idx), generator=gen)]
             for b in range(0, len(order), local.batch_size):

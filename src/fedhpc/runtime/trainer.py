@@ -20,10 +20,10 @@ from fedhpc.runtime.protocol import (
 log = logging.getLogger("fedhpc.trainer")
 
 
-def simulated_seconds(ctx: Context, profile, samples: int, up_bytes: int) -> float:
+def simulated_seconds(ctx: Context, profile, samples: int, up_bytes: int, epochs: int) -> float:
     """A client's round time on the simulated clock: compute / speed + transfer / bandwidth + latency."""
     p = ctx.cfg.profiles
-    compute = samples * ctx.cfg.local.epochs * p.cost_per_sample_s / profile.speed
+    compute = samples * epochs * p.cost_per_sample_s / profile.speed
     transfer = (up_bytes + 4 * ctx.layout.size) * 8 / (profile.bandwidth_mbps * 1e6)
     return compute + transfer + 2 * profile.latency_ms / 1000
 
@@ -108,6 +108,17 @@ class Trainer:
         state.residual[kept] = sub.residual
         return payload
 
+    def local_epochs(self, profile, samples: int) -> int:
+        """Epochs the client trains this round: ``local.epochs``, or with
+        ``stragglers.partial_work`` as many as fit before the deadline at its
+        simulated speed, at least one (a client too slow for one is late)."""
+        cfg = self.ctx.cfg
+        per_epoch = samples * cfg.profiles.cost_per_sample_s / profile.speed
+        if not cfg.stragglers.partial_work or per_epoch == 0:
+            return cfg.local.epochs
+        fixed = simulated_seconds(self.ctx, profile, samples, self.codec.wire_size(self.ctx.layout.size), 0)
+        return int(min(cfg.local.epochs, max(1, (cfg.stragglers.deadline_s - fixed) // per_epoch)))
+
     def client_update(self, r: int, cid: int, mu: float) -> np.ndarray:
         """Train client ``cid`` for round ``r``; return its packed Update (OK, DROPOUT or ERROR)."""
         cfg, ctx = self.ctx.cfg, self.ctx
@@ -117,6 +128,7 @@ class Trainer:
         if np.random.default_rng(derive_seed(cfg.seed, r, cid, SEED_DROPOUT)).random() < profile.dropout_prob:
             head.status = Status.DROPOUT
             return pack_update(head, b"")
+        epochs = self.local_epochs(profile, len(indices))
         t0 = time.perf_counter()
         try:
             if cid in cfg.faults.error_clients:
@@ -125,7 +137,7 @@ class Trainer:
             mask = None if kept is None else self.feddrop.mask(kept)
             try:
                 delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask,
-                                               self.delta)
+                                               self.delta, epochs)
                 head.compute_s = time.perf_counter() - t0
                 if cfg.clock == "wall" and profile.speed < 1:
                     wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
@@ -142,5 +154,5 @@ class Trainer:
             payload[HEADER.size + (payload.nbytes - HEADER.size) // 2] ^= 0xFF
         head.loss = loss
         head.compute_s = time.perf_counter() - t0
-        head.sim_s = simulated_seconds(ctx, profile, len(indices), payload.nbytes - HEADER.size)
+        head.sim_s = simulated_seconds(ctx, profile, len(indices), payload.nbytes - HEADER.size, epochs)
         return seal_update(head, payload)
