@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhpc.bench import _jobs
+from fedhpc.config import ProfilesConfig
 
 SECTIONS = ("table2", "table3", "table4", "stragglers", "ablations")
 DATASETS = ("digits", "shakespeare", "medmnist")
@@ -263,11 +264,45 @@ def job(out: Path, name: str, *settings: dict) -> dict:
     return {"name": name, "out": str(out / name), "sets": [f"{k}={toml_value(v)}" for k, v in merged.items()]}
 
 
-def strategies(size: Size, dataset: str) -> list[tuple[str, dict]]:
-    """(label, settings) of the Table 2 strategies for ``dataset``."""
+# Table 2 settings. "full work": every client does its 5 epochs. "stragglers": FedProx's
+# systems-heterogeneity experiment (Li et al. 2020, section 5.2): lognormal speeds (sigma 1, so about
+# half the clients are slower than nominal) and a deadline at 1.1x a nominal client's round time;
+# FedAvg drops whoever misses it, FedProx aggregates the epochs they managed (partial work).
+T2_SETTINGS = ("full work", "stragglers")
+T2_SPEED_SIGMA, T2_DEADLINE_FACTOR = 1.0, 1.1
+DIGITS_TRAIN = 1438  # sklearn digits minus the 20% held out
+# (sample shape, classes) of each Table 2 dataset, to size its model
+T2_SHAPES = {"digits": ((64,), 10), "shakespeare": ((80,), 80), "medmnist": ((1, 28, 28), 10)}
+
+
+def nominal_round_s(base: dict, dataset: str, samples: float) -> float:
+    """Simulated round time of a client of speed 1 holding ``samples`` (the runtime's formula:
+    compute, the model down and up uncompressed over the default link, two latencies)."""
+    from fedhpc.config import ModelConfig
+    from fedhpc.models import Layout, build_model
+
+    shape, classes = T2_SHAPES[dataset]
+    params = Layout(build_model(ModelConfig(name=base["model.name"], hidden=base.get("model.hidden", [64])),
+                                shape, classes, 0)).size
+    p = ProfilesConfig()
+    return (samples * base["local.epochs"] * p.cost_per_sample_s + 2 * 4 * params * 8 / (p.bandwidth_mbps * 1e6)
+            + 2 * p.latency_ms / 1e3)
+
+
+def strategies(size: Size, dataset: str, setting: str) -> list[tuple[str, dict]]:
+    """(label, settings) of the Table 2 strategies for ``dataset`` in ``setting``."""
     mus = size.prox_mus if dataset == "digits" else size.prox_mus[:1]
+    if setting == "full work":
+        return [("fedavg", {"strategy.name": "fedavg"})] + [
+            (f"fedprox-mu{mu:g}", {"strategy.name": "fedprox", "strategy.mu": mu}) for mu in mus]
+    partial = {"strategy.name": "fedprox", "stragglers.partial_work": True}
     return [("fedavg", {"strategy.name": "fedavg"})] + [
-        (f"fedprox-mu{mu:g}", {"strategy.name": "fedprox", "strategy.mu": mu}) for mu in mus]
+        (f"fedprox-mu{mu:g}", partial | {"strategy.mu": mu}) for mu in [0.0, *mus]]
+
+
+def t2_name(dataset: str, setting: str, label: str, seed: int) -> str:
+    """Job name of a Table 2 run (the full-work names predate the straggler setting; --reuse keeps them)."""
+    return f"{dataset}-{'' if setting == 'full work' else 'stragglers-'}{label}-s{seed}"
 
 
 def codecs(size: Size) -> list[tuple[str, dict]]:
@@ -292,11 +327,13 @@ MITIGATIONS = [("none", {}), ("fastest-k16", {"stragglers.fastest_k": 16}),
                ("deadline-0.27s", {"stragglers.deadline_s": 0.27})]
 
 
-def plan(size: Size, sections: list[str], runs: Path, data: dict) -> dict[str, list[dict]]:
+def plan(size: Size, sections: list[str], runs: Path, data: dict, data_info: dict) -> dict[str, list[dict]]:
     """Jobs of each selected section."""
     jobs: dict[str, list[dict]] = {}
     if "table2" in sections:
         t2 = []
+        samples = {"digits": DIGITS_TRAIN / DIGITS["clients.total"], "shakespeare": size.shk_train,
+                   "medmnist": data_info.get("medmnist", {}).get("train", 0) / MEDMNIST["clients.total"]}
         bases = {"digits": (DIGITS, size.digits_rounds, size.seeds),
                  "shakespeare": (SHAKESPEARE, size.shk_rounds, size.seeds[:1]),
                  "medmnist": (MEDMNIST, size.med_rounds, size.seeds[:1])}
@@ -308,9 +345,13 @@ def plan(size: Size, sections: list[str], runs: Path, data: dict) -> dict[str, l
                           "clients.per_round": min(20, size.shk_roles)}
             if ds == "medmnist":
                 extra |= {"data.root": str(data["medmnist"])}
-            for label, s in strategies(size, ds):
-                for seed in seeds:
-                    t2.append(job(runs / "table2", f"{ds}-{label}-s{seed}", base, extra, s, {"seed": seed}))
+            slow = {"profiles.speed_sigma": T2_SPEED_SIGMA,
+                    "stragglers.deadline_s": T2_DEADLINE_FACTOR * nominal_round_s(base, ds, samples[ds])}
+            for setting in T2_SETTINGS:
+                for label, s in strategies(size, ds, setting):
+                    for seed in seeds:
+                        t2.append(job(runs / "table2", t2_name(ds, setting, label, seed), base, extra,
+                                      {} if setting == "full work" else slow, s, {"seed": seed}))
         jobs["table2"] = t2
     if "table3" in sections:
         jobs["table3"] = [job(runs / "table3", f"clients{k}{suffix}", DIGITS, {"rounds": size.scale_rounds,
@@ -390,14 +431,18 @@ def analyse(size: Size, jobs: dict[str, list[dict]], data_info: dict) -> dict:
         rows = []
         for ds in size.datasets:
             seeds = size.seeds if ds == "digits" else size.seeds[:1]
-            for label, _ in strategies(size, ds):
-                runs = [_load(by_name[f"{ds}-{label}-s{s}"], THRESHOLDS[ds]) for s in seeds]
-                fin, fin_sd = _mean_std([r["final_accuracy"] for r in runs])
-                best, best_sd = _mean_std([r["best_accuracy"] for r in runs])
-                reach = [r["rounds_to_threshold"] for r in runs]
-                rows.append({"dataset": ds, "strategy": label, "seeds": seeds, "final_accuracy": fin,
-                             "final_accuracy_sd": fin_sd, "best_accuracy": best, "best_accuracy_sd": best_sd,
-                             "threshold": THRESHOLDS[ds], "rounds_to_threshold": reach, "runs": runs})
+            for setting in T2_SETTINGS:
+                for label, _ in strategies(size, ds, setting):
+                    runs = [_load(by_name[t2_name(ds, setting, label, s)], THRESHOLDS[ds]) for s in seeds]
+                    fin, fin_sd = _mean_std([r["final_accuracy"] for r in runs])
+                    best, best_sd = _mean_std([r["best_accuracy"] for r in runs])
+                    rows.append({"dataset": ds, "setting": setting, "strategy": label, "seeds": seeds,
+                                 "final_accuracy": fin, "final_accuracy_sd": fin_sd, "best_accuracy": best,
+                                 "best_accuracy_sd": best_sd, "threshold": THRESHOLDS[ds],
+                                 "rounds_to_threshold": [r["rounds_to_threshold"] for r in runs],
+                                 "clients_reported_per_round": float(np.mean([r["clients_reported_per_round"]
+                                                                              for r in runs])),
+                                 "runs": runs})
         res["table2"] = {"rows": rows, "data": data_info}
     if "table3" in jobs:
         train = json.loads((Path(jobs["table3"][0]["out"]) / "partition.json").read_text())["train_samples"]
@@ -470,19 +515,25 @@ def summary_rows(res: dict, size: Size) -> list[tuple[str, str, str, str]]:
     rows = []
     if "table2" in res:
         for ds, paper_key in (("digits", "cifar10"), ("shakespeare", "shakespeare"), ("medmnist", "medmnist")):
-            got = {r["strategy"]: r for r in res["table2"]["rows"] if r["dataset"] == ds}
-            if not got:
+            cells, verdicts = [], []
+            for setting in T2_SETTINGS:
+                got = {r["strategy"]: r for r in res["table2"]["rows"] if r["dataset"] == ds
+                       and r.get("setting", "full work") == setting}
+                if not got:
+                    continue
+                avg, prox = got["fedavg"], got[f"fedprox-mu{size.prox_mus[0]:g}"]
+                d = 100 * (prox["final_accuracy"] - avg["final_accuracy"])
+                noise = 100 * max(avg["final_accuracy_sd"], prox["final_accuracy_sd"])
+                cells.append(f"{setting}: {_acc(avg['final_accuracy'])} → {_acc(prox['final_accuracy'])} ({d:+.1f})")
+                verdicts.append(f"{setting}: " + ("FedProx ahead" if d > noise else "FedProx behind" if d < -noise
+                                                  else "tie") + (f" (seed sd {noise:.1f})" if noise else " (one seed)"))
+            if not cells:
                 continue
-            avg, prox = got["fedavg"], got[f"fedprox-mu{size.prox_mus[0]:g}"]
             pa, pp = PAPER["table2"][paper_key]
-            d = 100 * (prox["final_accuracy"] - avg["final_accuracy"])
-            noise = 100 * max(avg["final_accuracy_sd"], prox["final_accuracy_sd"])
-            verdict = ("FedProx ahead" if d > noise else "FedProx behind" if d < -noise else "tie") + (
-                f" (seed sd {noise:.1f})" if noise else " (one seed)")
             label = {"digits": "digits (for CIFAR-10)", "shakespeare": "Shakespeare (subset)",
                      "medmnist": "MedMNIST-format digits28"}[ds]
             rows.append((f"T2 FedAvg → FedProx, non-IID, {label}", f"{pa} → {pp} ({pp - pa:+.1f})",
-                         f"{_acc(avg['final_accuracy'])} → {_acc(prox['final_accuracy'])} ({d:+.1f})", verdict))
+                         "; ".join(cells), "; ".join(verdicts)))
     if "table3" in res:
         v = res["table3"]["variants"]
         first, last, fast = v["all"][0], v["all"][-1], v["fastest90"][-1]
@@ -548,13 +599,18 @@ def markdown(res: dict, size: Size, meta: dict) -> str:
     if "table2" in res:
         info = res["table2"]["data"]
         out += ["", "**Table 2 analogue** (non-IID, 20 clients per round, 5 local epochs; final = accuracy after the "
-                "last round, mean ± sd over seeds where several; rounds to threshold per seed):", "",
-                "| dataset | strategy | seeds | final acc. % | best acc. % | threshold | rounds to threshold |",
-                "|---|---|---:|---:|---:|---:|---|"]
+                "last round, mean ± sd over seeds where several; rounds to threshold per seed). *full work*: every "
+                "client does its 5 epochs. *stragglers*: FedProx's systems-heterogeneity setting, lognormal speeds "
+                f"(sigma {T2_SPEED_SIGMA:g}) and a deadline at {T2_DEADLINE_FACTOR:g}x a nominal client's compute; "
+                "FedAvg drops the clients that miss it, FedProx (`stragglers.partial_work`) aggregates the epochs "
+                "they managed, with mu = 0 the partial work alone:", "",
+                "| dataset | setting | strategy | seeds | clients aggregated per round | final acc. % | best acc. % | "
+                "threshold | rounds to threshold |",
+                "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for r in res["table2"]["rows"]:
             reach = ", ".join("—" if x is None else str(x) for x in r["rounds_to_threshold"])
-            out.append(f"| {r['dataset']} | {r['strategy']} | {len(r['seeds'])} | "
-                       f"{_acc(r['final_accuracy'], r['final_accuracy_sd'])} | "
+            out.append(f"| {r['dataset']} | {r['setting']} | {r['strategy']} | {len(r['seeds'])} | "
+                       f"{r['clients_reported_per_round']:.1f} | {_acc(r['final_accuracy'], r['final_accuracy_sd'])} | "
                        f"{_acc(r['best_accuracy'], r['best_accuracy_sd'])} | {r['threshold']:.0%} | {reach} |")
         if "shakespeare" in info:
             s = info["shakespeare"]
@@ -634,15 +690,17 @@ def plots(res: dict, size: Size, directory: Path) -> list[Path]:
     if "table2" in res:
         rows = res["table2"]["rows"]
         dss = [d for d in size.datasets if any(r["dataset"] == d for r in rows)]
-        fig, axes = plt.subplots(1, len(dss), figsize=(4.5 * len(dss), 3.4), squeeze=False)
-        for ax, ds in zip(axes[0], dss):
-            for r in (r for r in rows if r["dataset"] == ds):
-                run = r["runs"][0]
-                ax.plot(run["curve"]["round"], run["curve"]["accuracy"],
-                        label=f"{r['strategy']} (seed {r['seeds'][0]})")
-            ax.set(title=f"{ds}: non-IID", xlabel="round", ylabel="test accuracy")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+        fig, axes = plt.subplots(len(T2_SETTINGS), len(dss), figsize=(4.5 * len(dss), 3.4 * len(T2_SETTINGS)),
+                                 squeeze=False)
+        for row, setting in zip(axes, T2_SETTINGS):
+            for ax, ds in zip(row, dss):
+                for r in (r for r in rows if r["dataset"] == ds and r["setting"] == setting):
+                    run = r["runs"][0]
+                    ax.plot(run["curve"]["round"], run["curve"]["accuracy"],
+                            label=f"{r['strategy']} (seed {r['seeds'][0]})")
+                ax.set(title=f"{ds}: non-IID, {setting}", xlabel="round", ylabel="test accuracy")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=8)
         save(fig, "paper_table2_accuracy.png")
     if "table3" in res:
         v = res["table3"]["variants"]
@@ -755,7 +813,7 @@ def main(args: argparse.Namespace) -> int:
         data["shakespeare"] = runs / "data" / f"shakespeare-{size.shk_roles}x{size.shk_train}x{size.shk_test}"
         data_info["shakespeare"] = shakespeare_subset(shakespeare_source(args.shakespeare), data["shakespeare"],
                                                       size.shk_roles, size.shk_train, size.shk_test)
-    jobs = plan(size, args.only, runs, data)
+    jobs = plan(size, args.only, runs, data, data_info)
     unique = list({j["out"]: j for js in jobs.values() for j in js}.values())
     print(f"{len(unique)} federated jobs ({args.size}), {args.ranks} ranks each, in one MPI launch; runs in {runs}")
     _jobs.run_plan(unique, runs / "plan.json", args.ranks, args.reuse)
