@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -59,13 +59,15 @@ class Codec(ABC):
             raise ValueError(f"codec '{self.name}': max_n must be in [1, 2**32), got {max_n}")
         self.max_n = max_n
 
-    def encode(self, delta, state: ErrorFeedback | None = None, *, seed: int = 0, headroom: int = 0) -> np.ndarray:
+    def encode(self, delta, state: ErrorFeedback | None = None, *, seed: int = 0, headroom: int = 0,
+               alloc: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
         """Encode ``delta`` (float32 vector) into a frame, a uint8 array; with
         ``state``, apply error feedback.
 
         ``seed`` drives stochastic parts (stochastic rounding, random-k) and is
         recorded in the frame where the decoder needs it. ``headroom`` bytes
-        are left free in front of the frame for the caller's own header.
+        are left free in front of the frame for the caller's own header;
+        ``alloc(nbytes)`` supplies the output array (default: a new one).
         """
         x = K.as_f32(delta)
         if x.size > self.max_n:
@@ -75,7 +77,7 @@ class Codec(ABC):
         if state is not None and state.n != x.size:
             raise ValueError(f"codec '{self.name}': error-feedback state has {state.n} elements, delta has {x.size}")
         params, body = self._encode(x, state, seed & 0xFFFFFFFFFFFFFFFF)
-        return wire.pack(self.codec_id, x.size, self.params.pack(*params), body, headroom)
+        return wire.pack(self.codec_id, x.size, self.params.pack(*params), body, headroom, alloc)
 
     def decode(self, data, expected_n: int | None = None) -> np.ndarray:
         """Decode a frame made by :meth:`encode` into a float32 array (for the

@@ -21,7 +21,7 @@ instead of decoding to a plausible but wrong vector.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -44,16 +44,19 @@ class Frame(NamedTuple):
     body: memoryview
 
 
-def pack(codec_id: int, n: int, params: bytes, body: list, headroom: int = 0) -> np.ndarray:
+def pack(codec_id: int, n: int, params: bytes, body: list, headroom: int = 0,
+         alloc: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """Frame ``params`` and the body buffers into one checksummed message.
 
     Returns a uint8 array of ``headroom`` free bytes followed by the frame: a
     caller that sends the frame behind its own header (an Update) writes that
-    header into the room, so the body is copied exactly once.
+    header into the room, so the body is copied exactly once. ``alloc(nbytes)``
+    supplies that array (default: a new one), e.g. from a buffer pool.
     """
     views = [memoryview(b).cast("B") for b in body]
     blen = sum(v.nbytes for v in views)
-    out = np.empty(headroom + HEADER.size + len(params) + blen, dtype=np.uint8)
+    size = headroom + HEADER.size + len(params) + blen
+    out = np.empty(size, dtype=np.uint8) if alloc is None else alloc(size)
     frame = out[headroom:]
     HEADER.pack_into(frame, 0, MAGIC, WIRE_VERSION, codec_id, DTYPE_FLOAT32, 0, n, len(params), blen, 0)
     at = HEADER.size

@@ -21,7 +21,7 @@ from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
 from fedhpc.runtime.protocol import (
-    Status, Tag, bcast_array, recv_arrays, recv_object, recv_update, send_arrays, unpack_update,
+    BufferPool, Status, Tag, bcast_array, recv_arrays, recv_object, recv_update, send_arrays, unpack_update,
 )
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
@@ -82,6 +82,7 @@ class Orchestrator:
         self.selector.set_costs(model_bytes=self.model_bytes + self.codec.wire_size(ctx.layout.size),
                                 reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
         self.max_update_bytes = 64 + 2 * self.model_bytes + (1 << 20)
+        self.updates = BufferPool()  # the round's received Updates; 'none' deltas are views into them
 
     def _profiles(self, hosts: dict[int, dict]) -> dict:
         """Client profiles: the configured heterogeneity, plus what registration measured
@@ -191,6 +192,7 @@ class Orchestrator:
         outcome, sim_seconds = self.close_round(r, selected, got)
         self.weights = self.strategy.aggregate(self.weights, outcome)
         self.selector.update(outcome, self.history, r)
+        self.updates.reclaim()  # nothing refers to this round's deltas any more
         accuracy = loss = None
         if (r + 1) % cfg.eval.every == 0 or r + 1 == cfg.rounds:
             ctx.layout.load(ctx.model, self.weights)
@@ -274,7 +276,7 @@ class Orchestrator:
                 src = status.Get_source()
                 received[src] += 1
                 try:
-                    buf = recv_update(self.comm, status, self.max_update_bytes, st.timeout_s)
+                    buf = recv_update(self.comm, status, self.max_update_bytes, st.timeout_s, self.updates)
                 except (CorruptUpdateError, TimeoutError) as exc:
                     log.warning("round %d: update from rank %d rejected: %s", r, src, exc)
                     continue

@@ -56,6 +56,38 @@ class UpdateHeader:
     body_len: int
 
 
+class BufferPool:
+    """Byte buffers handed out during a round and all taken back after it.
+
+    Large Updates are received (rank 0) and encoded (trainers) into memory
+    that earlier rounds already touched: on Linux a fresh multi-megabyte
+    array costs its page faults on first touch, which for big models made the
+    data plane several times slower than the transfer itself. Buffers are
+    bucketed by size rounded up to whole pages, so a fixed-size codec always
+    finds its buffer again and a variable-size one usually does.
+    """
+
+    PAGE = 4096
+
+    def __init__(self):
+        self.free: dict[int, list[np.ndarray]] = {}
+        self.lent: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 array of ``nbytes`` (a view of a pooled buffer), valid until :meth:`reclaim`."""
+        cap = -(-max(nbytes, 1) // self.PAGE) * self.PAGE
+        spare = self.free.get(cap)
+        buf = spare.pop() if spare else np.empty(cap, dtype=np.uint8)
+        self.lent.append(buf)
+        return buf[:nbytes]
+
+    def reclaim(self) -> None:
+        """Take every buffer back: nothing handed out since the last call may be used any more."""
+        for buf in self.lent:
+            self.free.setdefault(buf.nbytes, []).append(buf)
+        self.lent.clear()
+
+
 def pack_update(h: UpdateHeader, body: bytes) -> np.ndarray:
     """Header + a copy of ``body`` as one uint8 buffer ready for MPI."""
     out = np.empty(HEADER.size + len(body), dtype=np.uint8)
@@ -110,14 +142,17 @@ def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[
     return [comm.Isend(buf[a : a + step], dest=dest, tag=tag) for a in range(0, max(buf.nbytes, 1), step)]
 
 
-def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: float) -> np.ndarray:
-    """Receive the Update whose first chunk ``status`` (from Iprobe) describes.
+def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: float,
+                pool: BufferPool | None = None) -> np.ndarray:
+    """Receive the Update whose first chunk ``status`` (from Iprobe) describes,
+    into a buffer from ``pool`` when given.
 
     Chunks beyond the first are awaited with a deadline; a sender that stops
     midway raises TimeoutError rather than hanging the orchestrator.
     """
     src, tag = status.Get_source(), status.Get_tag()
-    first = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+    alloc = (lambda n: np.empty(n, dtype=np.uint8)) if pool is None else pool.take
+    first = alloc(status.Get_count(MPI.BYTE))
     comm.Recv(first, source=src, tag=tag)
     total = total_length(first)
     if total <= first.nbytes:
@@ -126,7 +161,7 @@ def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: f
         # still drain the chunks so the sender's requests complete, but keep nothing
         out = None
     else:
-        out = np.empty(total, dtype=np.uint8)
+        out = alloc(total)
         out[: first.nbytes] = first
     got = first.nbytes
     deadline = time.monotonic() + timeout_s

@@ -13,7 +13,7 @@ from fedhpc.runtime.client import SEED_CODEC, SEED_DROPOUT, Abandoned, LocalTrai
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime import signals
 from fedhpc.runtime.protocol import (
-    HEADER, Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_arrays, recv_object,
+    HEADER, BufferPool, Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_arrays, recv_object,
     seal_update, send_arrays, wait_with_deadline,
 )
 
@@ -40,6 +40,7 @@ class Trainer:
         self.feddrop = ctx.fed_dropout()
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)
         self.delta = np.empty_like(self.weights)  # reused by every client this rank trains
+        self.frames = BufferPool()  # the round's encoded Updates, reused once their sends completed
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
         self.train_s = 0.0  # this round's seconds in local training, reported to rank 0 with DONE
 
@@ -92,6 +93,7 @@ class Trainer:
             raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
         self.comm.send((r, sent, None, self.train_s), dest=0, tag=Tag.DONE)  # None: no remote workers to report
         wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
+        self.frames.reclaim()
 
     def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
         """Encode the client's delta (only the ``kept`` coordinates under federated
@@ -99,12 +101,13 @@ class Trainer:
         leaving room for the Update header in front of the frame."""
         seed = derive_seed(self.ctx.cfg.seed, r, cid, SEED_CODEC)
         state = self.states.setdefault(cid, ErrorFeedback(delta.size)) if self.use_ef else None
+        room = {"seed": seed, "headroom": HEADER.size, "alloc": self.frames.take}
         if kept is None:
-            return self.codec.encode(delta, state, seed=seed, headroom=HEADER.size)
+            return self.codec.encode(delta, state, **room)
         if state is None:
-            return self.codec.encode(delta[kept], None, seed=seed, headroom=HEADER.size)
+            return self.codec.encode(delta[kept], None, **room)
         sub = ErrorFeedback(kept.size, state.residual[kept])
-        payload = self.codec.encode(delta[kept], sub, seed=seed, headroom=HEADER.size)
+        payload = self.codec.encode(delta[kept], sub, **room)
         state.residual[kept] = sub.residual
         return payload
 
