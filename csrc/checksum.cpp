@@ -85,7 +85,28 @@ uint32_t update_tables(uint32_t c, const uint8_t* p, size_t n) {
   return c;
 }
 
+// The crc32 instruction has a latency of 3 cycles and a throughput of 1, so
+// one dependency chain runs at a third of its speed: blocks are cut into three
+// stripes summed as independent chains from zero, then joined by linearity,
+// crc(c, A||B||C) = shift(crc(c, A), 2S) ^ shift(crc(0, B), S) ^ crc(0, C).
+constexpr size_t kStripe = 4096;
+
 __attribute__((target("sse4.2"))) uint32_t update_sse42(uint32_t c, const uint8_t* p, size_t n) {
+  static const uint32_t shift1 = x_pow_8n(kStripe), shift2 = x_pow_8n(2 * kStripe);
+  for (; n >= 3 * kStripe; p += 3 * kStripe, n -= 3 * kStripe) {
+    uint64_t a = c, b = 0, d = 0;
+    for (size_t i = 0; i < kStripe; i += 8) {
+      uint64_t wa, wb, wd;
+      std::memcpy(&wa, p + i, sizeof wa);
+      std::memcpy(&wb, p + kStripe + i, sizeof wb);
+      std::memcpy(&wd, p + 2 * kStripe + i, sizeof wd);
+      a = _mm_crc32_u64(a, wa);
+      b = _mm_crc32_u64(b, wb);
+      d = _mm_crc32_u64(d, wd);
+    }
+    c = multiply_mod_p(shift2, static_cast<uint32_t>(a)) ^ multiply_mod_p(shift1, static_cast<uint32_t>(b)) ^
+        static_cast<uint32_t>(d);
+  }
   uint64_t c64 = c;
   for (; n >= 8; p += 8, n -= 8) {
     uint64_t w;

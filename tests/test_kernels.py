@@ -729,6 +729,14 @@ def test_crc32c_input_types_and_alignment():
         assert K.crc32c(view) == R.crc32c(view)
 
 
+@pytest.mark.parametrize("n", [3 * 4096 - 1, 3 * 4096, 3 * 4096 + 13, 6 * 4096 + 8])
+def test_crc32c_of_interleaved_stripes_matches_reference(n):
+    """Buffers long enough for the three-stripe path (and its tail), unaligned, with a starting crc."""
+    raw = np.random.default_rng(n).integers(0, 256, n + 1, dtype=np.uint8).tobytes()
+    view = memoryview(raw)[1:]
+    assert K.crc32c(view, 0x1234567) == R.crc32c(view, 0x1234567)
+
+
 def test_crc32c_continuation():
     raw = np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
     whole = K.crc32c(raw)
