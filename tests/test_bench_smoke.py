@@ -1,12 +1,14 @@
 """The paper and overhead benchmarks run end to end at their tiny size (the experiments themselves are not run
-in CI: `make bench-paper`, `make bench-overhead`)."""
+in CI: `make bench-paper`, `make bench-overhead`), and the peer benchmark's data export matches fedhpc's split
+(Flower itself is installed only by `make bench-peers`)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import mpi_env
+import numpy as np
+from conftest import fedhpc_run, mpi_env
 from datafiles import write_leaf_shakespeare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,9 @@ def test_paper_tiny(tmp_path):
     res = json.loads((tmp_path / "paper.json").read_text())["results"]
     assert set(res) == {"table2", "table3", "table4", "stragglers", "ablations"}
     assert {r["dataset"] for r in res["table2"]["rows"]} == {"digits", "shakespeare", "medmnist"}
+    slow = {r["strategy"]: r for r in res["table2"]["rows"] if r["dataset"] == "digits" and r["setting"] == "stragglers"}
+    # FedAvg drops the clients that miss the deadline; FedProx keeps their partial work
+    assert slow["fedavg"]["clients_reported_per_round"] < slow["fedprox-mu0"]["clients_reported_per_round"] == 20
     codecs = {r["codec"]: r for r in res["table4"]["rows"]}
     assert codecs["none"]["reduction"] == 0 and codecs["topk-int8-0.05"]["reduction"] > 0.9
     assert [r["clients"] for r in res["table3"]["variants"]["fastest90"]] == [10, 20]
@@ -51,3 +56,19 @@ def test_overhead_tiny(tmp_path):
     (d,) = res["dataplane"]
     assert d["params"] == 978 * 978 + 44 * 978 + 10 and min(d["fedhpc_s"], d["raw_s"], d["pickle_s"]) > 0
     assert "| parameters | MB per copy |" in readme.read_text()
+
+
+def test_peer_benchmark_gives_flower_exactly_fedhpcs_client_split(tmp_path):
+    """export_partition.py must write the clients fedhpc trains (the comparison is only fair on the same data)."""
+    npz = tmp_path / "split.npz"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers" / "export_partition.py"), "--out", str(npz)],
+                   check=True, capture_output=True, timeout=120)
+    fedhpc_run(3, tmp_path / "run", "rounds=1")  # the default job: digits, 20 clients with 2 classes each, seed 0
+    clients = json.loads((tmp_path / "run" / "partition.json").read_text())["clients"]
+    data = np.load(npz)
+    assert int(data["num_clients"]) == len(clients) == 20
+    for c in clients:
+        y = data[f"y_{c['client']}"]
+        assert data[f"x_{c['client']}"].shape == (c["samples"], 64)
+        assert {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))} == c["classes"]
+    assert data["x_test"].shape == (359, 64)
