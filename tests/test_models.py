@@ -199,3 +199,20 @@ def test_fedprox_gradient_term_matches_the_proximal_loss_of_the_paper():
             opt.step()
     assert np.allclose(delta, layout.flatten(ref) - w0, atol=1e-5)
     assert np.abs(delta).max() > 1e-2
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_client_trains_the_same_whatever_the_rank_trained_before(optimizer):
+    """The trainer reuses one optimizer: momentum and Adam moments must not leak from client to client."""
+    cfg = load_config(None, ["local.epochs=2", "local.batch_size=4", f"local.optimizer={optimizer}",
+                             "local.momentum=0.9" if optimizer == "sgd" else "local.lr=0.01"])
+    model = build_model(ModelConfig(name="mlp", hidden=[8]), (6,), 3, seed=0)
+    layout = Layout(model)
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((20, 6)).astype(np.float32), rng.integers(0, 3, 20)
+    w = layout.flatten(model)
+    trainer = LocalTrainer(cfg, model, layout, x, y)
+    first, _ = trainer.train(np.arange(10), w, 0, 1, 0.0, lambda: False)
+    trainer.train(np.arange(10, 20), w, 0, 2, 0.0, lambda: False)
+    again, _ = trainer.train(np.arange(10), w, 0, 1, 0.0, lambda: False)
+    assert np.array_equal(first, again) and np.abs(first).max() > 0

@@ -128,7 +128,8 @@ class Trainer:
         profile = self.profiles[cid]
         indices = ctx.parts[cid]
         head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), 0.0, 0.0, 0.0, 0)
-        if np.random.default_rng(derive_seed(cfg.seed, r, cid, SEED_DROPOUT)).random() < profile.dropout_prob:
+        p = profile.dropout_prob
+        if p and np.random.default_rng(derive_seed(cfg.seed, r, cid, SEED_DROPOUT)).random() < p:
             head.status = Status.DROPOUT
             return pack_update(head, b"")
         epochs = self.local_epochs(profile, len(indices))
