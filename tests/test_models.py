@@ -216,3 +216,31 @@ def test_a_client_trains_the_same_whatever_the_rank_trained_before(optimizer):
     trainer.train(np.arange(10, 20), w, 0, 2, 0.0, lambda: False)
     again, _ = trainer.train(np.arange(10), w, 0, 1, 0.0, lambda: False)
     assert np.array_equal(first, again) and np.abs(first).max() > 0
+
+
+@pytest.mark.parametrize("name,momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)])
+def test_flat_optimizers_step_exactly_like_torch_optim(name, momentum):
+    from fedhpc.runtime.optim import FlatAdam, FlatSGD
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    ours = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    ours.load_state_dict(ref.state_dict())
+    layout = Layout(ours)
+    params, grads = layout.bind(ours)
+    start = params.numpy().copy()
+    if name == "sgd":
+        opt, torch_opt = FlatSGD(params, grads, 0.1, momentum), torch.optim.SGD(ref.parameters(), 0.1, momentum)
+    else:
+        opt, torch_opt = FlatAdam(params, grads, 0.01), torch.optim.Adam(ref.parameters(), 0.01)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
+        torch_opt.zero_grad()
+        nn.functional.cross_entropy(ref(x), y).backward()
+        torch_opt.step()
+        grads.zero_()
+        nn.functional.cross_entropy(ours(x), y).backward()
+        opt.step()
+    assert np.allclose(layout.flatten(ours), layout.flatten(ref), rtol=0, atol=1e-6)
+    assert np.abs(layout.flatten(ours) - start).max() > 1e-2  # it did train

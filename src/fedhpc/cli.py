@@ -21,7 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     from fedhpc.config import load_config, load_config_text
-    from fedhpc.runtime.job import main_guarded, run_job
+    from fedhpc.runtime.job import finish, main_guarded, run_job
 
     def go():
         out, resume, base = Path(args.out), None, None
@@ -37,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cfg = load_config(None, args.set)
         return run_job(cfg, out, resume)
 
-    return main_guarded(go)
+    finish(main_guarded(go), MPI.COMM_WORLD.rank)
 
 
 def _resume_target(arg: str, out: Path) -> tuple[Path, Path, Path | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -49,7 +50,9 @@ def job_id_of(cfg: RunConfig) -> int:
 
 
 def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
-    """Run the federated job on ``comm``; return the exit status every rank should use.
+    """Run the federated job on ``comm``; return its status as rank 0 decided it
+    (0, or 75 when stopped by a signal), on every rank. See :func:`finish` for
+    how a process should exit with it.
 
     ``resume``: a checkpoint file, or a directory of checkpoints (the newest
     valid one is used, older ones are fallen back to with a warning).
@@ -85,9 +88,9 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
             role = GatewayRank(comm, ctx, job)
         else:
             role = Trainer(comm, ctx, job)
-        role.run()
+        status = role.run()
         comm.gather(role.signals_sent, root=0)
-        return 0  # rank 0 carries the job's status; see below
+        return status
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
              cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
@@ -109,11 +112,6 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     # A trainer may have forwarded a stop signal after rank 0 last looked: an
     # unreceived message makes MPI_Finalize fail, so receive exactly what was sent.
     orchestrator.drain_signals(sum(comm.gather(0, root=0)))
-    if status:
-        # mpiexec kills the ranks still running when one exits non-zero, and then
-        # reports the kill (9), not our status: exit last, after the others left.
-        MPI.Finalize()
-        time.sleep(EXIT_GRACE_S)
     return status
 
 
@@ -134,3 +132,30 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
         if size > 1 and not MPI.Is_finalized():
             comm.Abort(1)
         return 1
+
+
+def finish(status: int, rank: int) -> None:
+    """End this process, an MPI rank of ``fedhpc run``, so that ``mpiexec`` and
+    ``srun`` report the job's ``status``. Never call it from a library user's
+    interpreter.
+
+    On success every rank leaves at once, without the interpreter's teardown:
+    tearing down a Python that imported torch takes about a second per rank, a
+    seventh of a small job's wall time, and by now every file is written and
+    closed. Any other status is carried by rank 0 alone, after a normal
+    teardown: ``mpiexec`` kills the ranks still running when one exits
+    non-zero and then reports the kill (9), so rank 0 exits last, after the
+    others left with 0; and MPICH's ``mpiexec`` reports 0 for the whole job
+    when a rank leaves by ``os._exit``, so none does here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status == 0:
+        if not MPI.Is_finalized():
+            MPI.Finalize()
+        os._exit(0)
+    if rank == 0 and not MPI.Is_finalized() and MPI.COMM_WORLD.size > 1:
+        MPI.Finalize()
+        time.sleep(EXIT_GRACE_S)
+    sys.exit(status if rank == 0 else 0)
