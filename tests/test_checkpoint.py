@@ -44,6 +44,31 @@ def test_stopped_and_resumed_run_ends_with_the_same_model(straight, tmp_path):
         assert np.array_equal(f["clients/status"][()], h5py.File(straight / "run.h5")["clients/status"][()])
 
 
+def test_a_second_signal_closes_a_round_that_would_not_end(tmp_path):
+    """The first signal lets the round finish; a second one (the scheduler's last warning) closes it now."""
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out), "--set", "rounds=5",
+           "--set", "clients.total=6", "--set", "clients.per_round=6", "--set", "profiles.slow_clients=[0, 1, 2, 3, 4, 5]",
+           "--set", "profiles.slow_factor=1e6"]  # every client sleeps ~forever (until CLOSE) in round 1
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    deadline = time.monotonic() + 120
+    while not ((out / "run.log").exists() and "rank 2 on" in (out / "run.log").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    assert proc.poll() is None  # one signal: the round goes on
+    proc.send_signal(signal.SIGUSR1)
+    t0 = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and time.monotonic() - t0 < 30, stderr[-3000:]
+    assert "closed after" in (log := (out / "run.log").read_text()) and "a second stop signal" in log
+    (first,) = metrics(out)
+    assert first["clients_reported"] == 0 and first["clients_late"] == 6
+    assert list_checkpoints(out / "checkpoints")[0].name == "ckpt-000001.h5"
+
+
 def test_a_signal_checkpoints_exits_75_and_the_resumed_run_matches(tmp_path):
     out = tmp_path / "run"
     sets = FULL + ["rounds=400", "clients.total=6", "clients.per_round=6", "stragglers.fastest_k=4"]

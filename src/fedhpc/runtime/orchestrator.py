@@ -32,6 +32,7 @@ log = logging.getLogger("fedhpc.orchestrator")
 # After the round is closed, trainers need at most one batch to notice; this
 # bounds how long rank 0 waits for their final accounting before it gives up.
 CLOSE_GRACE_S = 60.0
+SIGNAL_CHECK_S = 0.01  # how often the receive loop looks for a second stop signal
 
 
 @dataclass
@@ -52,6 +53,10 @@ class _Collected:
 
     def accounted(self) -> set[int]:
         return self.arrivals.keys() | self.failures.keys() | self.late
+
+    def has(self, cid: int) -> bool:
+        """Whether ``cid`` is accounted for (without building the set: this runs per Update)."""
+        return cid in self.arrivals or cid in self.failures or cid in self.late
 
 
 class Orchestrator:
@@ -243,13 +248,15 @@ class Orchestrator:
         trainers = self.ctx.trainers
         done: dict[int, int] = {}
         received: Counter = Counter()
-        closed = False
+        closed, changed, next_signal_check = False, True, 0.0
         status = MPI.Status()
         while True:
             elapsed = time.monotonic() - t0
             if not closed:
                 reason = None
-                if expected <= got.accounted():
+                # both checks cost microseconds, and the loop spins every 0.2 ms: with
+                # thousands of clients per round, doing them every turn starved the trainers
+                if changed and expected <= got.accounted():
                     reason = "all accounted for"
                 elif wall and st.deadline_s and elapsed >= st.deadline_s:
                     reason = f"deadline {st.deadline_s}s"
@@ -257,8 +264,11 @@ class Orchestrator:
                     reason = f"fastest {st.fastest_k} arrived"
                 elif elapsed >= st.timeout_s:
                     reason = f"timeout {st.timeout_s}s"
-                elif self.stop_signals() >= 2:
-                    reason = "a second stop signal"
+                elif elapsed >= next_signal_check:
+                    next_signal_check = elapsed + SIGNAL_CHECK_S
+                    if self.stop_signals() >= 2:
+                        reason = "a second stop signal"
+                changed = False
                 if reason:
                     closed = True
                     log.debug("round %d closed after %.3fs: %s", r, elapsed, reason)
@@ -282,6 +292,7 @@ class Orchestrator:
                     continue
                 got.bytes_up += buf.nbytes
                 self.accept(r, src, buf, expected, got, closed, time.monotonic() - t0)
+                changed = True
             elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
                 rr, count, connected, train_s = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
                 done[status.Get_source()] = count
@@ -312,7 +323,7 @@ class Orchestrator:
             problem = f"is for round {head.round}"
         elif cid not in expected:
             problem = f"is from client {cid}, which was not selected"
-        elif cid in got.accounted():
+        elif got.has(cid):
             problem = f"is a duplicate for client {cid}"
         elif self.ctx.host_of(cid) != src:
             problem = f"claims client {cid}, which rank {src} does not host"
