@@ -61,10 +61,10 @@ class AdaptiveSelector(Selector):
         self,
         miss_limit: int = 2,
         exclusion_rounds: int = 3,
-        fairness_rounds: int = 10,
-        fairness_share: float = 0.25,
+        fairness_rounds: int = 5,
+        fairness_share: float = 0.5,
         explore: float = 0.1,
-        load_weight: float = 0.5,
+        load_weight: float = 2.0,
         ema_alpha: float = 0.3,
     ):
         super().__init__(ema_alpha)
