@@ -36,9 +36,12 @@ bench: setup
 clean:
 	rm -rf build $(VENV)
 
-.PHONY: bench-paper bench-overhead
+.PHONY: bench-paper bench-overhead bench-peers
 bench-paper: setup
 	$(BIN)/python benchmarks/paper.py
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py
+
+bench-peers: setup
+	$(BIN)/python benchmarks/peers/compare.py
