@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedhpc.bench._jobs import optional_path, publish
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
@@ -161,20 +163,15 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _path(text: str) -> Path | None:
-    """A path argument where '' means none."""
-    return Path(text) if text else None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"federated rounds (default {ROUNDS})")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each framework (default 3)")
     parser.add_argument("--ranks", type=int, default=3, help="fedhpc's MPI ranks (default 3: rank 0 + 2 trainers)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-peers", help="where the runs go")
-    parser.add_argument("--json", type=_path, default=ROOT / "benchmarks" / "results" / "peers.json",
+    parser.add_argument("--json", type=optional_path, default=ROOT / "benchmarks" / "results" / "peers.json",
                         help="the JSON results ('' = not written)")
-    parser.add_argument("--readme", type=_path, default=ROOT / "benchmarks" / "README.md",
+    parser.add_argument("--readme", type=optional_path, default=ROOT / "benchmarks" / "README.md",
                         help="the file whose peers section is rewritten ('' = none)")
     args = parser.parse_args(argv)
     if args.rounds < 2 or args.repeats < 1:
@@ -201,19 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                    "flower_versions": runs["flower"][0]["versions"],
                    "command": "make bench-peers" if (args.rounds, args.repeats) == (ROUNDS, 3)
                    else f"python benchmarks/peers/compare.py --rounds {args.rounds} --repeats {args.repeats}"}
-    text = markdown(res)
-    print()
-    print(text)
+    publish(markdown(res), res, args.json, args.readme, "peers")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
         plot(res, args.json.parent / "peers_digits.png")
-        print(f"\nwrote {args.json} and {args.json.parent / 'peers_digits.png'}")
-    if args.readme:
-        from fedhpc.bench.paper import replace_section
-
-        replace_section(args.readme, "peers", text)
-        print(f"updated {args.readme}")
+        print(f"wrote {args.json.parent / 'peers_digits.png'}")
     return 0
 
 

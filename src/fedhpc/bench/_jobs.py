@@ -1,4 +1,5 @@
-"""Run many federated jobs inside one MPI launch, for the paper and overhead benchmarks.
+"""Run many federated jobs inside one MPI launch, for the paper and overhead benchmarks;
+and what every benchmark driver shares: its path arguments and how it publishes its tables.
 
 A benchmark is dozens of short ``fedhpc run`` jobs. Starting each as its own
 ``mpiexec`` costs several seconds of interpreter and PyTorch start-up per rank
@@ -57,6 +58,35 @@ def read_run(out: Path) -> tuple[list[dict], dict]:
     """(metrics per round, bench.json) of a finished job."""
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return metrics, json.loads((out / "bench.json").read_text())
+
+
+def optional_path(text: str) -> Path | None:
+    """A path argument where '' means none (to switch off a default)."""
+    return Path(text) if text else None
+
+
+def replace_section(path: Path, tag: str, text: str) -> None:
+    """Replace what lies between ``<!-- TAG:begin -->`` and ``<!-- TAG:end -->`` in ``path``."""
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    doc = path.read_text()
+    if begin not in doc or end not in doc:
+        raise ValueError(f"{path} has no {begin} ... {end} markers")
+    head, rest = doc.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+
+
+def publish(text: str, results: dict, json_path: Path | None, readme: Path | None, tag: str) -> None:
+    """Print a benchmark's markdown ``text``; write ``results`` as JSON to ``json_path``
+    and ``text`` into the ``tag`` section of ``readme``, where given."""
+    print()
+    print(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1))
+        print(f"\nwrote {json_path}")
+    if readme:
+        replace_section(readme, tag, text)
+        print(f"updated {readme}")
 
 
 def _worker(plan_path: Path) -> int:

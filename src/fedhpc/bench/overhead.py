@@ -333,26 +333,20 @@ def markdown(res: dict, meta: dict) -> str:
     return "\n".join(out)
 
 
-def _path(text: str) -> Path | None:
-    """A path argument where '' means none (to switch off a default)."""
-    return Path(text) if text else None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full",
                    help="full (100/1,000/10,000 clients, 1M/10M/100M parameters; 3-5 minutes on 2 cores), quick or tiny "
                         "(the smoke test)")
     p.add_argument("--ranks", type=int, default=3, help="MPI ranks: rank 0 + trainers (default 3, for 2 cores)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-overhead"), help="where the runs go")
-    p.add_argument("--json", metavar="FILE", type=_path, help="write the results as JSON to FILE ('' = not)")
-    p.add_argument("--readme", metavar="FILE", type=_path,
+    p.add_argument("--json", metavar="FILE", type=_jobs.optional_path,
+                   help="write the results as JSON to FILE ('' = not)")
+    p.add_argument("--readme", metavar="FILE", type=_jobs.optional_path,
                    help="replace the text between <!-- overhead:begin --> and <!-- overhead:end --> in FILE "
                         "('' = not)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from fedhpc.bench.paper import replace_section
-
     if args.ranks < 2:
         print("error: --ranks must be >= 2", file=sys.stderr)
         return 2
@@ -376,16 +370,7 @@ def main(args: argparse.Namespace) -> int:
             "minutes": (time.perf_counter() - t0) / 60, "size_settings": asdict(size),
             "command": "make bench-overhead" if args.size == "full"
             else f"python benchmarks/overhead.py --size {args.size}"}
-    text = markdown(res, meta)
-    print()
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, **res}, indent=1))
-        print(f"\nwrote {args.json}")
-    if args.readme:
-        replace_section(args.readme, "overhead", text)
-        print(f"updated {args.readme}")
+    _jobs.publish(markdown(res, meta), {"meta": meta, **res}, args.json, args.readme, "overhead")
     return 0
 
 

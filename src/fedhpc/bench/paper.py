@@ -786,22 +786,6 @@ def plots(res: dict, size: Size, directory: Path) -> list[Path]:
     return written
 
 
-def replace_section(path: Path, tag: str, text: str) -> None:
-    """Replace what lies between ``<!-- TAG:begin -->`` and ``<!-- TAG:end -->`` in ``path``."""
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise ValueError(f"{path} has no {begin} ... {end} markers")
-    head, rest = doc.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
-
-
-# -- command line -----------------------------------------------------------
-def _path(text: str) -> Path | None:
-    """A path argument where '' means none (to switch off a default)."""
-    return Path(text) if text else None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full",
                    help="full (make bench-paper, about 20 minutes on 2 cores), quick (a few minutes) or tiny (seconds, "
@@ -819,9 +803,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shakespeare", type=Path, metavar="DIR",
                    help="LEAF Shakespeare directory (train/, test/) to cut the subset from (default: the "
                         "`fedhpc data prepare shakespeare` build, made if missing)")
-    p.add_argument("--json", metavar="FILE", type=_path, help="write the results as JSON to FILE ('' = not)")
-    p.add_argument("--plots", metavar="DIR", type=_path, help="write PNG plots to DIR ('' = not)")
-    p.add_argument("--readme", metavar="FILE", type=_path,
+    p.add_argument("--json", metavar="FILE", type=_jobs.optional_path,
+                   help="write the results as JSON to FILE ('' = not)")
+    p.add_argument("--plots", metavar="DIR", type=_jobs.optional_path, help="write PNG plots to DIR ('' = not)")
+    p.add_argument("--readme", metavar="FILE", type=_jobs.optional_path,
                    help="replace the text between <!-- paper:begin --> and <!-- paper:end --> in FILE with the tables "
                         "('' = not)")
 
@@ -861,17 +846,9 @@ def main(args: argparse.Namespace) -> int:
             kept = {k: v for k, v in old.get("results", {}).items() if k in SECTIONS and k not in res}
             res = {**kept, **res}
             meta["kept_from_earlier_invocation"] = sorted(kept)
-    text = markdown(res, size, meta)
-    print()
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "paper": PAPER, "results": res}, indent=1))
-        print(f"\nwrote {args.json}")
+    _jobs.publish(markdown(res, size, meta), {"meta": meta, "paper": PAPER, "results": res}, args.json, args.readme,
+                  "paper")
     if args.plots:
         for path in plots(res, size, args.plots):
             print(f"wrote {path}")
-    if args.readme:
-        replace_section(args.readme, "paper", text)
-        print(f"updated {args.readme}")
     return 0

@@ -2,8 +2,6 @@
 
 import struct
 
-import numpy as np
-
 from fedhpc import kernels as K
 from fedhpc.compress._blockwise import check_block, code_bytes, decode_blocks
 from fedhpc.compress._sparse import SparseCodec, decode_indices, index_bytes_bound, scatter, select_topk
