@@ -92,6 +92,20 @@ def test_partial_work_lets_stragglers_report_the_epochs_that_fit_before_the_dead
         assert r["clients_reported"] == 10 and r["clients_late"] == 0 and 0.25 < r["sim_seconds"] < 0.35, r
 
 
+def test_partial_work_on_the_wall_clock_sends_the_epochs_done_before_the_deadline(tmp_path):
+    """Clients 0 and 2 (one per rank) run 40x slower: an epoch takes a fraction of a second, their 100
+    take several times the deadline. With partial work every client stops after the epochs that
+    fit before the cutoff and arrives in time; without, the slow ones are late."""
+    sets = ["rounds=2", "clients.total=4", "clients.per_round=4", "data.partition=iid", "local.epochs=100",
+            "profiles.slow_clients=[0, 2]", "profiles.slow_factor=40", "stragglers.deadline_s=4"]
+    fedhpc_run(3, tmp_path / "drop", *sets)
+    fedhpc_run(3, tmp_path / "partial", *sets, "stragglers.partial_work=true")
+    for r in metrics(tmp_path / "drop"):
+        assert r["clients_reported"] == 2 and r["clients_late"] == 2, r
+    for r in metrics(tmp_path / "partial"):
+        assert r["clients_reported"] == 4 and r["clients_late"] == 0 and r["round_seconds"] < 4, r
+
+
 def test_failing_and_corrupt_clients_are_counted_not_fatal(out):
     proc = fedhpc_run(3, out, "rounds=3", "clients.total=10", "clients.per_round=10",
                       "faults.error_clients=[3]", "faults.corrupt_clients=[5]", "codec.name=int8")

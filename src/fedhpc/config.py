@@ -133,7 +133,7 @@ class StragglersConfig:
     timeout_s: float = 300.0  # hard wall-clock bound on any wait, whatever the clock
     # FedProx's "partial work": a client that cannot finish every local epoch before
     # the deadline trains the epochs its speed allows (at least one) and still
-    # reports, instead of being dropped. Needs the simulated clock and a deadline.
+    # reports, instead of being dropped. Needs a deadline.
     partial_work: bool = False
 
     def check(self, key):
@@ -270,9 +270,8 @@ class RunConfig:
                          ("faults.corrupt_clients", self.faults.corrupt_clients)):
             for c in ids:
                 _require(0 <= c < self.clients.total, key, f"has client id {c}, not in [0, {self.clients.total})")
-        _require(not self.stragglers.partial_work or (self.clock == "simulated" and self.stragglers.deadline_s > 0),
-                 "stragglers.partial_work", "needs clock = \"simulated\" and stragglers.deadline_s > 0 (a "
-                 "client's epochs are cut to what its simulated speed fits before the deadline)")
+        _require(not self.stragglers.partial_work or self.stragglers.deadline_s > 0, "stragglers.partial_work",
+                 "needs stragglers.deadline_s > 0 (a client's epochs are cut to what fits before the deadline)")
         _require(self.stragglers.fastest_k <= self.clients.per_round, "stragglers.fastest_k",
                  f"must be <= clients.per_round={self.clients.per_round}")
         _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",

@@ -48,12 +48,16 @@ class LocalTrainer:
 
     def train(self, indices: np.ndarray, weights: np.ndarray, round_: int, client: int, mu: float,
               should_stop: Callable[[], bool], mask: np.ndarray | None = None,
-              out: np.ndarray | None = None, epochs: int | None = None) -> tuple[np.ndarray, float]:
+              out: np.ndarray | None = None, epochs: int | None = None,
+              after_epoch: Callable[[float], bool] | None = None) -> tuple[np.ndarray, float]:
         """Return (delta = w_local - w_start, mean training loss of the last epoch).
 
         The delta is written into ``out`` (a float32 array of the model's size)
         when given, so that a rank training many clients reuses one buffer.
-        ``epochs`` overrides ``local.epochs`` (a straggler's partial work).
+        ``epochs`` overrides ``local.epochs`` (a straggler's partial work on the
+        simulated clock); ``after_epoch(seconds)`` is called after every epoch
+        with its duration, and returning False ends training there (partial
+        work on the wall clock).
         With ``mu`` > 0 FedProx's proximal term mu/2 ||w - w_start||^2 is
         added as its gradient, mu (w - w_start); the loss reported is the data
         loss alone. With a federated-dropout ``mask`` (0/1 over the flat model)
@@ -79,6 +83,7 @@ class LocalTrainer:
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()
         for _ in range(local.epochs if epochs is None else epochs):
+            t_epoch = time.perf_counter()
             total, count = 0.0, 0
             order = idx[torch.randperm(len(idx), generator=gen)]
             for b in range(0, len(order), local.batch_size):
@@ -96,6 +101,8 @@ class LocalTrainer:
                         self.params.mul_(keep)
                 total += loss.item() * len(batch)
                 count += len(batch)
+            if after_epoch is not None and not after_epoch(time.perf_counter() - t_epoch):
+                break
         mean_loss = total / max(count, 1)
         return np.subtract(flat, start, out=out), mean_loss
 

@@ -19,6 +19,8 @@ from fedhpc.runtime.protocol import (
 
 log = logging.getLogger("fedhpc.trainer")
 
+PARTIAL_WORK_MARGIN = 0.1  # share of the deadline kept for encoding and sending partial work (wall clock)
+
 
 def simulated_seconds(ctx: Context, profile, samples: int, up_bytes: int, epochs: int) -> float:
     """A client's round time on the simulated clock: compute / speed + transfer / bandwidth + latency."""
@@ -43,6 +45,7 @@ class Trainer:
         self.frames = BufferPool()  # the round's encoded Updates, reused once their sends completed
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
         self.train_s = 0.0  # this round's seconds in local training, reported to rank 0 with DONE
+        self.cutoff = float("inf")  # wall-clock partial work: no epoch may end after this (monotonic time)
 
     def round_closed(self) -> bool:
         return self.comm.Iprobe(source=0, tag=Tag.CLOSE)
@@ -75,6 +78,11 @@ class Trainer:
         bcast_array(self.comm, self.weights)
         r, sent, pending = task["round"], 0, []
         self.train_s = 0.0
+        st = cfg.stragglers
+        if cfg.clock == "wall" and st.partial_work:
+            # the round started when rank 0 broadcast the model; keep a tenth of the
+            # deadline for encoding and sending, so the partial work arrives in time
+            self.cutoff = time.monotonic() + (1 - PARTIAL_WORK_MARGIN) * st.deadline_s
         if self.comm.rank in cfg.faults.crash_ranks:
             raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
         for cid in task["assign"].get(self.comm.rank, []):
@@ -113,14 +121,23 @@ class Trainer:
 
     def local_epochs(self, profile, samples: int) -> int:
         """Epochs the client trains this round: ``local.epochs``, or with
-        ``stragglers.partial_work`` as many as fit before the deadline at its
-        simulated speed, at least one (a client too slow for one is late)."""
+        ``stragglers.partial_work`` on the simulated clock as many as fit before
+        the deadline at its simulated speed, at least one (a client too slow for
+        one is late). On the wall clock, :meth:`after_epoch` decides as it goes."""
         cfg = self.ctx.cfg
         per_epoch = samples * cfg.profiles.cost_per_sample_s / profile.speed
-        if not cfg.stragglers.partial_work or per_epoch == 0:
+        if not cfg.stragglers.partial_work or cfg.clock == "wall" or per_epoch == 0:
             return cfg.local.epochs
         fixed = simulated_seconds(self.ctx, profile, samples, self.codec.wire_size(self.ctx.layout.size), 0)
         return int(min(cfg.local.epochs, max(1, (cfg.stragglers.deadline_s - fixed) // per_epoch)))
+
+    def after_epoch(self, profile, seconds: float) -> bool:
+        """Wall clock, after each of a client's epochs: sleep to emulate a slow
+        host (``profiles``, interruptible by CLOSE), then say whether another
+        epoch of the same length still ends before the partial-work cutoff."""
+        if profile.speed < 1:
+            wall_sleep(seconds * (1 / profile.speed - 1), self.round_closed)
+        return time.monotonic() + seconds / profile.speed <= self.cutoff
 
     def client_update(self, r: int, cid: int, mu: float) -> np.ndarray:
         """Train client ``cid`` for round ``r``; return its packed Update (OK, DROPOUT or ERROR)."""
@@ -139,12 +156,10 @@ class Trainer:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
             kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
             mask = None if kept is None else self.feddrop.mask(kept)
+            wall = (lambda seconds: self.after_epoch(profile, seconds)) if cfg.clock == "wall" else None
             try:
                 delta, loss = self.local.train(indices, self.weights, r, cid, mu, self.round_closed, mask,
-                                               self.delta, epochs)
-                head.compute_s = time.perf_counter() - t0
-                if cfg.clock == "wall" and profile.speed < 1:
-                    wall_sleep(head.compute_s * (1 / profile.speed - 1), self.round_closed)
+                                               self.delta, epochs, wall)
             finally:
                 self.train_s += time.perf_counter() - t0
             payload = self.encode(r, cid, delta, kept)
