@@ -21,6 +21,7 @@ from fedhpc.runtime.protocol import Tag, recv_object
 log = logging.getLogger("fedhpc")
 
 EXIT_GRACE_S = 2.0
+ABORT_GRACE_S = 0.5
 
 
 def setup_logging(rank: int, out: Path | None, verbose: bool = False) -> None:
@@ -120,18 +121,22 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     abort the whole MPI job, so that no other rank is left waiting in a collective.
     fedhpc's own errors (bad config, refused checkpoint) print without a traceback."""
     rank, size = comm.rank, comm.size  # still known if the failure was in MPI_Finalize
+
+    def fail(message: str, status: int) -> int:
+        print(message, file=sys.stderr, flush=True)
+        if size > 1 and not MPI.Is_finalized():
+            # mpiexec stops forwarding output once the abort tears the job down,
+            # and under load dropped the message just printed: let it pass first
+            time.sleep(ABORT_GRACE_S)
+            comm.Abort(status)
+        return status
+
     try:
         return fn()
     except FedHPCError as exc:
-        print(f"fedhpc: error (rank {rank}): {exc}", file=sys.stderr, flush=True)
-        if size > 1 and not MPI.Is_finalized():
-            comm.Abort(2)
-        return 2
+        return fail(f"fedhpc: error (rank {rank}): {exc}", 2)
     except Exception:
-        print(f"fedhpc: rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        if size > 1 and not MPI.Is_finalized():
-            comm.Abort(1)
-        return 1
+        return fail(f"fedhpc: rank {rank} failed:\n{traceback.format_exc()}", 1)
 
 
 def finish(status: int, rank: int) -> None:
