@@ -105,10 +105,23 @@ def test_adaptive_uses_bandwidth_and_model_bytes():
     profs = {c: ClientProfile(c, bandwidth_mbps=10.0 if c < 5 else 1000.0) for c in range(10)}
     heavy = get_selector("adaptive", explore=0.0)
     assert heavy.select(0, list(profs), 5, profs, {}, rng())[0] == [0, 1, 2, 3, 4]  # no cost model yet: ties
-    heavy.set_costs(model_bytes=50_000_000, reference_cost=1.0)
+    heavy.set_costs(down_bytes=30_000_000, up_bytes=20_000_000, reference_cost=1.0)
     assert heavy.select(0, list(profs), 5, profs, {}, rng())[0] == [5, 6, 7, 8, 9]
-    # 50 MB at 10 Mbit/s = 40 s on top of the 1 s of compute
-    assert heavy.estimate_seconds(profs[0]) == pytest.approx(1.0 + 40.0 + 1e-4)
+    # 50 MB at 10 Mbit/s = 40 s on top of the 1 s of compute, and two messages of 0.1 ms latency
+    assert heavy.estimate_seconds(profs[0]) == pytest.approx(1.0 + 40.0 + 2e-4)
+
+
+def test_the_selector_and_the_simulated_clock_charge_a_round_the_same():
+    """One time model: the adaptive selector's estimate for a client is what the
+    simulated clock charges it: the model down and the update up, one latency each."""
+    from fedhpc.clock import client_round_seconds
+
+    prof = ClientProfile(0, speed=0.5, bandwidth_mbps=80.0, latency_ms=30.0)
+    sel = get_selector("adaptive")
+    sel.set_costs(down_bytes=1_000_000, up_bytes=40_000, reference_cost=0.4)
+    expected = 0.4 / 0.5 + 1_040_000 * 8 / 80e6 + 2 * 0.030
+    assert client_round_seconds(prof, 0.4, 1_000_000, 40_000) == pytest.approx(expected, rel=1e-12)
+    assert sel.estimate_seconds(prof) == pytest.approx(expected, rel=1e-12)
 
 
 def test_measured_completion_time_beats_the_profile():
@@ -180,7 +193,7 @@ def test_exploration_is_random_but_reproducible():
         ({"fairness_share": 1.5}, "fairness_share"),
         ({"explore": -0.1}, r"explore must be a number in \[0.0, 1.0\]"),
         ({"ema_alpha": 0.0}, "ema_alpha"),
-        ({"model_bytes": 1000}, "unknown parameter"),  # supplied by the runtime through set_costs
+        ({"down_bytes": 1000}, "unknown parameter"),  # supplied by the runtime through set_costs
         ({"speedup": 2}, r"unknown parameter\(s\) speedup; allowed: miss_limit"),
     ],
 )
@@ -190,11 +203,11 @@ def test_bad_adaptive_params_raise_naming_the_param(params, match):
 
 
 def test_bad_costs_raise_naming_the_value():
-    with pytest.raises(ValueError, match="model_bytes must be an integer >= 0"):
-        get_selector("adaptive").set_costs(-1, 1.0)
+    with pytest.raises(ValueError, match="down_bytes must be an integer >= 0"):
+        get_selector("adaptive").set_costs(-1, 0, 1.0)
     with pytest.raises(ValueError, match="reference_cost must be"):
-        get_selector("adaptive").set_costs(100, float("nan"))
-    get_selector("random").set_costs(100, 1.0)  # accepted and ignored
+        get_selector("adaptive").set_costs(100, 10, float("nan"))
+    get_selector("random").set_costs(100, 10, 1.0)  # accepted and ignored
 
 
 def test_bad_selector_arguments():

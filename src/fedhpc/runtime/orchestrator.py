@@ -84,7 +84,7 @@ class Orchestrator:
         self.forwarded_signals = 0  # the highest stop-signal count a trainer reported
         self.signal_messages = 0  # SIGNAL messages received
         mean_samples = float(np.mean([len(p) for p in ctx.parts]))
-        self.selector.set_costs(model_bytes=self.model_bytes + self.codec.wire_size(ctx.layout.size),
+        self.selector.set_costs(down_bytes=self.model_bytes, up_bytes=self.codec.wire_size(ctx.layout.size),
                                 reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
         self.max_update_bytes = 64 + 2 * self.model_bytes + (1 << 20)
         self.updates = BufferPool()  # the round's received Updates; 'none' deltas are views into them

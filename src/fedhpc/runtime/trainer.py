@@ -8,6 +8,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from fedhpc.clock import client_round_seconds
 from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.runtime.client import SEED_CODEC, SEED_DROPOUT, Abandoned, LocalTrainer, derive_seed, wall_sleep
 from fedhpc.runtime.context import Context, simulated_profiles
@@ -23,11 +24,10 @@ PARTIAL_WORK_MARGIN = 0.1  # share of the deadline kept for encoding and sending
 
 
 def simulated_seconds(ctx: Context, profile, samples: int, up_bytes: int, epochs: int) -> float:
-    """A client's round time on the simulated clock: compute / speed + transfer / bandwidth + latency."""
-    p = ctx.cfg.profiles
-    compute = samples * epochs * p.cost_per_sample_s / profile.speed
-    transfer = (up_bytes + 4 * ctx.layout.size) * 8 / (profile.bandwidth_mbps * 1e6)
-    return compute + transfer + 2 * profile.latency_ms / 1000
+    """A client's round time on the simulated clock: its training at ``cost_per_sample_s``,
+    the whole model down and ``up_bytes`` up (:func:`fedhpc.clock.client_round_seconds`)."""
+    return client_round_seconds(profile, samples * epochs * ctx.cfg.profiles.cost_per_sample_s,
+                                4 * ctx.layout.size, up_bytes)
 
 
 class Trainer:

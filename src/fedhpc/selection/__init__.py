@@ -2,7 +2,7 @@
 
 >>> from fedhpc.selection import get_selector
 >>> selector = get_selector("adaptive", miss_limit=3)
->>> selector.set_costs(model_bytes=2 * weights.nbytes, reference_cost=2.0)   # any selector; after a resume too
+>>> selector.set_costs(down_bytes=weights.nbytes, up_bytes=update_bytes, reference_cost=2.0)   # any selector; after a resume too
 >>> chosen, log = selector.select(round, available, k, profiles, history, rng)
 >>> ...                                          # the round runs
 >>> selector.update(outcome, history, round)     # history: dict[int, ClientHistory], owned by the runtime

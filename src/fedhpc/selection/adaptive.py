@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from fedhpc.clock import client_round_seconds
 from fedhpc.selection.base import Selector
 from fedhpc.types import ClientHistory, ClientProfile
 
@@ -36,15 +37,15 @@ class AdaptiveSelector(Selector):
 
     * time: ``fastest / seconds``, where ``seconds`` is its EMA of measured
       completion time once known, else the profile estimate
-      ``reference_cost / speed + 8 * model_bytes / (bandwidth_mbps * 1e6) + latency_ms / 1e3``
-      and ``fastest`` the smallest ``seconds`` among the available clients;
+      :func:`fedhpc.clock.client_round_seconds` of ``reference_cost``,
+      ``down_bytes`` and ``up_bytes`` (the same time model as the simulated clock), and ``fastest`` the smallest ``seconds`` among the available clients;
     * reliability: ``(reported + 1) / (selected + 1)``, optimistic for new clients;
     * quality: ``0.5 + 0.5 * ema_quality`` (0.75 while unknown);
     * load: ``1 / (1 + load_weight * selected / round)``, the share of past
       rounds it trained in, which spreads the work (host time on shared
       allocations) beyond what the fairness floor guarantees.
 
-    ``model_bytes`` and ``reference_cost`` are not config parameters: the
+    ``down_bytes``, ``up_bytes`` and ``reference_cost`` are not config parameters: the
     runtime, which knows the model and the clock, supplies them through
     :meth:`~fedhpc.selection.base.Selector.set_costs` (a hook every selector
     has, so the runtime need not know which one it built) after building the
@@ -74,12 +75,13 @@ class AdaptiveSelector(Selector):
         self.fairness_share = self._check("fairness_share", fairness_share, lo=0.0, hi=1.0)
         self.explore = self._check("explore", explore, lo=0.0, hi=1.0)
         self.load_weight = self._check("load_weight", load_weight, lo=0.0)
-        self.model_bytes = 0
+        self.down_bytes = self.up_bytes = 0
         self.reference_cost = 1.0
 
-    def set_costs(self, model_bytes: int, reference_cost: float) -> None:
+    def set_costs(self, down_bytes: int, up_bytes: int, reference_cost: float) -> None:
         """Set the cost model of :meth:`estimate_seconds` (see :meth:`Selector.set_costs`)."""
-        self.model_bytes = self._check("model_bytes", model_bytes, integer=True, lo=0)
+        self.down_bytes = self._check("down_bytes", down_bytes, integer=True, lo=0)
+        self.up_bytes = self._check("up_bytes", up_bytes, integer=True, lo=0)
         self.reference_cost = self._check("reference_cost", reference_cost, lo=0.0)
 
     def _select(self, round, pool, n, profiles, history, rng):
@@ -151,14 +153,8 @@ class AdaptiveSelector(Selector):
         return scores, seconds
 
     def estimate_seconds(self, profile: ClientProfile) -> float:
-        """Expected completion time of a round on a client never measured, from its profile.
-
-        A non-positive speed or bandwidth (nothing measured) is taken as the
-        slowest possible host rather than an error.
-        """
-        compute = self.reference_cost / max(profile.speed, 1e-9)
-        transfer = 8.0 * self.model_bytes / (max(profile.bandwidth_mbps, 1e-9) * 1e6)
-        return compute + transfer + profile.latency_ms / 1e3
+        """Expected completion time of a round on a client never measured, from its profile."""
+        return client_round_seconds(profile, self.reference_cost, self.down_bytes, self.up_bytes)
 
     def _exclusion_end(self, h, round):
         if h.consecutive_misses >= self.miss_limit:

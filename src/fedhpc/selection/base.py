@@ -74,11 +74,12 @@ class Selector(ABC):
     ) -> tuple[list[int], list[str]]:
         """Choose exactly ``n`` distinct ids of ``pool`` (ascending, unique, n <= len(pool))."""
 
-    def set_costs(self, model_bytes: int, reference_cost: float) -> None:
+    def set_costs(self, down_bytes: int, up_bytes: int, reference_cost: float) -> None:
         """Tell the selector what a round costs a client, once the runtime knows the model.
 
-        ``model_bytes``: bytes one round moves over a client's link (the
-        broadcast model plus its encoded update). ``reference_cost``: clock
+        ``down_bytes`` and ``up_bytes``: the two messages of a client's round
+        over its link, the global model down and its encoded update up (see
+        :mod:`fedhpc.clock`). ``reference_cost``: clock
         seconds of one round of local training on the reference host
         (``ClientProfile.speed`` = 1.0). Selectors that do not model time
         ignore it, so the runtime can call it whatever selector it built.
