@@ -258,3 +258,8 @@ def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
     assert status[-1, 6] == 1  # ... and was accepted again after rejoining
     assert (status[:, 5] == 1).sum() >= 20  # w1 kept working (a CPU-starved worker may miss a few)
     assert m[-1]["accuracy"] > 0.8
+    # bytes down: the broadcast to the trainer and the gateway rank, plus each model the gateway streamed
+    model_bytes = np.load(out / "final_weights.npy").nbytes
+    relayed = [r["bytes_down"] - 2 * model_bytes for r in m]
+    assert all(b % model_bytes == 0 and 0 <= b <= 2 * model_bytes for b in relayed), relayed
+    assert sum(relayed) >= (status == 1)[:, 5:].sum() * model_bytes  # every remote report had a model sent

@@ -100,6 +100,7 @@ class GatewayRank(Trainer):
         closed = recv_object(self.comm, 0, Tag.CLOSE, timeout, f"rank 0 to close round {r}")
         if closed != r:
             raise RuntimeError(f"gateway: orchestrator closed round {closed} while in round {r}")
-        self.comm.send((r, sent, self.server.connected(), 0.0), dest=0, tag=Tag.DONE)  # 0.0: trains nothing itself
+        # 0.0: trains nothing itself; the model bytes it relayed to workers count as sent down
+        self.comm.send((r, sent, self.server.connected(), 0.0, self.server.bytes_down), dest=0, tag=Tag.DONE)
         wait_with_deadline(pending, timeout, f"rank 0 to receive round {r}'s updates")
 

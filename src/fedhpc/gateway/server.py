@@ -104,6 +104,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         self.lock = threading.Lock()
         self.updates: queue.Queue = queue.Queue()  # (session, client, round, bytes) for the gateway rank
         self.open_round = -1
+        self.bytes_down = 0  # model bytes streamed to workers in the open round
         self.stopping = threading.Event()
         self.server: grpc.Server | None = None
 
@@ -155,7 +156,8 @@ class GatewayServer(pb_grpc.GatewayServicer):
         return True
 
     def begin_round(self, r: int) -> None:
-        self.open_round = r
+        with self.lock:
+            self.open_round, self.bytes_down = r, 0
 
     def end_round(self) -> None:
         """Close the round: queued tasks are dropped, later pushes refused as late."""
@@ -242,6 +244,8 @@ class GatewayServer(pb_grpc.GatewayServicer):
             for a in range(0, max(len(task.model), 1), CHUNK_BYTES):
                 yield pb.TaskChunk(kind=pb.TaskChunk.TRAIN, round=task.round, client_id=task.client, mu=task.mu,
                                    model_bytes=len(task.model), data=task.model[a : a + CHUNK_BYTES])
+                with self.lock:
+                    self.bytes_down += len(task.model[a : a + CHUNK_BYTES])
             return
         s.told_to_stop = True
         yield pb.TaskChunk(kind=pb.TaskChunk.STOP)

@@ -50,6 +50,7 @@ class _Collected:
     bytes_up: int = 0
     client_bytes: dict[int, int] = field(default_factory=dict)
     train_s: float = 0.0  # the slowest trainer rank's seconds in local training
+    relayed_down: int = 0  # model bytes the gateway streamed on to its workers
 
     def accounted(self) -> set[int]:
         return self.arrivals.keys() | self.failures.keys() | self.late
@@ -214,7 +215,7 @@ class Orchestrator:
             "failures": dict(reasons_count),
             "stale_dropped": got.stale,
             "bytes_up": got.bytes_up,
-            "bytes_down": sum(self.download_bytes(r, c) for c in selected),
+            "bytes_down": self.model_bytes * (self.comm.size - 1) + got.relayed_down,
             "round_seconds": time.monotonic() - t0,
             "train_seconds": got.train_s,
             "sim_seconds": sim_seconds,
@@ -294,9 +295,10 @@ class Orchestrator:
                 self.accept(r, src, buf, expected, got, closed, time.monotonic() - t0)
                 changed = True
             elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
-                rr, count, connected, train_s = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
+                rr, count, connected, train_s, relayed = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
                 done[status.Get_source()] = count
                 got.train_s = max(got.train_s, train_s)
+                got.relayed_down += relayed
                 if connected is not None:
                     self.update_remote(connected)
             else:
@@ -392,10 +394,6 @@ class Orchestrator:
         for cid in sorted(left):
             log.info("remote client %d left", cid)
         self.remote_connected = set(connected)
-
-    def download_bytes(self, r: int, client: int) -> int:
-        """Bytes of the model a client needs: its sub-model under federated dropout."""
-        return self.model_bytes if self.feddrop is None else 4 * self.feddrop.kept(r, client).size
 
     @staticmethod
     def _progress_line(m: dict) -> str:

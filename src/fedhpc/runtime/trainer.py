@@ -99,7 +99,8 @@ class Trainer:
         closed_round = recv_object(self.comm, 0, Tag.CLOSE, cfg.stragglers.timeout_s, f"rank 0 to close round {r}")
         if closed_round != r:
             raise RuntimeError(f"rank {self.comm.rank}: orchestrator closed round {closed_round} while in round {r}")
-        self.comm.send((r, sent, None, self.train_s), dest=0, tag=Tag.DONE)  # None: no remote workers to report
+        # None: no remote workers to report; 0: relays no model bytes beyond the broadcast
+        self.comm.send((r, sent, None, self.train_s, 0), dest=0, tag=Tag.DONE)
         wait_with_deadline(pending, cfg.stragglers.timeout_s, f"rank 0 to receive round {r}'s updates")
         self.frames.reclaim()
 
