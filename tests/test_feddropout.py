@@ -6,7 +6,7 @@ from torch import nn
 
 from fedhpc.config import load_config
 from fedhpc.models import Layout
-from fedhpc.runtime.client import LocalTrainer
+from fedhpc.runtime.training import LocalTrainer
 from fedhpc.runtime.feddropout import FedDropout, droppable
 from fedhpc.strategy import get_strategy
 from fedhpc.types import ClientResult, RoundOutcome

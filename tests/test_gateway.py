@@ -18,7 +18,7 @@ from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
 from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY, GatewayServer, Task, load_tokens
 from fedhpc.gateway.stubs import HERE, generate
-from fedhpc.runtime.protocol import Status, UpdateHeader, pack_update
+from fedhpc.update import Status, UpdateHeader, pack_update, unpack_update
 
 JOB = 4242
 
@@ -49,7 +49,7 @@ def free_port() -> int:
 @pytest.fixture
 def gateway(pki):
     srv = GatewayServer(job_id=JOB, slots=[10, 11], config_toml="rounds = 1\n", tokens=load_tokens(pki / "tokens.txt"),
-                        max_update_bytes=3 << 20, calls_per_second=200, heartbeat_s=0.2)
+                        max_update_bytes=3 << 20, calls_per_second=200, heartbeat_s=0.2, max_samples=1000)
     port = srv.start("127.0.0.1:0", str(pki / "server.pem"), str(pki / "server.key"), str(pki / "ca.pem"))
     yield srv, f"127.0.0.1:{port}"
     srv.stop(0.5)
@@ -66,9 +66,9 @@ def token(pki, who="w1"):
     return ((TOKEN_KEY, (pki / f"{who}.token").read_text().strip()),)
 
 
-def register(stub, md, client=-1):
-    return stub.Register(pb.RegisterRequest(worker="t", requested_client=client, profile=pb.Profile()), metadata=md,
-                         timeout=10)
+def register(stub, md, client=-1, samples=5):
+    return stub.Register(pb.RegisterRequest(worker="t", requested_client=client, profile=pb.Profile(),
+                                            num_samples=samples), metadata=md, timeout=10)
 
 
 def test_calls_without_or_with_a_wrong_token_are_refused(pki, gateway):
@@ -131,14 +131,18 @@ def push(stub, session, rnd, data):
                            timeout=10)
 
 
-def test_bad_updates_are_refused_without_reaching_the_job(pki, gateway):
+def test_bad_updates_are_refused_and_reported_as_the_clients_failure(pki, gateway):
+    """Each refused push fails its client's open task: rank 0 gets a REJECTED failure saying why,
+    never the update itself; a push without an open task is refused and reported to nobody."""
     srv, addr = gateway
     stub = pb_grpc.GatewayStub(channel(pki, addr))
     stub.md = token(pki)
     reg = register(stub, stub.md)
     srv.begin_round(1)
-    srv.offer_task(Task(1, reg.client_id, 0.0, b"\0" * 64))
-    list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=stub.md, timeout=10))
+
+    def take_task():
+        srv.offer_task(Task(1, reg.client_id, 0.0, b"\0" * 64))
+        list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=stub.md, timeout=10))
 
     def update(**kw):
         h = dict(status=Status.OK, job=JOB, round=1, client=reg.client_id, num_samples=5, loss=0.1, compute_s=0.0,
@@ -147,18 +151,42 @@ def test_bad_updates_are_refused_without_reaching_the_job(pki, gateway):
 
     flipped = bytearray(update())
     flipped[20] ^= 1  # a bit of the sample count
-    assert "checksum" in push(stub, reg.session, 1, bytes(flipped)).reason
-    assert "not a fedhpc Update" in push(stub, reg.session, 1, b"X" + update()[1:]).reason
-    assert "job" in push(stub, reg.session, 1, update(job=1)).reason
-    assert "claims client" in push(stub, reg.session, 1, update(client=99)).reason
-    assert "not open" in push(stub, reg.session, 2, update(round=2)).reason
+    cases = [(bytes(flipped), 1, "checksum"), (b"X" + update()[1:], 1, "not a fedhpc Update"),
+             (update(job=1), 1, "job"), (update(client=99), 1, "claims client"),
+             (update(round=2), 2, "not open"),
+             (update(num_samples=5000), 1, "claims 5000 samples, the worker registered 5"),
+             (update(status=Status.REJECTED), 1, "only the gateway")]
+    for data, rnd, why in cases:
+        take_task()
+        assert why in push(stub, reg.session, rnd, data).reason
+        client, r, failure = srv.updates.get(timeout=5)
+        head, body = unpack_update(failure)
+        assert (client, r, head.client, head.round, head.status) == (reg.client_id, 1, reg.client_id, 1,
+                                                                      Status.REJECTED)
+        assert why in bytes(body).decode()
+    assert "not open" in push(stub, reg.session, 1, update()).reason  # no task open now: nothing reported
+    assert srv.updates.empty()
+    take_task()
     with pytest.raises(grpc.RpcError) as exc:
         push(stub, reg.session, 1, b"\0" * (4 << 20))  # over max_update_bytes (one chunk over 1 MiB is refused too)
     assert exc.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,)
     assert srv.updates.empty()
     assert push(stub, reg.session, 1, update()).accepted
+    assert srv.updates.get(timeout=5)[2] == update()
     srv.end_round()
     assert "not open" in push(stub, reg.session, 1, update()).reason  # late: the round has closed
+
+
+def test_a_worker_must_declare_a_sample_count_within_the_cap(pki, gateway):
+    srv, addr = gateway
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    for samples in (0, 1001, 2**32 - 1):
+        with pytest.raises(grpc.RpcError) as exc:
+            register(stub, token(pki), samples=samples)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "gateway.max_samples" in exc.value.details()
+    assert srv.connected() == {}
+    register(stub, token(pki), samples=1000)
+    assert srv.connected()[10].num_samples == 1000
 
 
 def test_rate_limit_per_worker(pki, gateway):
@@ -220,11 +248,11 @@ ratio = 0.1
     return cfg
 
 
-def start_worker(pki, port, who, client, shard):
+def start_worker(pki, port, who, client, shard, **env):
     cmd = [sys.executable, "-m", "fedhpc", "worker", "--connect", f"127.0.0.1:{port}", "--token-file",
            str(pki / f"{who}.token"), "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{who}.pem"), "--key",
            str(pki / f"{who}.key"), "--name", who, "--client-id", str(client), "--shard", shard, "--retry-s", "20"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env())
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env(**env))
 
 
 def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
@@ -263,3 +291,71 @@ def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
     relayed = [r["bytes_down"] - 2 * model_bytes for r in m]
     assert all(b % model_bytes == 0 and 0 <= b <= 2 * model_bytes for b in relayed), relayed
     assert sum(relayed) >= (status == 1)[:, 5:].sum() * model_bytes  # every remote report had a model sent
+
+
+def no_mpi4py(tmp_path) -> dict:
+    """Environment of a process in which ``import mpi4py`` fails, as on a host without MPI."""
+    d = tmp_path / "no_mpi"
+    d.mkdir(exist_ok=True)
+    (d / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoMPI:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mpi4py' or name.startswith('mpi4py.'):\n"
+        "            raise ImportError('mpi4py is not installed on this host')\n"
+        "sys.meta_path.insert(0, _NoMPI())\n")
+    return {"PYTHONPATH": str(d)}
+
+
+def test_the_worker_imports_and_runs_without_mpi4py(tmp_path):
+    env = mpi_env(**no_mpi4py(tmp_path))
+    blocked = subprocess.run([sys.executable, "-c", "import mpi4py"], capture_output=True, text=True, env=env)
+    assert blocked.returncode != 0 and "mpi4py is not installed" in blocked.stderr  # the blocker works
+    code = "import fedhpc.gateway.worker, fedhpc.runtime.step, fedhpc.update; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fedhpc", "worker", "--help"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0 and "--connect" in proc.stdout, proc.stderr
+
+
+def test_hybrid_federated_dropout_with_workers_that_have_no_mpi(pki, tmp_path):
+    """Workers do federated dropout exactly as trainer ranks do (the same client step), so rank 0
+    decodes their sub-model updates; the workers run where mpi4py cannot be imported."""
+    port = free_port()
+    out = tmp_path / "run"
+    cfg = tmp_path / "fd.toml"
+    cfg.write_text(f"""
+rounds = 4
+[clients]
+total = 5
+per_round = 7
+[fed_dropout]
+rate = 0.5
+[model]
+hidden = [64]
+[gateway]
+enabled = true
+listen = "127.0.0.1:{port}"
+clients = 2
+min_workers = 2
+wait_s = 90
+token_file = "{pki}/tokens.txt"
+tls_cert = "{pki}/server.pem"
+tls_key = "{pki}/server.key"
+client_ca = "{pki}/ca.pem"
+""")
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=mpi_env())
+    workers = [start_worker(pki, port, w, 5 + i, f"{i}/2", **no_mpi4py(tmp_path)) for i, w in enumerate(("w1", "w2"))]
+    _, err = job.communicate(timeout=240)
+    logs = [w.communicate(timeout=60)[0] for w in workers]
+    assert job.returncode == 0, err[-4000:]
+    assert all(w.returncode == 0 for w in workers), logs
+    with h5py.File(out / "run.h5") as f:
+        status, up = f["clients/status"][()], f["clients/bytes_up"][()]
+    assert (status[:, 5:] == 1).all(), (status, err[-3000:])  # every remote update was accepted
+    full = 4 * (64 * 64 + 64 + 64 * 10 + 10)
+    assert (up[:, 5:] < 0.6 * full + 200).all()  # sub-models, not the whole model
+    assert "corrupt" not in err

@@ -11,7 +11,8 @@ from fedhpc.config import ModelConfig, load_config
 from fedhpc.errors import ConfigError
 from fedhpc.models import MODELS, Layout, build_model
 from fedhpc.models.cnn import conv_net
-from fedhpc.runtime.client import SEED_TRAIN, LocalTrainer, derive_seed
+from fedhpc.runtime.training import LocalTrainer
+from fedhpc.seeds import SEED_TRAIN, derive_seed
 from fedhpc.runtime.feddropout import FedDropout, droppable
 
 # name -> (sample shape, classes, input dtype, parameters)

@@ -93,17 +93,32 @@ def test_partial_work_lets_stragglers_report_the_epochs_that_fit_before_the_dead
 
 
 def test_partial_work_on_the_wall_clock_sends_the_epochs_done_before_the_deadline(tmp_path):
-    """Clients 0 and 2 (one per rank) run 40x slower: an epoch takes a fraction of a second, their 100
-    take several times the deadline. With partial work every client stops after the epochs that
-    fit before the cutoff and arrives in time; without, the slow ones are late."""
-    sets = ["rounds=2", "clients.total=4", "clients.per_round=4", "data.partition=iid", "local.epochs=100",
-            "profiles.slow_clients=[0, 2]", "profiles.slow_factor=40", "stragglers.deadline_s=4"]
-    fedhpc_run(3, tmp_path / "drop", *sets)
-    fedhpc_run(3, tmp_path / "partial", *sets, "stragglers.partial_work=true")
+    """Clients 0 and 2 (both on rank 1) run 40x slower. With partial work every client stops after
+    the epochs that fit before the cutoff (a tenth of the deadline before it) and arrives in time;
+    without, the slow ones are late.
+
+    The margins come from the configuration, not from the host being fast: an epoch is one batch
+    (the whole shard), so a slow client's epoch is 40 batches, and the cutoff's margin of
+    ``PARTIAL_WORK_MARGIN * deadline_s`` seconds must absorb one such epoch mispredicted (the
+    cutoff judges the next epoch by the last) plus client 2's single epoch after client 0 used up
+    the rank's time. Even at 5 ms a batch on a loaded host that is 2 * 40 * 5 ms = 0.4 s, under
+    the 0.6 s margin.
+    """
+    from fedhpc.clock import PARTIAL_WORK_MARGIN
+
+    deadline, slow = 6.0, 40
+    assert 2 * slow * 0.005 < PARTIAL_WORK_MARGIN * deadline
+    sets = ["rounds=2", "clients.total=4", "clients.per_round=4", "data.partition=iid", "local.batch_size=512",
+            "profiles.slow_clients=[0, 2]", f"stragglers.deadline_s={deadline}"]
+    # without partial work: 5 epochs of a client slowed a million times never end (CLOSE interrupts the sleep)
+    fedhpc_run(3, tmp_path / "drop", *sets, "local.epochs=5", "profiles.slow_factor=1e6")
+    # with it: 10^6 epochs would take minutes even for the fast clients, who stop at the cutoff too
+    fedhpc_run(3, tmp_path / "partial", *sets, "local.epochs=1000000", f"profiles.slow_factor={slow}",
+               "stragglers.partial_work=true")
     for r in metrics(tmp_path / "drop"):
         assert r["clients_reported"] == 2 and r["clients_late"] == 2, r
     for r in metrics(tmp_path / "partial"):
-        assert r["clients_reported"] == 4 and r["clients_late"] == 0 and r["round_seconds"] < 4, r
+        assert r["clients_reported"] == 4 and r["clients_late"] == 0 and r["round_seconds"] < deadline, r
 
 
 def test_failing_and_corrupt_clients_are_counted_not_fatal(out):

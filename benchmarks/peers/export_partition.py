@@ -26,7 +26,7 @@ import numpy as np
 from fedhpc.config import load_config
 from fedhpc.data import load_dataset
 from fedhpc.data.partition import partition
-from fedhpc.runtime.client import SEED_PARTITION, derive_seed
+from fedhpc.seeds import SEED_PARTITION, derive_seed
 
 
 def export(out: Path, clients: int, seed: int) -> list[np.ndarray]:

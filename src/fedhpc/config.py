@@ -201,6 +201,9 @@ class GatewayConfig:
     wait_s: float = 120.0  # ... but no longer than this
     calls_per_second: float = 50.0  # per worker, beyond which calls are refused
     heartbeat_s: float = 2.0  # a worker silent for 3 heartbeats while holding a task has failed
+    # the most training samples a worker may declare at registration (its weight in FedAvg); every
+    # Update of its client must claim exactly what it declared
+    max_samples: int = 100_000
 
     def check(self, key):
         _require(self.clients >= 1, f"{key}.clients", "must be >= 1")
@@ -216,6 +219,7 @@ class GatewayConfig:
         _require(self.wait_s >= 0, f"{key}.wait_s", "must be >= 0")
         _require(self.calls_per_second > 0, f"{key}.calls_per_second", "must be > 0")
         _require(self.heartbeat_s > 0, f"{key}.heartbeat_s", "must be > 0")
+        _require(self.max_samples >= 1, f"{key}.max_samples", "must be >= 1")
 
 
 @dataclass

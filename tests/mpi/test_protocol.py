@@ -8,10 +8,8 @@ import numpy as np
 from mpi4py import MPI
 
 from fedhpc import env
-from fedhpc.runtime.protocol import (
-    BufferPool, Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_update, unpack_update,
-    wait_with_deadline,
-)
+from fedhpc.runtime.transport import Tag, bcast_array, isend_chunked, recv_update, wait_with_deadline
+from fedhpc.update import BufferPool, Status, UpdateHeader, pack_update, unpack_update
 
 comm = MPI.COMM_WORLD
 

@@ -171,8 +171,8 @@ def dataplane(comm, params: int, repeats: int) -> dict | None:
     from mpi4py import MPI
 
     from fedhpc.compress import get_codec
-    from fedhpc.runtime.protocol import (HEADER, BufferPool, Status, Tag, UpdateHeader, bcast_array, isend_chunked,
-                                         recv_update, seal_update, unpack_update)
+    from fedhpc.runtime.transport import Tag, bcast_array, isend_chunked, recv_update
+    from fedhpc.update import HEADER, BufferPool, Status, UpdateHeader, seal_update, unpack_update
 
     rank, trainers = comm.rank, comm.size - 1
     codec = get_codec("none")

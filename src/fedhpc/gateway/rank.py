@@ -16,24 +16,28 @@ import time
 
 import numpy as np
 import tomli_w
+from mpi4py import MPI
 
 from fedhpc.gateway.server import GatewayServer, Task, fingerprint, load_tokens
-from fedhpc.runtime.protocol import (
-    Status, Tag, UpdateHeader, bcast_array, isend_chunked, pack_update, recv_object, wait_with_deadline,
-)
-from fedhpc.runtime.trainer import Trainer
+from fedhpc.runtime.context import Context
+from fedhpc.runtime.messages import Done, RoundTask, Workers
+from fedhpc.runtime.rank import HostRank
+from fedhpc.runtime.transport import Tag, isend_chunked
+from fedhpc.update import Status, failure_update, max_update_bytes
 
 log = logging.getLogger("fedhpc.gateway")
 
 
-class GatewayRank(Trainer):
-    def __init__(self, comm, ctx, job_id: int):
+class GatewayRank(HostRank):
+    """Hosts the remote clients: their training happens in the workers, their state too."""
+
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int):
         super().__init__(comm, ctx, job_id)
         g = ctx.cfg.gateway
         self.server = GatewayServer(
             job_id=job_id, slots=ctx.remote_clients, config_toml=tomli_w.dumps(ctx.cfg.to_dict()),
-            tokens=load_tokens(g.token_file), max_update_bytes=64 + 2 * 4 * ctx.layout.size + (1 << 20),
-            calls_per_second=g.calls_per_second, heartbeat_s=g.heartbeat_s)
+            tokens=load_tokens(g.token_file), max_update_bytes=max_update_bytes(ctx.layout.size),
+            calls_per_second=g.calls_per_second, heartbeat_s=g.heartbeat_s, max_samples=g.max_samples)
         port = self.server.start(g.listen, g.tls_cert, g.tls_key, g.client_ca)
         host = g.listen.rpartition(":")[0]
         security = ("mutual TLS" if g.client_ca else "TLS") if g.tls_cert else "NO TLS (tokens travel in clear)"
@@ -55,7 +59,13 @@ class GatewayRank(Trainer):
         if len(connected) < count:
             log.warning("only %d of %d workers registered within %.0fs; starting anyway", len(connected), count,
                         wait_s)
-        self.comm.send(connected, dest=0, tag=Tag.WORKERS)
+        self.comm.send(Workers(connected), dest=0, tag=Tag.WORKERS)
+
+    def client_states(self) -> dict[int, np.ndarray]:
+        return {}  # a remote client's residual lives in its worker
+
+    def restore_states(self, states: dict[int, np.ndarray]) -> None:
+        pass  # nothing of the remote clients is checkpointed here (see client_states)
 
     def run(self) -> int:
         try:
@@ -64,28 +74,26 @@ class GatewayRank(Trainer):
             # a worker busy training asks for its next task within a round's time; heartbeats bound it too
             self.server.stop(drain_s=10 * self.ctx.cfg.gateway.heartbeat_s)
 
-    def _failure(self, r: int, cid: int, reason: str) -> np.ndarray:
-        head = UpdateHeader(Status.ERROR, self.job_id, r, cid, 0, 0.0, 0.0, 0.0, 0)
-        return pack_update(head, reason.encode())
-
-    def train_round(self, task: dict) -> None:
+    def train_round(self, task: RoundTask) -> None:
         timeout = self.ctx.cfg.stragglers.timeout_s
-        bcast_array(self.comm, self.weights)
-        r, sent, pending = task["round"], 0, []
+        r, sent, pending = task.round, 0, []
 
         def send(buf: np.ndarray) -> None:
             nonlocal sent, pending
             pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
             sent += 1
 
+        def fail(cid: int, reason: str) -> None:
+            send(failure_update(Status.ERROR, self.job_id, r, cid, reason))
+
         self.server.begin_round(r)
         model = self.weights.tobytes()
-        for cid in task["assign"].get(self.comm.rank, []):
-            if not self.server.offer_task(Task(r, cid, task["mu"], model)):
-                send(self._failure(r, cid, f"no worker is connected for remote client {cid}"))
+        for cid in task.clients_of(self.comm.rank):
+            if not self.server.offer_task(Task(r, cid, task.mu, model)):
+                fail(cid, f"no worker is connected for remote client {cid}")
         deadline = time.monotonic() + timeout
         while not self.round_closed():
-            self._forward_signal()
+            self.forward_signal()
             try:
                 client, rnd, data = self.server.updates.get(timeout=0.002)
                 if rnd == r:
@@ -93,14 +101,10 @@ class GatewayRank(Trainer):
             except queue.Empty:
                 pass
             for cid in self.server.lost_clients():
-                send(self._failure(r, cid, f"the worker of client {cid} disconnected mid-round"))
+                fail(cid, f"the worker of client {cid} disconnected mid-round")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway: no word from rank 0 for {timeout:.0f}s in round {r}")
         self.server.end_round()
-        closed = recv_object(self.comm, 0, Tag.CLOSE, timeout, f"rank 0 to close round {r}")
-        if closed != r:
-            raise RuntimeError(f"gateway: orchestrator closed round {closed} while in round {r}")
-        # 0.0: trains nothing itself; the model bytes it relayed to workers count as sent down
-        self.comm.send((r, sent, self.server.connected(), 0.0, self.server.bytes_down), dest=0, tag=Tag.DONE)
-        wait_with_deadline(pending, timeout, f"rank 0 to receive round {r}'s updates")
-
+        # trains nothing itself; the model bytes it relayed to workers count as sent down
+        self.finish_round(Done(r, sent, relayed_bytes=self.server.bytes_down, workers=self.server.connected()),
+                          pending)

@@ -1,12 +1,13 @@
 """The gateway's gRPC server: registration, tasks, updates, liveness, security.
 
 It knows nothing of MPI: :class:`GatewayServer` is driven by the gateway rank
-(:mod:`fedhpc.gateway.rank`) through :meth:`offer_task`, :meth:`take_updates`
-and friends, so it can also be exercised on its own in tests.
+(:mod:`fedhpc.gateway.rank`) through :meth:`~GatewayServer.offer_task`, its
+``updates`` queue and friends, so it can also be exercised on its own in tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import secrets
@@ -21,7 +22,8 @@ import grpc
 from fedhpc.errors import ConfigError, CorruptUpdateError
 from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
-from fedhpc.runtime.protocol import unpack_update
+from fedhpc.runtime.messages import RemoteProfile
+from fedhpc.update import Status, failure_update, unpack_update
 
 log = logging.getLogger("fedhpc.gateway")
 
@@ -62,7 +64,7 @@ class Session:
     id: str
     worker: str  # the token's name
     client: int
-    profile: dict
+    profile: RemoteProfile  # as registered, measurements refreshed by heartbeats
     last_seen: float
     tasks: queue.Queue = field(default_factory=queue.Queue)
     outstanding: Task | None = None  # handed out, no update yet
@@ -91,18 +93,21 @@ class GatewayServer(pb_grpc.GatewayServicer):
     """Serves external workers for one job.
 
     ``slots``: the remote client ids workers can play. ``config_toml``: the
-    run config sent to workers. ``check_update(header)`` is called for every
-    pushed Update and returns an error string or None.
+    run config sent to workers. ``max_samples``: the most training samples a
+    worker may declare at registration; every Update it pushes must claim
+    exactly what it declared. A pushed Update that is refused while its
+    client's task is open is reported on ``updates`` as a REJECTED failure,
+    so rank 0 records why the client failed.
     """
 
     def __init__(self, *, job_id: int, slots: list[int], config_toml: str, tokens: dict[str, str],
-                 max_update_bytes: int, calls_per_second: float, heartbeat_s: float):
+                 max_update_bytes: int, calls_per_second: float, heartbeat_s: float, max_samples: int):
         self.job_id, self.slots, self.config_toml, self.tokens = job_id, slots, config_toml, tokens
-        self.max_update_bytes, self.heartbeat_s = max_update_bytes, heartbeat_s
+        self.max_update_bytes, self.heartbeat_s, self.max_samples = max_update_bytes, heartbeat_s, max_samples
         self.limiter = _RateLimiter(calls_per_second)
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
-        self.updates: queue.Queue = queue.Queue()  # (session, client, round, bytes) for the gateway rank
+        self.updates: queue.Queue = queue.Queue()  # (client, round, Update bytes) for the gateway rank
         self.open_round = -1
         self.bytes_down = 0  # model bytes streamed to workers in the open round
         self.stopping = threading.Event()
@@ -178,10 +183,10 @@ class GatewayServer(pb_grpc.GatewayServicer):
                 log.warning("worker %s (client %d) went silent; its session is closed", s.worker, s.client)
             return [s.client for s in lost if s.outstanding is not None]
 
-    def connected(self) -> dict[int, dict]:
+    def connected(self) -> dict[int, RemoteProfile]:
         """client id -> profile of the workers connected now."""
         with self.lock:
-            return {s.client: dict(s.profile) for s in self.sessions.values()}
+            return {s.client: s.profile for s in self.sessions.values()}
 
     # -- RPCs ----------------------------------------------------------------
     def _auth(self, context) -> str:
@@ -205,6 +210,11 @@ class GatewayServer(pb_grpc.GatewayServicer):
 
     def Register(self, request, context):
         worker = self._auth(context)
+        if not 1 <= request.num_samples <= self.max_samples:
+            log.warning("worker %s (%s): registration refused: it declares %d training samples, allowed 1..%d",
+                        worker, context.peer(), request.num_samples, self.max_samples)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"num_samples {request.num_samples} is outside 1..{self.max_samples} (gateway.max_samples)")
         with self.lock:
             for old in [s for s in self.sessions.values() if s.worker == worker and
                         request.requested_client in (-1, s.client)]:
@@ -218,11 +228,11 @@ class GatewayServer(pb_grpc.GatewayServicer):
                               f"no free remote client slot (slots {self.slots[0]}..{self.slots[-1]}, "
                               f"requested {request.requested_client})")
             p = request.profile
-            s = Session(secrets.token_hex(16), worker, free[0], _profile_dict(p) | {"worker": worker},
-                        time.monotonic())
+            s = Session(secrets.token_hex(16), worker, free[0],
+                        _profile(RemoteProfile(worker, request.num_samples), p), time.monotonic())
             self.sessions[s.id] = s
-        log.info("worker %s (%s) registered as client %d (link %.1f Mbit/s, %.2f ms)", worker, context.peer(),
-                 s.client, p.bandwidth_mbps, p.latency_ms)
+        log.info("worker %s (%s) registered as client %d (%d samples, link %.1f Mbit/s, %.2f ms)", worker,
+                 context.peer(), s.client, request.num_samples, p.bandwidth_mbps, p.latency_ms)
         return pb.RegisterReply(session=s.id, client_id=s.client, job_id=self.job_id, config_toml=self.config_toml,
                                 max_update_bytes=self.max_update_bytes, chunk_bytes=CHUNK_BYTES)
 
@@ -270,6 +280,12 @@ class GatewayServer(pb_grpc.GatewayServicer):
         reason = self._check(s, rnd, data)
         if reason:
             log.warning("worker %s (client %d): update refused: %s", worker, s.client, reason)
+            task = s.outstanding
+            if task is not None and task.round == self.open_round:
+                # the client's task is open: its failure, and why, is rank 0's to record
+                s.outstanding = None
+                refusal = failure_update(Status.REJECTED, self.job_id, task.round, s.client, reason)
+                self.updates.put((s.client, task.round, refusal.tobytes()))
             return pb.PushReply(accepted=False, reason=reason)
         s.outstanding = None
         self.updates.put((s.client, rnd, data))
@@ -284,6 +300,10 @@ class GatewayServer(pb_grpc.GatewayServicer):
             return f"update is for job {head.job}, this job is {self.job_id}"
         if head.client != s.client:
             return f"update claims client {head.client}, this session plays client {s.client}"
+        if head.status == Status.REJECTED:
+            return "only the gateway reports a refused update"
+        if head.status == Status.OK and head.num_samples != s.profile.num_samples:
+            return f"update claims {head.num_samples} samples, the worker registered {s.profile.num_samples}"
         if head.round != rnd or s.outstanding is None or s.outstanding.round != rnd:
             return f"round {head.round} is not open for client {s.client} (late or never assigned)"
         return None
@@ -293,13 +313,14 @@ class GatewayServer(pb_grpc.GatewayServicer):
         if request.session:
             s = self._session(context, worker, request.session)
             if request.HasField("profile"):
-                s.profile.update(_profile_dict(request.profile))
+                s.profile = _profile(s.profile, request.profile)
         return pb.HeartbeatReply(payload=request.payload[:CHUNK_BYTES])
 
 
-def _profile_dict(p: pb.Profile) -> dict:
-    return {"samples_per_s": p.samples_per_s, "memory_gb": p.memory_gb, "bandwidth_mbps": p.bandwidth_mbps,
-            "latency_ms": p.latency_ms}
+def _profile(base: RemoteProfile, p: pb.Profile) -> RemoteProfile:
+    """``base`` with the measurements of ``p``."""
+    return dataclasses.replace(base, samples_per_s=p.samples_per_s, memory_gb=p.memory_gb,
+                               bandwidth_mbps=p.bandwidth_mbps, latency_ms=p.latency_ms)
 
 
 def fingerprint(cert_path: str | Path) -> str:

@@ -1,17 +1,18 @@
 """``fedhpc worker``: an external worker that joins a job through its gateway.
 
-A plain process, no MPI: it registers with a profile of its host, long-polls
-for tasks, trains the model it is sent on its own data, streams back the
-encoded Update (the same bytes a trainer rank sends over MPI), and repeats
-until the job ends. It reconnects with exponential backoff when the link
-drops; a refused credential is fatal and says so.
+A plain process, no MPI (nothing it imports needs mpi4py): it registers with
+a profile of its host and the number of samples it trains on, long-polls for
+tasks, turns the model it is sent into an Update with the same client step
+as a trainer rank (:class:`~fedhpc.runtime.step.ClientStep`: federated
+dropout, partial work, error feedback and faults included), streams it back,
+and repeats until the job ends. It reconnects with exponential backoff when
+the link drops; a refused credential is fatal and says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,15 +20,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fedhpc.compress import ErrorFeedback, get_codec
+from fedhpc.clock import make_clock
 from fedhpc.config import DataConfig, load_config_text
 from fedhpc.data import load_dataset
 from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
 from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY
 from fedhpc.models import Layout, build_model
-from fedhpc.runtime.client import SEED_CODEC, LocalTrainer, derive_seed
-from fedhpc.runtime.protocol import HEADER, Status, UpdateHeader, seal_update
+from fedhpc.runtime.context import simulated_profiles
+from fedhpc.runtime.step import ClientStep, ClientTask
+from fedhpc.runtime.training import host_memory_gb
 
 log = logging.getLogger("fedhpc.worker")
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
@@ -54,7 +56,8 @@ class Worker:
         if not 0 <= k < n:
             raise ValueError(f"--shard {args.shard}: need 0 <= K < N")
         self.shard = (k, n)
-        self.state: ErrorFeedback | None = None
+        self.step: ClientStep | None = None  # built at the first registration, kept across reconnections
+        self.played = -1  # the client id self.step trains
         self.session = ""
 
     # -- setup -----------------------------------------------------------------
@@ -65,18 +68,22 @@ class Worker:
         grpc.channel_ready_future(self.channel).result(timeout=30)
         profile = self.probe_link()
         reply = self.stub.Register(pb.RegisterRequest(worker=self.args.name, requested_client=self.args.client_id,
-                                                      profile=profile), metadata=self.metadata, timeout=30)
+                                                      profile=profile, num_samples=len(self.indices)),
+                                   metadata=self.metadata, timeout=30)
         self.session, self.client, self.job = reply.session, reply.client_id, reply.job_id
         cfg = load_config_text(reply.config_toml, source="the gateway's run config")
         self.cfg = cfg
         wan = cfg.gateway.codec if cfg.gateway.codec.name else cfg.codec
-        self.codec = get_codec(wan.name, **wan.params)
-        self.use_ef = wan.error_feedback and not self.codec.lossless
-        self.model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
-        self.layout = Layout(self.model)
-        self.trainer = LocalTrainer(cfg, self.model, self.layout, data.x_train, data.y_train)
+        # the error-feedback residual outlives a reconnection to the same job and client
+        if self.step is None or (self.step.job_id, self.played) != (self.job, self.client):
+            model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+            self.layout = Layout(model)
+            self.step = ClientStep(cfg, self.job, model, self.layout, data.x_train, data.y_train, wan,
+                                   make_clock(cfg.clock))
+            self.played = self.client
+        self.profile = simulated_profiles(cfg, [self.client])[self.client]
         # the training throughput needs the job's model, known only now: send it with a heartbeat
-        profile.samples_per_s = self.measure_throughput(data)
+        profile.samples_per_s = self.measure_throughput()
         self.stub.Heartbeat(pb.HeartbeatRequest(session=self.session, profile=profile), metadata=self.metadata,
                             timeout=30)
         log.info("registered as client %d of job %d (%d samples, codec %s, %.0f samples/s, %.1f Mbit/s)",
@@ -91,16 +98,17 @@ class Worker:
 
         rtt = min(echo(0) for _ in range(3))
         big = min(echo(1 << 18) for _ in range(2))
-        return pb.Profile(memory_gb=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-                          latency_ms=rtt / 2 * 1e3, bandwidth_mbps=2 * (1 << 18) * 8 / max(big - rtt, 1e-6) / 1e6)
+        return pb.Profile(memory_gb=host_memory_gb(), latency_ms=rtt / 2 * 1e3,
+                          bandwidth_mbps=2 * (1 << 18) * 8 / max(big - rtt, 1e-6) / 1e6)
 
-    def measure_throughput(self, data) -> float:
-        """Samples per second of local training, as the trainer ranks measure their hosts."""
+    def measure_throughput(self) -> float:
+        """Samples per second of local training on a few batches (the weights are left alone)."""
+        local = self.step.local
         n = min(len(self.indices), 4 * self.cfg.local.batch_size)
-        weights = self.layout.flatten(self.model)
+        weights = self.layout.flatten(local.model)
         t0 = time.perf_counter()
-        self.trainer.train(self.indices[:n], weights, 0, self.client, 0.0, lambda: False)
-        return n * self.cfg.local.epochs / max(time.perf_counter() - t0, 1e-9)
+        local.train(self.indices[:n], weights, 0, self.client, 0.0, lambda: False, epochs=1)
+        return n / max(time.perf_counter() - t0, 1e-9)
 
     # -- the loop ----------------------------------------------------------------
     def serve(self) -> None:
@@ -135,25 +143,20 @@ class Worker:
                 pass  # the main loop notices a dead link and reconnects
 
     def train(self, task: pb.TaskChunk, model: bytes) -> None:
+        start = time.monotonic()  # the model just arrived: the origin of the partial-work cutoff
         if len(model) != 4 * self.layout.size:
             raise ValueError(f"the job's model has {len(model) // 4} parameters but the model built for this "
                              f"worker's data ({self.args.data}) has {self.layout.size}: use data of the same shape")
         weights = np.frombuffer(model, dtype=np.float32)
-        t0 = time.perf_counter()
-        delta, loss = self.trainer.train(self.indices, weights, task.round, task.client_id, task.mu, lambda: False)
-        if self.use_ef and self.state is None:
-            self.state = ErrorFeedback(delta.size)
-        payload = self.codec.encode(delta, self.state if self.use_ef else None,
-                                    seed=derive_seed(self.cfg.seed, task.round, task.client_id, SEED_CODEC),
-                                    headroom=HEADER.size)
-        head = UpdateHeader(Status.OK, self.job, task.round, task.client_id, len(self.indices), loss,
-                            time.perf_counter() - t0, 0.0, 0)
-        buf = seal_update(head, payload).tobytes()
+        self.step.begin_round()
+        frame = self.step.run(ClientTask(task.round, task.client_id, task.mu), weights, self.indices, self.profile,
+                              lambda: False, start)
+        buf = frame.tobytes()
         chunks = (pb.UpdateChunk(session=self.session, round=task.round, data=buf[a : a + CHUNK_BYTES])
                   for a in range(0, len(buf), CHUNK_BYTES))
         reply = self.stub.PushUpdate(chunks, metadata=self.metadata, timeout=120)
         if reply.accepted:
-            log.info("round %d: update sent (%d bytes, loss %.4f)", task.round, len(buf), loss)
+            log.info("round %d: update sent (%d bytes)", task.round, len(buf))
         else:
             log.warning("round %d: the gateway refused the update: %s", task.round, reply.reason)
 

@@ -12,7 +12,7 @@ from fedhpc.config import RunConfig
 from fedhpc.data import Dataset, load_dataset
 from fedhpc.data.partition import partition
 from fedhpc.models import Layout, build_model
-from fedhpc.runtime.client import SEED_PARTITION, SEED_PROFILE, derive_seed
+from fedhpc.seeds import SEED_PARTITION, SEED_PROFILE, derive_seed
 from fedhpc.types import ClientProfile
 
 
@@ -52,14 +52,6 @@ class Context:
     def clients_of(self, rank: int) -> list[int]:
         return [c for c in self.all_clients if self.host_of(c) == rank]
 
-    def fed_dropout(self):
-        """The federated-dropout mapper, or None when ``fed_dropout.rate`` is 0."""
-        from fedhpc.runtime.feddropout import FedDropout
-
-        if self.cfg.fed_dropout.rate == 0:
-            return None
-        return FedDropout(self.model, self.layout, self.cfg.fed_dropout.rate, self.cfg.seed)
-
 
 def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None = None) -> Context:
     torch.set_num_threads(cfg.local.threads)
@@ -70,13 +62,22 @@ def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None =
     return Context(cfg, data, parts, model, Layout(model), mpi_trainers, gateway)
 
 
-def simulated_profiles(cfg: RunConfig) -> dict[int, ClientProfile]:
-    """Per-client heterogeneity drawn from the config (deterministic in the seed)."""
+def simulated_profiles(cfg: RunConfig, remote_clients: list[int] | tuple[int, ...] = ()) -> dict[int, ClientProfile]:
+    """Per-client heterogeneity drawn from the config (deterministic in the seed).
+
+    ``remote_clients`` (played by gateway workers) get the reference speed
+    and the configured link: what the simulated clock charges them, and what
+    rank 0 assumes of them until their workers report measurements.
+    """
     p = cfg.profiles
     rng = np.random.default_rng(derive_seed(cfg.seed, SEED_PROFILE))
     speeds = np.exp(rng.normal(0.0, p.speed_sigma, cfg.clients.total)) if p.speed_sigma > 0 else np.ones(cfg.clients.total)
     for c in p.slow_clients:
         speeds[c] /= p.slow_factor
-    return {c: ClientProfile(client_id=c, speed=float(speeds[c]), bandwidth_mbps=p.bandwidth_mbps,
-                             latency_ms=p.latency_ms, dropout_prob=cfg.faults.dropout_prob)
-            for c in range(cfg.clients.total)}
+    profiles = {c: ClientProfile(client_id=c, speed=float(speeds[c]), bandwidth_mbps=p.bandwidth_mbps,
+                                 latency_ms=p.latency_ms, dropout_prob=cfg.faults.dropout_prob)
+                for c in range(cfg.clients.total)}
+    for c in remote_clients:
+        profiles[c] = ClientProfile(client_id=c, bandwidth_mbps=p.bandwidth_mbps, latency_ms=p.latency_ms,
+                                    dropout_prob=cfg.faults.dropout_prob, remote=True)
+    return profiles

@@ -16,8 +16,9 @@ import math
 import numpy as np
 from torch import nn
 
+from fedhpc.config import RunConfig
 from fedhpc.models import Layout
-from fedhpc.runtime.client import SEED_FEDDROP, derive_seed
+from fedhpc.seeds import SEED_FEDDROP, derive_seed
 
 
 def droppable(module: nn.Module) -> list[tuple[str, str]]:
@@ -35,6 +36,11 @@ def droppable(module: nn.Module) -> list[tuple[str, str]]:
 
 class FedDropout:
     """Maps between the full flat model and a client's sub-model of kept units."""
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, module: nn.Module, layout: Layout) -> FedDropout | None:
+        """The mapper of a run's ``fed_dropout.rate``, or None when it is 0."""
+        return cls(module, layout, cfg.fed_dropout.rate, cfg.seed) if cfg.fed_dropout.rate else None
 
     def __init__(self, module: nn.Module, layout: Layout, rate: float, seed: int):
         self.layout, self.rate, self.seed = layout, rate, seed

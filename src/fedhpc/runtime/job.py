@@ -16,7 +16,7 @@ from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
 from fedhpc.errors import ConfigError, FedHPCError
 from fedhpc.runtime import signals
-from fedhpc.runtime.protocol import Tag, recv_object
+from fedhpc.runtime.transport import Tag, recv_object
 
 log = logging.getLogger("fedhpc")
 
@@ -63,7 +63,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     from fedhpc.runtime.context import build_context
     from fedhpc.runtime.orchestrator import Orchestrator
     from fedhpc.runtime.registration import register
-    from fedhpc.runtime.trainer import Trainer
+    from fedhpc.runtime.trainer import TrainerRank
 
     gateway = comm.size - 1 if cfg.gateway.enabled else None
     needed = 3 if gateway is not None else 2
@@ -88,7 +88,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
 
             role = GatewayRank(comm, ctx, job)
         else:
-            role = Trainer(comm, ctx, job)
+            role = TrainerRank(comm, ctx, job)
         status = role.run()
         comm.gather(role.signals_sent, root=0)
         return status
@@ -99,8 +99,8 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     orchestrator = Orchestrator(comm, ctx, job, out, hosts)
     if gateway is not None:
         g = cfg.gateway
-        orchestrator.update_remote(recv_object(comm, gateway, Tag.WORKERS, g.wait_s + cfg.stragglers.timeout_s,
-                                               "the gateway to start"))
+        workers = recv_object(comm, gateway, Tag.WORKERS, g.wait_s + cfg.stragglers.timeout_s, "the gateway to start")
+        orchestrator.update_remote(workers.connected)
     if resume is not None:
         opened = open_latest(resume, cfg, ctx.layout, log) if resume.is_dir() else Checkpoint(resume, cfg, ctx.layout)
         with opened as ckpt:

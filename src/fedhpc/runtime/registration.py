@@ -7,7 +7,6 @@ heterogeneous the allocation really is.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ from mpi4py import MPI
 from torch import nn
 
 from fedhpc.runtime.context import Context
+from fedhpc.runtime.training import host_memory_gb
 
 PROBE_BYTES = 1 << 20
 PINGS = 5
@@ -37,8 +37,8 @@ def host_profile(ctx: Context, batches: int = 5) -> dict:
     for _ in range(batches):
         step()
     seconds = time.perf_counter() - t0
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"samples_per_s": batches * bs / max(seconds, 1e-9), "memory_gb": memory, "host": MPI.Get_processor_name()}
+    return {"samples_per_s": batches * bs / max(seconds, 1e-9), "memory_gb": host_memory_gb(),
+            "host": MPI.Get_processor_name()}
 
 
 def register(comm: MPI.Comm, ctx: Context) -> dict[int, dict] | None:

@@ -1,7 +1,8 @@
-"""Local training of one virtual client, identical whichever rank hosts it."""
+"""Local training of one virtual client, identical whichever rank or worker hosts it."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -12,19 +13,16 @@ from torch import nn
 from fedhpc.config import RunConfig
 from fedhpc.models import Layout
 from fedhpc.runtime.optim import FlatAdam, FlatSGD
+from fedhpc.seeds import SEED_TRAIN, derive_seed
 
 
 class Abandoned(Exception):
     """The orchestrator closed the round while this client was still training."""
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that depends only on ``parts`` (run seed, round, client, purpose)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-# distinct purposes, so that streams drawn for different things never coincide
-SEED_TRAIN, SEED_DROPOUT, SEED_CODEC, SEED_SELECT, SEED_PROFILE, SEED_PARTITION, SEED_FEDDROP, SEED_EVAL = range(1, 9)
+def host_memory_gb() -> float:
+    """This host's physical memory in GiB (what a trainer rank or a worker reports)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 class LocalTrainer:
@@ -118,12 +116,3 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) 
             loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
     return correct / max(len(y), 1), loss / max(len(y), 1)
-
-
-def wall_sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
-    """Sleep (to emulate a slow host in wall-clock mode) but wake up if the round closes."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if should_stop():
-            raise Abandoned
-        time.sleep(min(0.01, max(0.0, end - time.monotonic())))

@@ -1,0 +1,79 @@
+"""What every rank that hosts clients for rank 0 does: serve its commands.
+
+A :class:`HostRank` receives rank 0's broadcast commands
+(:mod:`fedhpc.runtime.messages`), the round's model with each
+:class:`~fedhpc.runtime.messages.RoundTask`, hands its clients' state over for
+checkpoints, tells rank 0 once about a stop signal, and accounts for every
+round when rank 0 closes it. What it does with a round's clients is its
+subclass's: :class:`~fedhpc.runtime.trainer.TrainerRank` trains them,
+:class:`~fedhpc.gateway.rank.GatewayRank` relays them to remote workers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from mpi4py import MPI
+
+from fedhpc.runtime import signals
+from fedhpc.runtime.context import Context
+from fedhpc.runtime.messages import Close, Done, RestoreState, RoundTask, SaveState, Stop
+from fedhpc.runtime.transport import Tag, bcast_array, recv_arrays, recv_object, send_arrays, wait_with_deadline
+
+
+class HostRank(ABC):
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int):
+        self.comm, self.ctx, self.job_id = comm, ctx, job_id
+        self.weights = np.empty(ctx.layout.size, dtype=np.float32)  # the round's global model
+        self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
+
+    @abstractmethod
+    def train_round(self, task: RoundTask) -> None:
+        """Work on the clients ``task`` assigns to this rank; end with :meth:`finish_round`."""
+
+    @abstractmethod
+    def client_states(self) -> dict[int, np.ndarray]:
+        """Each hosted client's error-feedback residual, for a checkpoint."""
+
+    @abstractmethod
+    def restore_states(self, states: dict[int, np.ndarray]) -> None:
+        """Take the residuals of a checkpoint back."""
+
+    def run(self) -> int:
+        """Serve rank 0's commands until it says stop; return the exit status it asks for."""
+        timeout = self.ctx.cfg.stragglers.timeout_s
+        while True:
+            self.forward_signal()
+            cmd = self.comm.bcast(None, root=0)
+            if isinstance(cmd, Stop):
+                return cmd.exit
+            if isinstance(cmd, SaveState):
+                send_arrays(self.comm, self.client_states(), 0, timeout)
+            elif isinstance(cmd, RestoreState):
+                self.restore_states(dict(recv_arrays(self.comm, 0, self.ctx.layout.size, timeout)))
+            elif isinstance(cmd, RoundTask):
+                bcast_array(self.comm, self.weights)
+                self.train_round(cmd)
+            else:
+                raise RuntimeError(f"rank {self.comm.rank}: unknown command from rank 0: {cmd!r}")
+
+    def round_closed(self) -> bool:
+        """Whether rank 0 has closed the round (its Close is waiting)."""
+        return self.comm.Iprobe(source=0, tag=Tag.CLOSE)
+
+    def forward_signal(self) -> None:
+        """Tell rank 0 once that this rank got SIGTERM/SIGUSR1: rank 0 decides when to stop."""
+        if signals.received() and not self.signals_sent:
+            self.comm.send(signals.received(), dest=0, tag=Tag.SIGNAL)
+            self.signals_sent = 1
+
+    def finish_round(self, done: Done, pending: list[MPI.Request]) -> None:
+        """Wait for rank 0 to close ``done.round``, account for it, and complete the ``pending`` sends."""
+        timeout = self.ctx.cfg.stragglers.timeout_s
+        self.forward_signal()
+        close: Close = recv_object(self.comm, 0, Tag.CLOSE, timeout, f"rank 0 to close round {done.round}")
+        if close.round != done.round:
+            raise RuntimeError(f"rank {self.comm.rank}: rank 0 closed round {close.round} while in round {done.round}")
+        self.comm.send(done, dest=0, tag=Tag.DONE)
+        wait_with_deadline(pending, timeout, f"rank 0 to receive round {done.round}'s updates")

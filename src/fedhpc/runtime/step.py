@@ -1,0 +1,147 @@
+"""The client step: the one place where a client turns the global model into an Update.
+
+Trainer ranks (:mod:`fedhpc.runtime.trainer`) and remote workers
+(:mod:`fedhpc.gateway.worker`) both call :meth:`ClientStep.run`, so nothing
+about a client's result depends on where it ran: simulated dropout, fault
+injection, federated dropout, partial work, local training, error feedback,
+encoding, the simulated completion time and sealing all happen here. Every
+random draw comes from (run seed, round, client, purpose). This module
+imports neither MPI nor gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from fedhpc.clock import Clock, client_round_seconds
+from fedhpc.compress import ErrorFeedback, get_codec
+from fedhpc.config import CodecConfig, RunConfig
+from fedhpc.models import Layout
+from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.runtime.training import Abandoned, LocalTrainer
+from fedhpc.seeds import SEED_CODEC, SEED_DROPOUT, derive_seed
+from fedhpc.types import ClientProfile
+from fedhpc.update import HEADER, BufferPool, Status, UpdateHeader, failure_update, seal_update
+
+log = logging.getLogger("fedhpc.step")
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """What a client is asked to do in a round."""
+
+    round: int
+    client: int
+    mu: float = 0.0  # FedProx proximal coefficient (0 = none)
+
+
+class ClientStep:
+    """Trains clients of one run and seals their Updates.
+
+    One object serves every client its rank or worker hosts: the trainer,
+    the optimizer, the delta buffer and the frame pool are reused, while each
+    client keeps its own error-feedback residual in :attr:`states`.
+    ``codec`` is the tier's codec config (``[codec]`` inside the job, the
+    gateway's on the WAN). ``train_s`` adds up the seconds spent in local
+    training since :meth:`begin_round`.
+    """
+
+    def __init__(self, cfg: RunConfig, job_id: int, model: nn.Module, layout: Layout, x: np.ndarray,
+                 y: np.ndarray, codec: CodecConfig, clock: Clock):
+        self.cfg, self.job_id, self.layout, self.clock = cfg, job_id, layout, clock
+        self.codec = get_codec(codec.name, **codec.params)
+        self.use_ef = codec.error_feedback and not self.codec.lossless
+        self.states: dict[int, ErrorFeedback] = {}
+        self.local = LocalTrainer(cfg, model, layout, x, y)
+        self.feddrop = FedDropout.for_run(cfg, model, layout)
+        self.delta = np.empty(layout.size, dtype=np.float32)  # reused by every client
+        self.frames = BufferPool()  # the round's encoded Updates
+        self.train_s = 0.0
+
+    def begin_round(self) -> None:
+        """Start a round: the previous round's frames are free again (their sends completed)."""
+        self.frames.reclaim()
+        self.train_s = 0.0
+
+    def run(self, task: ClientTask, weights: np.ndarray, indices: np.ndarray, profile: ClientProfile,
+            should_stop: Callable[[], bool], round_start: float) -> np.ndarray:
+        """Train ``task.client`` on the samples ``indices`` from the global ``weights``;
+        return its sealed Update: OK, DROPOUT (simulated) or ERROR (training raised).
+
+        ``should_stop()`` is polled between batches (the round closed: raises
+        :class:`~fedhpc.runtime.training.Abandoned`); ``round_start`` is the
+        monotonic time the round's model arrived, the origin of the
+        wall-clock partial-work cutoff.
+        """
+        cfg, r, cid = self.cfg, task.round, task.client
+        p = profile.dropout_prob
+        if p and np.random.default_rng(derive_seed(cfg.seed, r, cid, SEED_DROPOUT)).random() < p:
+            return failure_update(Status.DROPOUT, self.job_id, r, cid, "")
+        epochs = self.epochs(profile, len(indices))
+        st = cfg.stragglers
+        cutoff = self.clock.epoch_cutoff(round_start, st.deadline_s) if st.partial_work else math.inf
+
+        def after_epoch(seconds: float) -> bool:
+            # a slow host spends its extra time (wall clock: it sleeps, interruptibly) ...
+            if profile.speed < 1 and not self.clock.spend(seconds * (1 / profile.speed - 1), should_stop):
+                raise Abandoned
+            # ... and trains another epoch only if one as long still ends before the cutoff
+            return time.monotonic() + seconds / profile.speed <= cutoff
+
+        t0 = time.perf_counter()
+        try:
+            if cid in cfg.faults.error_clients:
+                raise RuntimeError(f"injected fault: client {cid} fails during training")
+            kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
+            mask = None if kept is None else self.feddrop.mask(kept)
+            try:
+                delta, loss = self.local.train(indices, weights, r, cid, task.mu, should_stop, mask, self.delta,
+                                               epochs, after_epoch)
+            finally:
+                self.train_s += time.perf_counter() - t0
+            payload = self.encode(r, cid, delta, kept)
+        except Abandoned:
+            raise
+        except Exception as exc:  # one client's failure is data for the orchestrator, not a crash
+            log.warning("round %d client %d failed: %s", r, cid, exc)
+            return failure_update(Status.ERROR, self.job_id, r, cid, f"{type(exc).__name__}: {exc}")
+        if cid in cfg.faults.corrupt_clients:
+            payload[HEADER.size + (payload.nbytes - HEADER.size) // 2] ^= 0xFF
+        compute = len(indices) * epochs * cfg.profiles.cost_per_sample_s
+        sim_s = client_round_seconds(profile, compute, 4 * self.layout.size, payload.nbytes - HEADER.size)
+        head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), loss, time.perf_counter() - t0, sim_s)
+        return seal_update(head, payload)
+
+    def epochs(self, profile: ClientProfile, samples: int) -> int:
+        """Epochs the client trains: ``local.epochs``, or under ``stragglers.partial_work``
+        what the clock lets fit before the deadline (the simulated clock computes it from
+        the client's speed; the wall clock decides epoch by epoch, in :meth:`run`)."""
+        cfg = self.cfg
+        if not cfg.stragglers.partial_work:
+            return cfg.local.epochs
+        per_epoch = samples * cfg.profiles.cost_per_sample_s / profile.speed
+        fixed = client_round_seconds(profile, 0.0, 4 * self.layout.size, self.codec.wire_size(self.layout.size))
+        return self.clock.planned_epochs(cfg.local.epochs, per_epoch, fixed, cfg.stragglers.deadline_s)
+
+    def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+        """Encode the client's delta (only the ``kept`` coordinates under federated
+        dropout) with its error-feedback state, which always spans the full model,
+        leaving room for the Update header in front of the frame."""
+        seed = derive_seed(self.cfg.seed, r, cid, SEED_CODEC)
+        state = self.states.setdefault(cid, ErrorFeedback(delta.size)) if self.use_ef else None
+        room = {"seed": seed, "headroom": HEADER.size, "alloc": self.frames.take}
+        if kept is None:
+            return self.codec.encode(delta, state, **room)
+        if state is None:
+            return self.codec.encode(delta[kept], None, **room)
+        sub = ErrorFeedback(kept.size, state.residual[kept])
+        payload = self.codec.encode(delta[kept], sub, **room)
+        state.residual[kept] = sub.residual
+        return payload

@@ -1,0 +1,116 @@
+"""The MPI transport: tags, chunked buffer transfer, and waits that always have a deadline.
+
+Models and Updates (:mod:`fedhpc.update`) move as raw buffers; only the small
+typed control messages of :mod:`fedhpc.runtime.messages` are pickled.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import IntEnum
+
+import numpy as np
+from mpi4py import MPI
+
+from fedhpc import env
+from fedhpc.errors import CorruptUpdateError
+from fedhpc.update import BufferPool, total_length
+
+
+class Tag(IntEnum):
+    UPDATE = 11  # trainer -> 0: an Update (possibly in several chunks)
+    CLOSE = 12  # 0 -> trainer: messages.Close, stop working on that round
+    DONE = 13  # trainer -> 0: messages.Done, its accounting of the round
+    SIGNAL = 14  # trainer -> 0: this rank received a stop signal (the count)
+    STATE = 15  # either way: client ids, then their error-feedback residuals (checkpoint / restore)
+    WORKERS = 16  # gateway -> 0 before the first round: messages.Workers, the connected workers
+
+
+def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[MPI.Request]:
+    """Start sending ``buf`` in messages of at most FEDHPC_MPI_CHUNK_BYTES (MPI keeps their order)."""
+    step = env.MPI_CHUNK_BYTES
+    return [comm.Isend(buf[a : a + step], dest=dest, tag=tag) for a in range(0, max(buf.nbytes, 1), step)]
+
+
+def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: float,
+                pool: BufferPool | None = None) -> np.ndarray:
+    """Receive the Update whose first chunk ``status`` (from Iprobe) describes,
+    into a buffer from ``pool`` when given.
+
+    Chunks beyond the first are awaited with a deadline; a sender that stops
+    midway raises TimeoutError rather than hanging the orchestrator.
+    """
+    src, tag = status.Get_source(), status.Get_tag()
+    alloc = (lambda n: np.empty(n, dtype=np.uint8)) if pool is None else pool.take
+    first = alloc(status.Get_count(MPI.BYTE))
+    comm.Recv(first, source=src, tag=tag)
+    total = total_length(first)
+    if total <= first.nbytes:
+        return first
+    if total > max_bytes:
+        # still drain the chunks so the sender's requests complete, but keep nothing
+        out = None
+    else:
+        out = alloc(total)
+        out[: first.nbytes] = first
+    got = first.nbytes
+    deadline = time.monotonic() + timeout_s
+    st = MPI.Status()
+    while got < total:
+        poll(lambda: comm.Iprobe(source=src, tag=tag, status=st), deadline - time.monotonic(),
+             f"the rest of an Update from rank {src} ({got} of {total} bytes came)")
+        n = st.Get_count(MPI.BYTE)
+        chunk = np.empty(n, dtype=np.uint8) if out is None or got + n > total else out[got : got + n]
+        comm.Recv(chunk, source=src, tag=tag)
+        got += n
+    if out is None:
+        raise CorruptUpdateError(f"Update from rank {src} is {total} bytes, more than the allowed {max_bytes}")
+    return out
+
+
+def bcast_array(comm: MPI.Comm, arr: np.ndarray, root: int = 0) -> None:
+    """Broadcast a contiguous array in place, in chunks of at most FEDHPC_MPI_CHUNK_BYTES."""
+    flat = arr.reshape(-1).view(np.uint8)
+    step = env.MPI_CHUNK_BYTES
+    for a in range(0, flat.nbytes, step):
+        comm.Bcast(flat[a : a + step], root=root)
+
+
+def send_arrays(comm: MPI.Comm, arrays: dict[int, np.ndarray], dest: int, timeout_s: float) -> None:
+    """Send {client id: float32 array}: the ids first, then each array in chunks."""
+    comm.send(sorted(arrays), dest=dest, tag=Tag.STATE)
+    for cid in sorted(arrays):
+        wait_with_deadline(isend_chunked(comm, arrays[cid], dest, Tag.STATE), timeout_s, f"rank {dest} to take state")
+
+
+def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
+    """Yield (client id, float32 array of n) as sent by :func:`send_arrays`."""
+    ids = recv_object(comm, source, Tag.STATE, timeout_s, f"state from rank {source}")
+    step = env.MPI_CHUNK_BYTES
+    for cid in ids:
+        out = np.empty(n, dtype=np.float32)
+        raw = out.view(np.uint8)
+        reqs = [comm.Irecv(raw[a : a + step], source=source, tag=Tag.STATE) for a in range(0, max(raw.nbytes, 1), step)]
+        wait_with_deadline(reqs, timeout_s, f"state from rank {source}")
+        yield cid, out
+
+
+def poll(ready, timeout_s: float, what: str) -> None:
+    """Call ``ready()`` until it is true, or raise TimeoutError naming ``what``:
+    the one way fedhpc waits on MPI, so that no wait is without a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {max(timeout_s, 0):.0f}s waiting for {what}")
+        time.sleep(0.0005)
+
+
+def recv_object(comm: MPI.Comm, source: int, tag: int, timeout_s: float, what: str):
+    """Receive a small pickled control message, or raise TimeoutError naming ``what``."""
+    poll(lambda: comm.Iprobe(source=source, tag=tag), timeout_s, what)
+    return comm.recv(source=source, tag=tag)
+
+
+def wait_with_deadline(requests: list[MPI.Request], timeout_s: float, what: str) -> None:
+    """Complete ``requests`` or raise TimeoutError naming ``what``."""
+    poll(lambda: MPI.Request.Testall(requests), timeout_s, what)

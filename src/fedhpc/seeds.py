@@ -1,0 +1,18 @@
+"""Seeds: every random draw of a run comes from (run seed, round, client, purpose).
+
+That is what makes a client's result independent of which rank hosts it, how
+many ranks there are and in which order updates arrive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on ``parts`` (run seed, round, client, purpose)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+# distinct purposes, so that streams drawn for different things never coincide
+SEED_TRAIN, SEED_DROPOUT, SEED_CODEC, SEED_SELECT, SEED_PROFILE, SEED_PARTITION, SEED_FEDDROP, SEED_EVAL = range(1, 9)
