@@ -45,7 +45,7 @@ def test_stopped_and_resumed_run_ends_with_the_same_model(straight, tmp_path):
 
 
 def test_a_second_signal_closes_a_round_that_would_not_end(tmp_path):
-    """The first signal lets the round finish; a second one (the scheduler's last warning) closes it now."""
+    """The first signal lets the round finish; a second one (SLURM's last warning) closes it now."""
     out = tmp_path / "run"
     cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out), "--set", "rounds=5",
            "--set", "clients.total=6", "--set", "clients.per_round=6", "--set", "profiles.slow_clients=[0, 1, 2, 3, 4, 5]",

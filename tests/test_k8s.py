@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedhpc.scheduler import SchedulerError, k8s
+from fedhpc.launch import LaunchError, k8s
 
 JOBS_K8S = Path(__file__).resolve().parents[1] / "jobs" / "k8s"
 
@@ -119,7 +119,7 @@ def test_render_refuses_what_cannot_work(creds, change, error):
     d = k8s.WorkerSet(connect="gw:50051", token_file=creds["token"])
     for key, value in change.items():
         setattr(d, key, value)
-    with pytest.raises(SchedulerError, match=error):
+    with pytest.raises(LaunchError, match=error):
         k8s.manifests(d)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import fedhpc_run, final_weights, metrics
 from fedhpc.errors import ConfigError
-from fedhpc.scheduler import SchedulerError, slurm
+from fedhpc.launch import LaunchError, slurm
 from slurm_cluster import ClusterError, SlurmCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_render_turns_options_into_directives_and_knobs(tmp_path):
     ({"nodes": 0}, "--nodes must be >= 1"),
 ])
 def test_render_refuses_what_cannot_run(tmp_path, change, error):
-    with pytest.raises(SchedulerError, match=error):
+    with pytest.raises(LaunchError, match=error):
         slurm.render(slurm.SlurmRequest(config=None, out=tmp_path, **change))
 
 
@@ -192,11 +192,11 @@ def test_missing_or_hung_slurm_commands_say_what_to_do(tmp_path, cli):
     for args in (["status", "12"], ["cancel", "12"], ["submit", "--out", str(tmp_path / "o")]):
         code, _, err = cli("slurm", *args, env=env)
         assert code == 2 and "is not on PATH" in err and "apt-get install slurm-client" in err, err
-    with pytest.raises(SchedulerError, match="did not answer within 0 s.*scontrol ping"):
+    with pytest.raises(LaunchError, match="did not answer within 0 s.*scontrol ping"):
         slurm.run_tool(["sleep", "5"], timeout=0.2)
 
 
-def test_every_scheduler_command_has_help(cli):
+def test_every_launch_command_has_help(cli):
     for args in (["slurm"], ["slurm", "render"], ["slurm", "submit"], ["slurm", "status"], ["slurm", "cancel"],
                  ["slurm", "add-workers"], ["k8s"], ["k8s", "render"], ["local"], ["local", "run"]):
         code, out, _ = cli(*args, "--help")

@@ -37,9 +37,9 @@ import sys
 import time
 from pathlib import Path
 
-from fedhpc.bench._jobs import optional_path, publish
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the benchmarks' shared helpers
+from _jobs import optional_path, publish  # noqa: E402
 ROOT = HERE.parent.parent
 FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
 CLIENTS, ROUNDS = 20, 30

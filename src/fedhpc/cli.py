@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="worker name")
     p.set_defaults(func=_cmd_certs)
 
-    from fedhpc.scheduler.cli import add_scheduler_commands
-    add_scheduler_commands(sub)
+    from fedhpc.launch.cli import add_launch_commands
+    add_launch_commands(sub)
 
     bench = sub.add_parser("bench", help="microbenchmarks to run on your own nodes")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 def add_data_commands(subparsers) -> None:
     """Add ``data prepare shakespeare`` to the ``fedhpc`` command's subparsers."""
-    from fedhpc.data.shakespeare_offline import SDIST, default_dir
+    from fedhpc.data.shakespeare import default_dir
+    from fedhpc.data.shakespeare_offline import SDIST
 
     data = subparsers.add_parser("data", help="prepare datasets (e.g. Shakespeare with no dataset download)")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

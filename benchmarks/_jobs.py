@@ -10,7 +10,7 @@ them one after the other through :func:`fedhpc.runtime.job.run_job`, the same
 function ``fedhpc run`` calls. Each job writes its usual ``OUT/`` (metrics.jsonl,
 config.toml, run.log ...) plus ``OUT/bench.json`` with its wall time on rank 0.
 
-    mpiexec -n 3 python -m mpi4py -m fedhpc.bench._jobs PLAN.json
+    mpiexec -n 3 python -m mpi4py benchmarks/_jobs.py PLAN.json
 
 A job whose ``OUT/bench.json`` exists and whose ``OUT/config.toml`` equals the
 planned config is skipped when the plan says ``"reuse": true``, so an
@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+
 # what every launch gets: one OpenMP/torch thread per rank (fedhpc sets torch's
 # own count from local.threads), and only warnings on the console: the
 # per-round lines still go to OUT/run.log
@@ -38,10 +40,15 @@ def mpiexec() -> str:
     return str(here) if here.exists() else "mpiexec"
 
 
-def launch(module: str, args: list[str], ranks: int, timeout: float | None = None) -> None:
-    """``mpiexec -n RANKS python -m mpi4py -m MODULE ARGS``; raise with the output's tail if it fails."""
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", module, *args]
-    env = dict(os.environ, **LAUNCH_ENV)
+def launch(script: Path, args: list[str], ranks: int, timeout: float | None = None) -> None:
+    """``mpiexec -n RANKS python -m mpi4py SCRIPT ARGS``; raise with the output's tail if it fails.
+
+    The benchmarks' directory is on every rank's ``PYTHONPATH``, so a job can
+    name a model factory of these scripts (``model.name = "paper:small_char_lstm"``).
+    """
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(script), *args]
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, **LAUNCH_ENV, PYTHONPATH=path)
     proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=None, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -51,7 +58,7 @@ def run_plan(jobs: list[dict], plan_path: Path, ranks: int, reuse: bool) -> None
     """Write the plan and run every job of it in one MPI launch."""
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps({"reuse": reuse, "jobs": jobs}, indent=1))
-    launch("fedhpc.bench._jobs", [str(plan_path)], ranks)
+    launch(Path(__file__), [str(plan_path)], ranks)
 
 
 def read_run(out: Path) -> tuple[list[dict], dict]:

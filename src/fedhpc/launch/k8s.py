@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedhpc.scheduler import SchedulerError
+from fedhpc.launch import LaunchError
 
 #: Where the Secret's files appear inside a worker pod.
 SECRET_MOUNT = "/etc/fedhpc"
@@ -49,13 +49,13 @@ class WorkerSet:
 
 
 def _check(d: WorkerSet) -> None:
-    from fedhpc.scheduler.slurm import check_worker_files
+    from fedhpc.launch.slurm import check_worker_files
 
     host, _, port = d.connect.rpartition(":")
     if not host or not port.isdigit():
-        raise SchedulerError(f"--connect must be HOST:PORT (the gateway address the pods can reach), got {d.connect!r}")
+        raise LaunchError(f"--connect must be HOST:PORT (the gateway address the pods can reach), got {d.connect!r}")
     if not 1 <= d.cpu_target <= 100:
-        raise SchedulerError(f"--cpu-target is a percentage of the CPU request, 1..100, got {d.cpu_target}")
+        raise LaunchError(f"--cpu-target is a percentage of the CPU request, 1..100, got {d.cpu_target}")
     check_worker_files(d.token_file, d.ca, d.cert, d.key)
 
 
@@ -70,11 +70,11 @@ def manifests(d: WorkerSet) -> dict[str, dict]:
     most = slots.stop - first if d.max_replicas is None else d.max_replicas
     replicas = min(d.replicas, most)
     if first not in slots or first + most - 1 not in slots:
-        raise SchedulerError(f"--max-replicas {most} pods from client {first} do not fit the job's remote client "
+        raise LaunchError(f"--max-replicas {most} pods from client {first} do not fit the job's remote client "
                              f"slots {slots.start}..{slots.stop - 1} ([gateway] clients = {cfg.gateway.clients} in "
                              f"the config); lower --max-replicas or raise gateway.clients")
     if not 1 <= d.min_replicas <= replicas <= most:
-        raise SchedulerError(f"need 1 <= --min-replicas ({d.min_replicas}) <= --replicas ({replicas}) <= "
+        raise LaunchError(f"need 1 <= --min-replicas ({d.min_replicas}) <= --replicas ({replicas}) <= "
                              f"--max-replicas ({most})")
     labels = {"app.kubernetes.io/name": "fedhpc-worker", "app.kubernetes.io/instance": d.name}
     meta = {"name": d.name, "labels": labels}

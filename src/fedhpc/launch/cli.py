@@ -10,8 +10,8 @@ from pathlib import Path
 from fedhpc.errors import FedHPCError
 
 
-def add_scheduler_commands(subparsers) -> None:
-    """Register the scheduler commands on the ``fedhpc`` command's subparsers."""
+def add_launch_commands(subparsers) -> None:
+    """Register the launch commands on the ``fedhpc`` command's subparsers."""
     _add_slurm(subparsers)
     _add_k8s(subparsers)
     _add_local(subparsers)
@@ -70,7 +70,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
 
 
 def _slurm_request(args: argparse.Namespace):
-    from fedhpc.scheduler.slurm import SlurmRequest, current_venv
+    from fedhpc.launch.slurm import SlurmRequest, current_venv
 
     return SlurmRequest(
         config=args.config, out=args.out, nodes=args.nodes, ntasks=args.ntasks, cpus_per_task=args.cpus_per_task,
@@ -81,14 +81,14 @@ def _slurm_request(args: argparse.Namespace):
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from fedhpc.scheduler import slurm
+    from fedhpc.launch import slurm
 
     sys.stdout.write(slurm.render(_slurm_request(args)))
     return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from fedhpc.scheduler import slurm
+    from fedhpc.launch import slurm
 
     job_id, out = slurm.submit(_slurm_request(args))
     print(job_id)
@@ -99,7 +99,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from fedhpc.scheduler import slurm
+    from fedhpc.launch import slurm
 
     info = slurm.status(args.job, args.out)
     print(json.dumps(info, indent=2) if args.json else slurm.format_status(info))
@@ -107,7 +107,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from fedhpc.scheduler import slurm
+    from fedhpc.launch import slurm
 
     print(slurm.cancel(args.job))
     return 0
@@ -115,21 +115,21 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 def _cmd_add_workers(args: argparse.Namespace) -> int:
     from fedhpc.config import load_config
-    from fedhpc.scheduler import slurm
+    from fedhpc.launch import slurm
 
     if (args.connect is None) == (args.run is None):
-        raise slurm.SchedulerError("give the gateway either as --connect HOST:PORT or as --run OUT (the job's run "
+        raise slurm.LaunchError("give the gateway either as --connect HOST:PORT or as --run OUT (the job's run "
                                    "directory, which holds gateway.address and config.toml)")
     connect = args.connect or slurm.gateway_address(args.run)
     config = args.config or (args.run / "config.toml" if args.run else None)
     if args.config is None and args.run and not config.is_file():
-        raise slurm.SchedulerError(f"{args.run} has no config.toml yet: the job's ranks write it as they start; "
+        raise slurm.LaunchError(f"{args.run} has no config.toml yet: the job's ranks write it as they start; "
                                    f"retry in a few seconds, or give the job's config with --config")
     cfg = load_config(config)
     first = cfg.clients.total if args.first_client is None else args.first_client
     slots = range(cfg.clients.total, cfg.clients.total + cfg.gateway.clients)
     if first not in slots or first + args.count - 1 not in slots:
-        raise slurm.SchedulerError(f"--count {args.count} workers from client {first} do not fit the job's remote "
+        raise slurm.LaunchError(f"--count {args.count} workers from client {first} do not fit the job's remote "
                                    f"client slots {slots.start}..{slots.stop - 1} ([gateway] clients = "
                                    f"{cfg.gateway.clients}); add fewer, or raise gateway.clients in the next run")
     req = slurm.WorkerRequest(
@@ -221,7 +221,7 @@ def _add_slurm(subparsers) -> None:
 # k8s
 
 def _cmd_k8s_render(args: argparse.Namespace) -> int:
-    from fedhpc.scheduler import k8s
+    from fedhpc.launch import k8s
 
     d = k8s.WorkerSet(
         connect=args.connect, token_file=args.token_file, ca=args.ca, cert=args.cert, key=args.key,
@@ -282,7 +282,7 @@ def _add_k8s(subparsers) -> None:
 
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from fedhpc.config import load_config
-    from fedhpc.scheduler import local
+    from fedhpc.launch import local
 
     cmd = local.command(args.n, args.config, args.out, args.set, args.resume)
     if args.dry_run:

