@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 NP     ?= 5
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-unit test-mpi bench clean
+.PHONY: setup demo test test-unit test-mpi test-e2e test-slurm lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,25 @@ $(VENV)/.installed: $(VENV)/.build-tools pyproject.toml CMakeLists.txt $(wildcar
 demo: setup
 	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m fedhpc run --out runs/demo
 
-test: setup
+# the README's test command: the linter, the type checker, then every tier
+test: lint
 	$(BIN)/python -m pytest tests -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test-unit: setup
+	$(BIN)/python -m pytest tests -q -m unit
+
+test-mpi: setup
+	$(BIN)/python -m pytest tests -q -m mpi
+
+test-e2e: setup
+	$(BIN)/python -m pytest tests -q -m e2e
+
+test-slurm: setup
+	$(BIN)/python -m pytest tests -q -m slurm
 
 bench: setup
 	$(BIN)/python benchmarks/kernels.py --json benchmarks/results/kernels.json

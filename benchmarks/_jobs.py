@@ -107,7 +107,7 @@ def _worker(plan_path: Path) -> int:
     for i, job in enumerate(plan["jobs"]):
         out = Path(job["out"])
 
-        def go():
+        def go(job=job, out=out):
             cfg = load_config(None, job["sets"])
             done = None
             if comm.rank == 0:

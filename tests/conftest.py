@@ -1,4 +1,13 @@
-"""Shared helpers: launching real MPI jobs from pytest."""
+"""Shared helpers: launching real MPI jobs from pytest; the test tiers.
+
+Every test belongs to exactly one tier, by its marker (``make test-unit`` and
+friends select them; collection fails for a test without one):
+
+* ``unit``: in-process (real gRPC over loopback included), no MPI job: the whole tier runs in well under a minute;
+* ``mpi``: the multi-rank unit tests of ``tests/mpi`` under a real ``mpiexec``;
+* ``e2e``: real jobs: ``mpiexec ... fedhpc run``, gateways with worker processes, the benchmark scripts;
+* ``slurm``: jobs on the real one-node SLURM cluster the tests start (``tests/slurm_cluster.py``).
+"""
 
 import json
 import os
@@ -49,3 +58,15 @@ def final_weights(out: Path) -> np.ndarray:
 @pytest.fixture
 def out(tmp_path):
     return tmp_path / "run"
+
+
+TIERS = ("unit", "mpi", "e2e", "slurm")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test whose tier is missing or ambiguous, so the tiers stay true."""
+    wrong = [f"{item.nodeid}: {tiers or 'no tier'}" for item in items
+             if len(tiers := sorted({m.name for m in item.iter_markers() if m.name in TIERS})) != 1]
+    if wrong:
+        raise pytest.UsageError("every test needs exactly one of the markers " + ", ".join(TIERS) + ":\n  "
+                                + "\n  ".join(wrong))

@@ -118,7 +118,7 @@ class SlurmCluster:
         self.env["SLURM_CONF"] = str(self.conf)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self, timeout: float = 90) -> "SlurmCluster":
+    def start(self, timeout: float = 90) -> SlurmCluster:
         install_slurm()
         for d in ("munge", "state", "spool"):
             (self.root / d).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 KEYS = {"kernel", "n", "seconds", "gbps", "baseline", "baseline_seconds", "speedup", "copy_gbps", "roof_fraction"}
 
 

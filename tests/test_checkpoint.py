@@ -12,6 +12,8 @@ import pytest
 from conftest import MPIEXEC, fedhpc_run, final_weights, metrics, mpi_env
 from fedhpc.checkpoint import Checkpoint, CheckpointError, list_checkpoints
 
+pytestmark = pytest.mark.e2e
+
 # everything that draws random numbers or keeps state is on
 FULL = ["clock=simulated", "faults.dropout_prob=0.2", "stragglers.fastest_k=6", "profiles.speed_sigma=0.5",
         "codec.name=topk-int8", "codec.ratio=0.1", "codec.stochastic=true", "selection.name=adaptive",

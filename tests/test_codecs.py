@@ -9,6 +9,8 @@ from fedhpc import kernels as K
 from fedhpc.compress import CODECS, ErrorFeedback, get_codec, wire
 from fedhpc.errors import CorruptUpdateError
 
+pytestmark = pytest.mark.unit
+
 ALL = sorted(CODECS)
 
 

@@ -5,6 +5,8 @@ import pytest
 from fedhpc.config import load_config, save_config
 from fedhpc.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_embedded_demo():
     cfg = load_config()

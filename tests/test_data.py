@@ -16,6 +16,8 @@ from fedhpc.data.partition import PARTITIONERS, partition, summary
 from fedhpc.data.shakespeare import VOCAB
 from fedhpc.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 Y = load_dataset(DataConfig()).y_train
 
 
@@ -232,7 +234,7 @@ def test_shakespeare_reads_leaf_json_with_one_user_per_role(tmp_path):
     d = load_dataset(DataConfig(name="shakespeare", root=str(tmp_path)))
     assert d.x_train.shape == (55, 80) and d.x_train.dtype == np.uint8 and d.x_test.shape == (11, 80)
     assert d.num_classes == 80 and d.users == list(train)
-    for g, (user, (x, y)) in enumerate(written["train"].items()):
+    for g, (x, y) in enumerate(written["train"].values()):
         rows = np.flatnonzero(d.groups == g)
         assert [decode(r) for r in d.x_train[rows]] == x and "".join(VOCAB[i] for i in d.y_train[rows]) == "".join(y)
     parts = partition(d.y_train, 4, "natural", seed=0, groups=d.groups)

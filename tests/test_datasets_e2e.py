@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import fedhpc_run, final_weights, metrics
 from datafiles import tiny_play, write_cifar10, write_leaf_shakespeare, write_medmnist, write_sdist
 
@@ -14,6 +15,8 @@ from fedhpc.config import DataConfig, load_config
 from fedhpc.data import load_dataset
 from fedhpc.data.partition import summary
 from fedhpc.runtime.context import build_context
+
+pytestmark = pytest.mark.e2e
 
 QUICK = ["rounds=2", "local.epochs=1", "local.batch_size=16", "local.lr=0.01"]
 

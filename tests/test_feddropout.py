@@ -1,15 +1,18 @@
 """Structured federated dropout: the masked full model trains exactly the smaller network."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from fedhpc.config import load_config
 from fedhpc.models import Layout
-from fedhpc.runtime.training import LocalTrainer
 from fedhpc.runtime.feddropout import FedDropout, droppable
+from fedhpc.runtime.training import LocalTrainer
 from fedhpc.strategy import get_strategy
 from fedhpc.types import ClientResult, RoundOutcome
+
+pytestmark = pytest.mark.unit
 
 
 def mlp():
@@ -50,9 +53,11 @@ def test_masked_training_equals_training_the_sub_network():
                         nn.Linear(len(h2), 3))
     ref = mlp()
     with torch.no_grad():
-        sub[1].weight.copy_(ref[1].weight[h1]); sub[1].bias.copy_(ref[1].bias[h1])
-        sub[3].weight.copy_(ref[3].weight[h2][:, h1]); sub[3].bias.copy_(ref[3].bias[h2])
-        sub[5].weight.copy_(ref[5].weight[:, h2]); sub[5].bias.copy_(ref[5].bias)
+        for layer, weight, bias in ((1, ref[1].weight[h1], ref[1].bias[h1]),
+                                    (3, ref[3].weight[h2][:, h1], ref[3].bias[h2]),
+                                    (5, ref[5].weight[:, h2], ref[5].bias)):
+            sub[layer].weight.copy_(weight)
+            sub[layer].bias.copy_(bias)
     sub_layout = Layout(sub)
     start = sub_layout.flatten(sub)
     sub_delta, sub_loss = LocalTrainer(cfg, sub, sub_layout, x, y).train(np.arange(12), start, 0, 0, 0.0,

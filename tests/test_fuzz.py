@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 
 def test_decode_survives_thousands_of_mutated_frames():
     proc = subprocess.run(

@@ -5,7 +5,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
 import h5py
@@ -23,6 +22,7 @@ from fedhpc.update import Status, UpdateHeader, pack_update, unpack_update
 JOB = 4242
 
 
+@pytest.mark.unit
 def test_committed_stubs_match_the_proto(tmp_path):
     for f in generate(tmp_path):
         assert f.read_text() == (HERE / f.name).read_text(), f"{f.name} is stale: run python -m fedhpc.gateway.stubs"
@@ -71,6 +71,7 @@ def register(stub, md, client=-1, samples=5):
                                             num_samples=samples), metadata=md, timeout=10)
 
 
+@pytest.mark.unit
 def test_calls_without_or_with_a_wrong_token_are_refused(pki, gateway):
     srv, addr = gateway
     stub = pb_grpc.GatewayStub(channel(pki, addr))
@@ -81,6 +82,7 @@ def test_calls_without_or_with_a_wrong_token_are_refused(pki, gateway):
     assert register(stub, token(pki)).client_id == 10
 
 
+@pytest.mark.unit
 def test_a_certificate_from_another_ca_or_no_tls_cannot_connect(pki, gateway):
     srv, addr = gateway
     for ch in (channel(pki, addr, "intruder", pki / "other"), grpc.insecure_channel(addr)):
@@ -90,6 +92,7 @@ def test_a_certificate_from_another_ca_or_no_tls_cannot_connect(pki, gateway):
     assert srv.connected() == {}
 
 
+@pytest.mark.unit
 def test_slots_are_handed_out_and_run_out(pki, gateway):
     srv, addr = gateway
     s1 = pb_grpc.GatewayStub(channel(pki, addr, "w1"))
@@ -103,6 +106,7 @@ def test_slots_are_handed_out_and_run_out(pki, gateway):
     assert sorted(srv.connected()) == [10, 11]
 
 
+@pytest.mark.unit
 def test_a_100_mb_model_and_update_stream_in_chunks(pki, gateway):
     srv, addr = gateway
     srv.max_update_bytes = 110 << 20
@@ -131,6 +135,7 @@ def push(stub, session, rnd, data):
                            timeout=10)
 
 
+@pytest.mark.unit
 def test_bad_updates_are_refused_and_reported_as_the_clients_failure(pki, gateway):
     """Each refused push fails its client's open task: rank 0 gets a REJECTED failure saying why,
     never the update itself; a push without an open task is refused and reported to nobody."""
@@ -177,6 +182,7 @@ def test_bad_updates_are_refused_and_reported_as_the_clients_failure(pki, gatewa
     assert "not open" in push(stub, reg.session, 1, update()).reason  # late: the round has closed
 
 
+@pytest.mark.unit
 def test_a_worker_must_declare_a_sample_count_within_the_cap(pki, gateway):
     srv, addr = gateway
     stub = pb_grpc.GatewayStub(channel(pki, addr))
@@ -189,6 +195,7 @@ def test_a_worker_must_declare_a_sample_count_within_the_cap(pki, gateway):
     assert srv.connected()[10].num_samples == 1000
 
 
+@pytest.mark.unit
 def test_rate_limit_per_worker(pki, gateway):
     srv, addr = gateway
     srv.limiter.rate, srv.limiter.burst = 2.0, 4.0
@@ -203,6 +210,7 @@ def test_rate_limit_per_worker(pki, gateway):
     assert codes[:3] == ["ok"] * 3 and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
 
 
+@pytest.mark.unit
 def test_a_silent_worker_holding_a_task_is_reported_lost(pki, gateway):
     srv, addr = gateway
     stub = pb_grpc.GatewayStub(channel(pki, addr))
@@ -255,6 +263,7 @@ def start_worker(pki, port, who, client, shard, **env):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env(**env))
 
 
+@pytest.mark.e2e
 def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
     port = free_port()
     out = tmp_path / "run"
@@ -263,7 +272,10 @@ def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
     w1 = start_worker(pki, port, "w1", 5, "0/2")
     w2 = start_worker(pki, port, "w2", 6, "1/2")
-    lines = lambda: len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").exists() else 0
+
+    def lines():
+        return len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").exists() else 0
+
     deadline = time.monotonic() + 180
     while lines() < 4:
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()
@@ -307,6 +319,7 @@ def no_mpi4py(tmp_path) -> dict:
     return {"PYTHONPATH": str(d)}
 
 
+@pytest.mark.e2e
 def test_the_worker_imports_and_runs_without_mpi4py(tmp_path):
     env = mpi_env(**no_mpi4py(tmp_path))
     blocked = subprocess.run([sys.executable, "-c", "import mpi4py"], capture_output=True, text=True, env=env)
@@ -319,6 +332,7 @@ def test_the_worker_imports_and_runs_without_mpi4py(tmp_path):
     assert proc.returncode == 0 and "--connect" in proc.stdout, proc.stderr
 
 
+@pytest.mark.e2e
 def test_hybrid_federated_dropout_with_workers_that_have_no_mpi(pki, tmp_path):
     """Workers do federated dropout exactly as trainer ranks do (the same client step), so rank 0
     decodes their sub-model updates; the workers run where mpi4py cannot be imported."""

@@ -13,6 +13,8 @@ import pytest
 
 from fedhpc.launch import LaunchError, k8s
 
+pytestmark = pytest.mark.unit
+
 JOBS_K8S = Path(__file__).resolve().parents[1] / "jobs" / "k8s"
 
 # the placeholder credentials jobs/k8s/ was rendered from (see the README, "Running on clusters")
@@ -97,7 +99,7 @@ def test_each_pod_takes_its_own_remote_client_slot(tmp_path, creds):
     for pod, slot in (("fedhpc-worker-0", 20), ("fedhpc-worker-3", 23)):
         env = {"POD_NAME": pod, "FEDHPC_FIRST_CLIENT": "20", "PATH": f"{fake}:/usr/bin:/bin"}
 
-        def expand(s):
+        def expand(s, env=env):
             return re.sub(r"\$\$|\$\((\w+)\)", lambda m: "$" if m.group(0) == "$$" else env[m.group(1)], s)
 
         argv = [expand(a) for a in container["command"] + container["args"]]

@@ -21,6 +21,8 @@ from hypothesis.extra import numpy as hnp
 
 from fedhpc import _kernels as K
 
+pytestmark = pytest.mark.unit
+
 F32, F16, U8, U16, U32 = np.float32, np.float16, np.uint8, np.uint16, np.uint32
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = st.integers(0, 2**63 - 1)

@@ -15,6 +15,8 @@ from fedhpc.runtime.training import LocalTrainer
 from fedhpc.seeds import SEED_TRAIN, derive_seed
 from fedhpc.runtime.feddropout import FedDropout, droppable
 
+pytestmark = pytest.mark.unit
+
 # name -> (sample shape, classes, input dtype, parameters)
 CASES = {
     "mlp": ((64,), 10, torch.float32, 64 * 64 + 64 + 64 * 10 + 10),

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import mpirun
 
+pytestmark = pytest.mark.mpi
+
 MPI_DIR = Path(__file__).with_name("mpi")
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import fedhpc_run, final_weights, metrics
 
+pytestmark = pytest.mark.e2e
+
 SMALL = ["rounds=4", "clients.total=12", "clients.per_round=8", "local.epochs=1"]
 
 

@@ -6,6 +6,8 @@ import pytest
 from fedhpc.selection import SELECTORS, get_selector
 from fedhpc.types import ClientFailure, ClientHistory, ClientProfile, ClientResult, RoundOutcome
 
+pytestmark = pytest.mark.unit
+
 
 def rng(seed=0):
     return np.random.default_rng(seed)

@@ -65,6 +65,7 @@ def wait_until(ready, timeout: float, what: str, on_fail=lambda: "") -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Without SLURM: the scripts and what `fedhpc slurm` renders
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(SCRIPT_KINDS))
 def test_job_scripts_share_the_rendered_launch_code_and_document_every_knob(name):
     text = (JOBS / "slurm" / f"{name}.sbatch").read_text()
@@ -80,6 +81,7 @@ def test_job_scripts_share_the_rendered_launch_code_and_document_every_knob(name
     assert os.access(JOBS / "slurm" / f"{name}.sbatch", os.X_OK)
 
 
+@pytest.mark.unit
 def test_render_turns_options_into_directives_and_knobs(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text("rounds = 7\n")
@@ -118,11 +120,13 @@ def test_render_turns_options_into_directives_and_knobs(tmp_path):
     ({"sets": ["data.root=/my data"]}, "cannot contain spaces"),
     ({"nodes": 0}, "--nodes must be >= 1"),
 ])
+@pytest.mark.unit
 def test_render_refuses_what_cannot_run(tmp_path, change, error):
     with pytest.raises(LaunchError, match=error):
         slurm.render(slurm.SlurmRequest(config=None, out=tmp_path, **change))
 
 
+@pytest.mark.unit
 def test_render_checks_the_config_before_anything_is_queued(tmp_path, cli):
     with pytest.raises(ConfigError, match="local.lrr"):
         slurm.render(slurm.SlurmRequest(config=None, out=tmp_path, sets=["local.lrr=0.1"]))
@@ -130,6 +134,7 @@ def test_render_checks_the_config_before_anything_is_queued(tmp_path, cli):
     assert code == 2 and "fedhpc slurm render: error: config file" in err
 
 
+@pytest.mark.unit
 def test_gpu_layout_puts_rank_0_on_the_cpu_and_one_rank_per_gpu(tmp_path):
     """The host list and the per-rank GPU choice of gpu.sbatch, run with a stand-in scontrol."""
     bin_dir = tmp_path / "bin"
@@ -158,6 +163,7 @@ def test_gpu_layout_puts_rank_0_on_the_cpu_and_one_rank_per_gpu(tmp_path):
     assert gpu_of(4, 1, 1, visible="4,5") == "[5]"  # an index into the GPUs SLURM gave the node
 
 
+@pytest.mark.unit
 def test_add_workers_gives_each_task_its_own_slot_and_shard(tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
@@ -187,6 +193,7 @@ def test_add_workers_gives_each_task_its_own_slot_and_shard(tmp_path, cli):
     assert code == 2 and "no such file" in err
 
 
+@pytest.mark.unit
 def test_missing_or_hung_slurm_commands_say_what_to_do(tmp_path, cli):
     env = dict(os.environ, PATH=str(tmp_path))  # no SLURM client commands at all
     for args in (["status", "12"], ["cancel", "12"], ["submit", "--out", str(tmp_path / "o")]):
@@ -196,6 +203,7 @@ def test_missing_or_hung_slurm_commands_say_what_to_do(tmp_path, cli):
         slurm.run_tool(["sleep", "5"], timeout=0.2)
 
 
+@pytest.mark.unit
 def test_every_launch_command_has_help(cli):
     for args in (["slurm"], ["slurm", "render"], ["slurm", "submit"], ["slurm", "status"], ["slurm", "cancel"],
                  ["slurm", "add-workers"], ["k8s"], ["k8s", "render"], ["local"], ["local", "run"]):
@@ -206,6 +214,7 @@ def test_every_launch_command_has_help(cli):
 # ---------------------------------------------------------------------------------------------------------------
 # A workstation run
 
+@pytest.mark.e2e
 def test_local_mpirun_script_runs_a_job(tmp_path, cli):
     out = tmp_path / "run"
     env = dict(os.environ, NP="2", FEDHPC_VENV=sys.prefix, FEDHPC_SET=" ".join(FAST + ["rounds=2"]))
@@ -271,6 +280,7 @@ def release(cluster, job_id: str) -> None:
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
+@pytest.mark.slurm
 def test_cpu_sbatch_runs_to_completed_with_its_metrics(cluster, tmp_path, cli):
     job = sbatch(cluster, JOBS / "slurm" / "cpu.sbatch", tmp_path, "--ntasks=2",
                  FEDHPC_SET=" ".join(FAST + ["rounds=3"]))
@@ -285,6 +295,7 @@ def test_cpu_sbatch_runs_to_completed_with_its_metrics(cluster, tmp_path, cli):
     assert f"job {job}: COMPLETED" in status and "round 3 of 3" in status and "final_weights.npy written" in status
 
 
+@pytest.mark.slurm
 def test_preemptible_job_signalled_and_requeued_ends_with_the_uninterrupted_model(cluster, tmp_path):
     sets = FAST + ["rounds=250", "seed=3"]
     straight = tmp_path / "straight"
@@ -330,6 +341,7 @@ def test_preemptible_job_signalled_and_requeued_ends_with_the_uninterrupted_mode
     assert final_weights(out).tobytes() == final_weights(straight).tobytes()
 
 
+@pytest.mark.slurm
 def test_submit_status_cancel(cluster, tmp_path, cli):
     config = tmp_path / "run.toml"
     config.write_text("rounds = 100000\nclock = \"simulated\"\n")

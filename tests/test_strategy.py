@@ -9,6 +9,8 @@ import pytest
 from fedhpc.strategy import STRATEGIES, get_strategy
 from fedhpc.types import ClientFailure, ClientResult, RoundOutcome
 
+pytestmark = pytest.mark.unit
+
 N = 257  # model size: odd, so nothing lines up with a vector width by accident
 ALL = sorted(STRATEGIES)
 

@@ -17,7 +17,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
     from fedhpc.config import load_config, load_config_text

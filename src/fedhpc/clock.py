@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from typing import ClassVar
+from collections.abc import Callable
 
 from fedhpc.types import ClientProfile
 

@@ -17,6 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import tomli_w
@@ -382,7 +383,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML file (or the defaults when ``path`` is None), apply ``--set``
     overrides, validate, and check that the named plugins accept their params."""
     if path is None:
@@ -394,7 +395,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return load_config_text(text, overrides, source=f"config file '{path}'")
 
 
-def load_config_text(text: str, overrides: list[str] = (), source: str = "config") -> RunConfig:
+def load_config_text(text: str, overrides: Sequence[str] = (), source: str = "config") -> RunConfig:
     """Like :func:`load_config` for TOML text (e.g. the config stored in a checkpoint)."""
     try:
         raw = tomllib.loads(text)

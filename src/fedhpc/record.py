@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Any
+
 import h5py
 import numpy as np
 
@@ -32,7 +34,8 @@ class RunRecord:
         self.file = h5py.File(path, "a")
         self.clients = clients
         str_dtype = h5py.string_dtype()
-        specs = [(f"rounds/{k}", np.float64, ()) for k in _FLOAT] + [(f"rounds/{k}", np.int64, ()) for k in _INT]
+        specs: list[tuple[str, Any, tuple[int, ...]]] = [(f"rounds/{k}", np.float64, ()) for k in _FLOAT]
+        specs += [(f"rounds/{k}", np.int64, ()) for k in _INT]
         specs += [("rounds/failures", str_dtype, ())] + [(f"clients/{k}", t, (clients,)) for k, t in _CLIENT.items()]
         for name, dtype, tail in specs:
             if name not in self.file:

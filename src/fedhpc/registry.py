@@ -72,7 +72,7 @@ def check_number(
         raise error
     if integer and not float(value).is_integer():
         raise error
-    number = int(value) if integer else float(value)
+    number = int(float(value)) if integer else float(value)
     if not math.isfinite(number):
         raise error
     if lo is not None and (number < lo or (lo_open and number == lo)):

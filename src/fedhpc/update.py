@@ -68,7 +68,7 @@ class BufferPool:
 
     PAGE = 4096
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.free: dict[int, list[np.ndarray]] = {}
         self.lent: list[np.ndarray] = []
 

@@ -10,6 +10,7 @@ machine's roof. Backs both ``benchmarks/kernels.py`` and ``fedhpc bench kernels`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -128,8 +129,8 @@ def run(sizes, kernels, threads: int, repeats: int, progress=print) -> list[Reco
         # The roof: a copy into a new array, the same work pattern as a kernel that
         # returns a new array (first-touch page faults included); the copy into a
         # preallocated array is recorded beside it.
-        copy_gbps = 8 * n / best_time(lambda: src.copy(), repeats) / 1e9
-        copyto_gbps = 8 * n / best_time(lambda: np.copyto(dst, src), repeats) / 1e9
+        copy_gbps = 8 * n / best_time(src.copy, repeats) / 1e9
+        copyto_gbps = 8 * n / best_time(functools.partial(np.copyto, dst, src), repeats) / 1e9
         progress(f"n={n:,}: memory copy {copy_gbps:.2f} GB/s into a new array, {copyto_gbps:.2f} GB/s into an "
                  "existing one (read+write)")
         for name, ours, base_name, base, nbytes in cases(n, rng):

@@ -1,6 +1,6 @@
 """Shared implementation of the 16-bit float casts (fp16, bf16)."""
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
 
 import numpy as np
 
@@ -10,8 +10,8 @@ from fedhpc.compress.base import DenseCodec, expect_body
 class HalfCodec(DenseCodec):
     """Cast to a 16-bit float format with round-to-nearest-even."""
 
-    _to: ClassVar[Callable[[np.ndarray], np.ndarray]]  # float32 -> uint16 bits
-    _from: ClassVar[Callable[[np.ndarray], np.ndarray]]  # uint16 bits -> float32
+    _to: Callable[[np.ndarray], np.ndarray]  # float32 -> uint16 bits (a staticmethod)
+    _from: Callable[[np.ndarray], np.ndarray]  # uint16 bits -> float32 (a staticmethod)
 
     def _encode_dense(self, x, seed):
         return (), [self._to(x)]

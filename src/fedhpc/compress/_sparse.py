@@ -18,6 +18,7 @@ class SparseCodec(Codec):
         """Number of values kept of an n-element vector."""
         if self.k is not None:
             return min(self.k, n)
+        assert self.ratio is not None  # check_ratio_k gives one of the two
         return min(n, max(1, int(round(self.ratio * n)))) if n else 0
 
     def describe(self):

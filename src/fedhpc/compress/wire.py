@@ -21,7 +21,8 @@ instead of decoding to a plausible but wrong vector.
 from __future__ import annotations
 
 import struct
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 

@@ -144,7 +144,7 @@ def _samples(path: Path, blob: dict, user) -> tuple[str, str]:
             joined.append("".join(items))
             bad = np.flatnonzero(lengths != size)
         except TypeError:  # an item that is not a string
-            bad = [next(i for i, s in enumerate(items) if not isinstance(s, str))]
+            bad = np.array([next(i for i, s in enumerate(items) if not isinstance(s, str))])
         if len(bad):
             raise ConfigError(f"LEAF file '{path}': user {user!r} {what}[{bad[0]}] is {items[bad[0]]!r}; every {what} "
                               f"must be a string of {size} character{'s' if size > 1 else ''} ({FORMAT})")

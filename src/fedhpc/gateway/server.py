@@ -16,6 +16,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 
@@ -195,7 +196,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         worker = self.tokens.get(token) if token else None
         if worker is None:
             log.warning("refused a call from %s: %s token", context.peer(), "wrong" if token else "no")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (x-fedhpc-token)")
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (x-fedhpc-token)")
         if not self.limiter.allow(worker):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"worker {worker}: too many calls per second")
         return worker
@@ -204,7 +205,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         with self.lock:
             s = self.sessions.get(sid)
             if s is None or s.worker != worker:
-                context.abort(grpc.StatusCode.NOT_FOUND, "unknown or expired session: register again")
+                _abort(context, grpc.StatusCode.NOT_FOUND, "unknown or expired session: register again")
             s.last_seen = time.monotonic()
             return s
 
@@ -317,7 +318,13 @@ class GatewayServer(pb_grpc.GatewayServicer):
         return pb.HeartbeatReply(payload=request.payload[:CHUNK_BYTES])
 
 
-def _profile(base: RemoteProfile, p: pb.Profile) -> RemoteProfile:
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End the call with ``code`` (``context.abort`` raises; this says so to the type checker)."""
+    context.abort(code, details)
+    raise AssertionError("unreachable: grpc's abort raises")
+
+
+def _profile(base: RemoteProfile, p) -> RemoteProfile:
     """``base`` with the measurements of ``p``."""
     return dataclasses.replace(base, samples_per_s=p.samples_per_s, memory_gb=p.memory_gb,
                                bandwidth_mbps=p.bandwidth_mbps, latency_ms=p.latency_ms)

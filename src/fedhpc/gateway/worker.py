@@ -89,6 +89,12 @@ class Worker:
         log.info("registered as client %d of job %d (%d samples, codec %s, %.0f samples/s, %.1f Mbit/s)",
                  self.client, self.job, len(self.indices), wan.name, profile.samples_per_s, profile.bandwidth_mbps)
 
+    def client_step(self) -> ClientStep:
+        """The client step built at registration."""
+        if self.step is None:
+            raise RuntimeError("the worker has not registered yet")
+        return self.step
+
     def probe_link(self) -> pb.Profile:
         """Latency from an empty echo, bandwidth from a 256 KiB echo, and this host's memory."""
         def echo(n: int) -> float:
@@ -103,7 +109,7 @@ class Worker:
 
     def measure_throughput(self) -> float:
         """Samples per second of local training on a few batches (the weights are left alone)."""
-        local = self.step.local
+        local = self.client_step().local
         n = min(len(self.indices), 4 * self.cfg.local.batch_size)
         weights = self.layout.flatten(local.model)
         t0 = time.perf_counter()
@@ -148,8 +154,9 @@ class Worker:
             raise ValueError(f"the job's model has {len(model) // 4} parameters but the model built for this "
                              f"worker's data ({self.args.data}) has {self.layout.size}: use data of the same shape")
         weights = np.frombuffer(model, dtype=np.float32)
-        self.step.begin_round()
-        frame = self.step.run(ClientTask(task.round, task.client_id, task.mu), weights, self.indices, self.profile,
+        step = self.client_step()
+        step.begin_round()
+        frame = step.run(ClientTask(task.round, task.client_id, task.mu), weights, self.indices, self.profile,
                               lambda: False, start)
         buf = frame.tobytes()
         chunks = (pb.UpdateChunk(session=self.session, round=task.round, data=buf[a : a + CHUNK_BYTES])

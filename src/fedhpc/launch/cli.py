@@ -122,7 +122,7 @@ def _cmd_add_workers(args: argparse.Namespace) -> int:
                                    "directory, which holds gateway.address and config.toml)")
     connect = args.connect or slurm.gateway_address(args.run)
     config = args.config or (args.run / "config.toml" if args.run else None)
-    if args.config is None and args.run and not config.is_file():
+    if args.config is None and config is not None and not config.is_file():
         raise slurm.LaunchError(f"{args.run} has no config.toml yet: the job's ranks write it as they start; "
                                    f"retry in a few seconds, or give the job's config with --config")
     cfg = load_config(config)

@@ -44,9 +44,10 @@ class Context:
         return list(range(self.cfg.clients.total)) + self.remote_clients
 
     def host_of(self, client: int) -> int:
-        """The rank hosting ``client``: fixed for the run, so its state stays in one place."""
+        """The rank hosting ``client``: fixed for the run, so its state stays in one place
+        (-1 for an id beyond the MPI clients in a run without a gateway: nobody hosts it)."""
         if client >= self.cfg.clients.total:
-            return self.gateway
+            return -1 if self.gateway is None else self.gateway
         return self.mpi_trainers[client % len(self.mpi_trainers)]
 
     def clients_of(self, rank: int) -> list[int]:

@@ -63,6 +63,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     from fedhpc.runtime.context import build_context
     from fedhpc.runtime.orchestrator import Orchestrator
     from fedhpc.runtime.registration import register
+    from fedhpc.runtime.rank import HostRank
     from fedhpc.runtime.trainer import TrainerRank
 
     gateway = comm.size - 1 if cfg.gateway.enabled else None
@@ -82,7 +83,8 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     ctx = build_context(cfg, list(range(1, gateway or comm.size)), gateway)
     job = job_id_of(cfg)
     hosts = register(comm, ctx)
-    if rank != 0:
+    if hosts is None:  # not rank 0
+        role: HostRank
         if rank == gateway:
             from fedhpc.gateway.rank import GatewayRank
 
@@ -112,7 +114,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
                  time.monotonic() - t0, last["accuracy"], out)
     # A trainer may have forwarded a stop signal after rank 0 last looked: an
     # unreceived message makes MPI_Finalize fail, so receive exactly what was sent.
-    orchestrator.drain_signals(sum(comm.gather(0, root=0)))
+    orchestrator.drain_signals(sum(comm.gather(0, root=0) or ()))
     return status
 
 

@@ -196,6 +196,7 @@ class Orchestrator:
             ctx.layout.load(ctx.model, self.weights)
             accuracy, loss = evaluate(ctx.model, ctx.data.x_test[self.eval_idx], ctx.data.y_test[self.eval_idx])
         reasons_count = Counter(f.reason for f in outcome.failures)
+        round_s = time.monotonic() - t0
         metrics = {
             "round": r + 1,
             "accuracy": accuracy,
@@ -208,11 +209,11 @@ class Orchestrator:
             "stale_dropped": got.collector.stale,
             "bytes_up": got.bytes_up,
             "bytes_down": self.model_bytes * (self.comm.size - 1) + got.relayed_down,
-            "round_seconds": time.monotonic() - t0,
+            "round_seconds": round_s,
             "train_seconds": got.train_s,
             "sim_seconds": sim_seconds,
+            "overhead_seconds": round_s - got.train_s,
         }
-        metrics["overhead_seconds"] = metrics["round_seconds"] - got.train_s
         return metrics, self._per_client(outcome, got)
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

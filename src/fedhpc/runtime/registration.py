@@ -67,6 +67,6 @@ def register(comm: MPI.Comm, ctx: Context) -> dict[int, dict] | None:
             comm.Recv(big, source=0, tag=2)
             comm.Send(small, dest=0, tag=2)
     gathered = comm.gather(profile, root=0)
-    if comm.rank != 0:
+    if gathered is None:  # not rank 0
         return None
     return {rank: {**gathered[rank], **links[rank]} for rank in range(1, comm.size)}

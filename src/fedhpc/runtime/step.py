@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from torch import nn
@@ -99,8 +99,10 @@ class ClientStep:
         try:
             if cid in cfg.faults.error_clients:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
-            kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
-            mask = None if kept is None else self.feddrop.mask(kept)
+            kept = mask = None
+            if self.feddrop is not None:
+                kept = self.feddrop.kept(r, cid)
+                mask = self.feddrop.mask(kept)
             try:
                 delta, loss = self.local.train(indices, weights, r, cid, task.mu, should_stop, mask, self.delta,
                                                epochs, after_epoch)
@@ -136,12 +138,15 @@ class ClientStep:
         leaving room for the Update header in front of the frame."""
         seed = derive_seed(self.cfg.seed, r, cid, SEED_CODEC)
         state = self.states.setdefault(cid, ErrorFeedback(delta.size)) if self.use_ef else None
-        room = {"seed": seed, "headroom": HEADER.size, "alloc": self.frames.take}
+
+        def encode(x: np.ndarray, ef: ErrorFeedback | None) -> np.ndarray:
+            return self.codec.encode(x, ef, seed=seed, headroom=HEADER.size, alloc=self.frames.take)
+
         if kept is None:
-            return self.codec.encode(delta, state, **room)
+            return encode(delta, state)
         if state is None:
-            return self.codec.encode(delta[kept], None, **room)
+            return encode(delta[kept], None)
         sub = ErrorFeedback(kept.size, state.residual[kept])
-        payload = self.codec.encode(delta[kept], sub, **room)
+        payload = encode(delta[kept], sub)
         state.residual[kept] = sub.residual
         return payload

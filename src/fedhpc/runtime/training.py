@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ class LocalTrainer:
         self.params, self.grads = layout.bind(model)
         # one optimizer for every client, reset per client (building one per client
         # cost about 0.1 ms, a visible share with thousands of clients)
+        self.opt: FlatSGD | FlatAdam
         if cfg.local.optimizer == "sgd":
             self.opt = FlatSGD(self.params, self.grads, cfg.local.lr, cfg.local.momentum)
         else:

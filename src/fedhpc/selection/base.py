@@ -74,7 +74,7 @@ class Selector(ABC):
     ) -> tuple[list[int], list[str]]:
         """Choose exactly ``n`` distinct ids of ``pool`` (ascending, unique, n <= len(pool))."""
 
-    def set_costs(self, down_bytes: int, up_bytes: int, reference_cost: float) -> None:
+    def set_costs(self, down_bytes: int, up_bytes: int, reference_cost: float) -> None:  # noqa: B027 (a hook)
         """Tell the selector what a round costs a client, once the runtime knows the model.
 
         ``down_bytes`` and ``up_bytes``: the two messages of a client's round

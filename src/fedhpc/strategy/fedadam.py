@@ -59,7 +59,7 @@ class FedAdam(Strategy):
     def state_dict(self) -> StateDict:
         """``steps`` and, once the first round has been aggregated, copies of ``m`` and ``v``."""
         state: StateDict = {"steps": self.steps}
-        if self.m is not None:
+        if self.m is not None and self.v is not None:
             state.update(m=self.m.copy(), v=self.v.copy())
         return state
 
