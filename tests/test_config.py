@@ -62,3 +62,50 @@ def test_file_errors(tmp_path):
     bad.write_text("rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["rounds=1000000000000000000000000000000"], "'rounds' must be an integer of magnitude <= 2^63 - 1"),
+    (["rounds=2000000000"], "'rounds' must be in [1, 1000000000]"),
+    (["seed=1180591620717411303424"], "'seed' must be an integer of magnitude <= 2^63 - 1"),
+    (["local.lr=inf"], "'local.lr' must be a finite number"),
+    (["local.lr=nan"], "'local.lr' must be a finite number"),
+    (["profiles.slow_factor=inf"], "'profiles.slow_factor' must be a finite number"),
+    (["gateway.heartbeat_s=inf"], "'gateway.heartbeat_s' must be a finite number"),
+    (["gateway.heartbeat_s=1e12"], "'gateway.heartbeat_s' must be in (0, 2592000] seconds"),
+    (["stragglers.timeout_s=0"], "'stragglers.timeout_s' must be in (0, 2592000] seconds"),
+    (["stragglers.deadline_s=-1"], "'stragglers.deadline_s' must be in [0, 2592000] seconds"),
+    (["local.lr=" + "9" * 5000], "has a value fedhpc cannot read"),
+    (["gateway.max_samples=0"], "'gateway.max_samples' must be >= 1"),
+])
+def test_absurd_values_are_refused_naming_the_key(sets, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, sets)
+    assert message in str(exc.value)
+
+
+def test_unreadable_config_files_are_refused_with_what_is_wrong(tmp_path):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    huge = tmp_path / "huge.toml"
+    huge.write_text("rounds = " + "7" * 5000 + "\n")
+    for path, message in [(binary, "is not UTF-8 text"), (latin, "is not UTF-8 text"),
+                          (tmp_path, "is a directory"), (deep, "nests tables or arrays too deeply"),
+                          (huge, "has a value fedhpc cannot read")]:
+        with pytest.raises(ConfigError) as exc:
+            load_config(path)
+        assert message in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_a_model_factory_that_does_not_build_a_model_is_a_config_error():
+    from fedhpc.models import build_model
+
+    cfg = load_config(None, ["model.name=os:getcwd"])
+    with pytest.raises(ConfigError, match=r"model.name 'os:getcwd': calling it as factory.* failed with TypeError"):
+        build_model(cfg.model, (8,), 2, 0)
+    with pytest.raises(ConfigError, match="returned a slice, not a torch.nn.Module"):
+        build_model(load_config(None, ["model.name=builtins:slice"]).model, (8,), 2, 0)

@@ -1,5 +1,6 @@
 """End-to-end federated jobs on real MPI ranks (mpiexec -n N fedhpc run)."""
 
+import socket
 import tomllib
 
 import numpy as np
@@ -150,10 +151,37 @@ def test_a_crashing_trainer_rank_aborts_the_job_with_a_message(out):
     assert "rank 2 failed" in proc.stderr and "injected fault: trainer rank 2" in proc.stderr
 
 
-def test_bad_config_is_refused_before_anything_runs(out):
-    proc = fedhpc_run(2, out, "local.lrr=0.1", check=False, timeout=120)
-    assert proc.returncode != 0 and "unknown config key 'local.lrr'" in proc.stderr
+def test_bad_config_is_refused_before_anything_runs_and_said_once(out):
+    proc = fedhpc_run(4, out, "local.lrr=0.1", check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("unknown config key 'local.lrr'") == 1, proc.stderr
+    assert "fedhpc: error (every rank): unknown config key 'local.lrr'" in proc.stderr
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_a_setup_error_found_on_every_rank_is_printed_once(out, tmp_path):
+    proc = fedhpc_run(3, out, "data.name=cifar10", f"data.root={tmp_path}", "model.name=cnn-cifar", check=False,
+                      timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("fedhpc: error") == 1, proc.stderr
+    assert "every rank" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gateway_files_and_address_that_cannot_be_used_are_config_errors(out, tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("w1 " + "t" * 32 + "\n")
+    gw = ["gateway.enabled=true", f"gateway.token_file='{tokens}'", "clients.per_round=4"]
+    cases = [([f"gateway.tls_cert='{tmp_path}/none.pem'", f"gateway.tls_key='{tmp_path}/none.key'"],
+              "config key 'gateway.tls_key': cannot read"),
+             ([f"gateway.tls_cert='{tokens}'", f"gateway.tls_key='{tokens}'"], "is not a PEM file"),
+             ]
+    with socket.socket() as taken:  # a port another process listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases.append(([f"gateway.listen='127.0.0.1:{port}'"], f"'gateway.listen': cannot listen on 127.0.0.1:{port}"))
+        for sets, message in cases:
+            proc = fedhpc_run(3, out, *gw, *sets, check=False, timeout=120)
+            assert proc.returncode == 2 and proc.stderr.count(message) == 1, proc.stderr[-3000:]
+            assert "Traceback" not in proc.stderr
 
 
 def test_federated_dropout_sends_sub_models_and_still_learns(out):

@@ -21,20 +21,19 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from mpi4py import MPI
 
     from fedhpc.config import load_config, load_config_text
-    from fedhpc.runtime.job import finish, main_guarded, run_job
+    from fedhpc.runtime.job import collective, finish, main_guarded, run_job
+
+    comm = MPI.COMM_WORLD
 
     def go():
         out, resume, base = Path(args.out), None, None
         if args.resume:
-            resume, out, base = _resume_target(args.resume, out)
-        if args.config:
-            cfg = load_config(args.config, args.set)
-        elif base is not None:
+            resume, out, base = collective(comm, lambda: _resume_target(args.resume, out))
+        if base is not None:
             # every rank must build the same config: rank 0 reads it, the others receive the text
-            text = MPI.COMM_WORLD.bcast(base.read_text() if MPI.COMM_WORLD.rank == 0 else None, root=0)
-            cfg = load_config_text(text, args.set, source=f"config of the resumed run ({base})")
-        else:
-            cfg = load_config(None, args.set)
+            text = comm.bcast(base.read_text() if comm.rank == 0 else None, root=0)
+        cfg = collective(comm, lambda: load_config(args.config, args.set) if args.config or base is None
+                         else load_config_text(text, args.set, source=f"config of the resumed run ({base})"))
         return run_job(cfg, out, resume)
 
     finish(main_guarded(go), MPI.COMM_WORLD.rank)

@@ -138,9 +138,9 @@ class StragglersConfig:
     partial_work: bool = False
 
     def check(self, key):
-        _require(self.deadline_s >= 0, f"{key}.deadline_s", "must be >= 0")
+        _seconds(self.deadline_s, f"{key}.deadline_s", positive=False)
         _require(self.fastest_k >= 0, f"{key}.fastest_k", "must be >= 0")
-        _require(self.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+        _seconds(self.timeout_s, f"{key}.timeout_s")
 
 
 @dataclass
@@ -217,9 +217,9 @@ class GatewayConfig:
                  "and gateway.tls_key must be given together")
         _require(not self.client_ca or bool(self.tls_cert), f"{key}.client_ca", "needs gateway.tls_cert (mutual TLS)")
         _require(0 <= self.min_workers <= self.clients, f"{key}.min_workers", f"must be in [0, gateway.clients={self.clients}]")
-        _require(self.wait_s >= 0, f"{key}.wait_s", "must be >= 0")
+        _seconds(self.wait_s, f"{key}.wait_s", positive=False)
         _require(self.calls_per_second > 0, f"{key}.calls_per_second", "must be > 0")
-        _require(self.heartbeat_s > 0, f"{key}.heartbeat_s", "must be > 0")
+        _seconds(self.heartbeat_s, f"{key}.heartbeat_s")
         _require(self.max_samples >= 1, f"{key}.max_samples", "must be >= 1")
 
 
@@ -264,7 +264,7 @@ class RunConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def check(self, key):
-        _require(self.rounds >= 1, "rounds", "must be >= 1")
+        _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")
         population = self.clients.total + (self.gateway.clients if self.gateway.enabled else 0)
         _require(self.clients.per_round <= population, "clients.per_round",
                  f"must be in [1, clients.total={self.clients.total}"
@@ -302,11 +302,21 @@ class RunConfig:
 
 
 ROBUST_STRATEGIES = ("median", "trimmed-mean", "krum")
+MAX_INT = 2**63 - 1  # every integer of a config fits in int64 (HDF5 attributes, NumPy seeds)
+MAX_FLOAT = 1e300  # and every float is finite: inf or NaN in a rate or a duration is always a mistake
+MAX_SECONDS = 30 * 86400.0  # no wait of a run is longer than a month (sleep and timer APIs overflow near 1e9)
+MAX_ROUNDS = 10**9
 
 
 def _require(ok: bool, key: str, what: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' {what}")
+
+
+def _seconds(value: float, key: str, positive: bool = True) -> None:
+    """A duration: > 0 (or >= 0) and at most MAX_SECONDS."""
+    ok = (value > 0 if positive else value >= 0) and value <= MAX_SECONDS
+    _require(ok, key, f"must be in {'(0' if positive else '[0'}, {MAX_SECONDS:.0f}] seconds, got {value}")
 
 
 def _to_plain(obj) -> dict:
@@ -340,8 +350,13 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not abs(value) <= MAX_FLOAT:  # also NaN; an int beyond float range fails here, not in float()
+            raise ConfigError(f"config key '{key}' must be a finite number of magnitude <= {MAX_FLOAT:g}, "
+                              f"got {value!r}")
         return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool) and not abs(value) <= MAX_INT:
+        raise ConfigError(f"config key '{key}' must be an integer of magnitude <= 2^63 - 1, got {value!r}")
     if tp is bool and isinstance(value, bool) or tp is not bool and isinstance(value, tp) and not isinstance(value, bool):
         return value
     raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
@@ -371,15 +386,29 @@ def _build(cls, raw: dict, prefix: str):
     return obj
 
 
+def _parse_toml(text: str, source: str) -> dict:
+    """``tomllib.loads``, with every way it can fail as a ConfigError naming ``source``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} nests tables or arrays too deeply to be a fedhpc config") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python's int conversion limit)
+        raise ConfigError(f"{source} has a value fedhpc cannot read: {exc}") from None
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into (["a", "b"], parsed value); bare words are strings."""
     if "=" not in item:
         raise ConfigError(f"--set expects dotted.key=value, got '{item}'")
     key, text = item.split("=", 1)
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
+        value = _parse_toml(f"v = {text}", f"--set {item}")["v"]
+    except ConfigError as exc:
+        if "is not valid TOML" not in str(exc):
+            raise
+        value = text  # a bare word
     return key.strip().split("."), value
 
 
@@ -389,18 +418,21 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is None:
         return load_config_text("", overrides)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file '{path}' is a directory; give the TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {exc.start}): is it a TOML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc.strerror or exc}") from None
     return load_config_text(text, overrides, source=f"config file '{path}'")
 
 
 def load_config_text(text: str, overrides: Sequence[str] = (), source: str = "config") -> RunConfig:
     """Like :func:`load_config` for TOML text (e.g. the config stored in a checkpoint)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    raw = _parse_toml(text, source)
     for item in overrides:
         keys, value = parse_override(item)
         node = raw

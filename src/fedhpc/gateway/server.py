@@ -122,16 +122,19 @@ class GatewayServer(pb_grpc.GatewayServicer):
                    ("grpc.so_reuseport", 0)]  # a stale server must not silently share the port
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
         pb_grpc.add_GatewayServicer_to_server(self, self.server)
-        if tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())],
-                root_certificates=Path(client_ca).read_bytes() if client_ca else None,
-                require_client_auth=bool(client_ca))
-            port = self.server.add_secure_port(listen, creds)
-        else:
-            port = self.server.add_insecure_port(listen)
+        try:
+            if tls_cert:
+                creds = grpc.ssl_server_credentials(
+                    [(_pem("gateway.tls_key", tls_key), _pem("gateway.tls_cert", tls_cert))],
+                    root_certificates=_pem("gateway.client_ca", client_ca) if client_ca else None,
+                    require_client_auth=bool(client_ca))
+                port = self.server.add_secure_port(listen, creds)
+            else:
+                port = self.server.add_insecure_port(listen)
+        except RuntimeError as exc:  # newer grpcio raises where older ones returned port 0
+            raise ConfigError(f"config key 'gateway.listen': cannot listen on {listen} ({exc})") from None
         if port == 0:
-            raise ConfigError(f"gateway cannot listen on {listen} (address in use or invalid)")
+            raise ConfigError(f"config key 'gateway.listen': cannot listen on {listen} (address in use or invalid)")
         self.server.start()
         return port
 
@@ -316,6 +319,17 @@ class GatewayServer(pb_grpc.GatewayServicer):
             if request.HasField("profile"):
                 s.profile = _profile(s.profile, request.profile)
         return pb.HeartbeatReply(payload=request.payload[:CHUNK_BYTES])
+
+
+def _pem(key: str, path: str) -> bytes:
+    """The PEM file that config key ``key`` names, or a ConfigError saying why it cannot be used."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config key '{key}': cannot read {path} ({exc.strerror or exc})") from None
+    if b"-----BEGIN" not in data:
+        raise ConfigError(f"config key '{key}': {path} is not a PEM file")
+    return data
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:

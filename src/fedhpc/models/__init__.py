@@ -40,7 +40,11 @@ def build_model(cfg, input_shape, num_classes, seed: int) -> nn.Module:
         raise ConfigError(f"config key 'model.name' is '{cfg.name}'; available models: {', '.join(MODELS)}, "
                           f"or 'package.module:factory' for your own")
     torch.manual_seed(seed)
-    model = factory(tuple(input_shape), num_classes, cfg)
+    try:
+        model = factory(tuple(input_shape), num_classes, cfg)
+    except Exception as exc:  # a user's factory: whatever it raises is a config problem to name
+        raise ConfigError(f"model.name '{cfg.name}': calling it as factory(input_shape, num_classes, cfg) "
+                          f"failed with {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model '{cfg.name}' returned a {type(model).__name__}, not a torch.nn.Module")
     wrong = [name for name, p in model.named_parameters() if p.dtype != torch.float32]

@@ -7,14 +7,16 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from mpi4py import MPI
 
 from fedhpc import env
 from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
-from fedhpc.errors import ConfigError, FedHPCError
+from fedhpc.errors import FedHPCError
 from fedhpc.runtime import signals
 from fedhpc.runtime.transport import Tag, recv_object
 
@@ -69,9 +71,10 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     gateway = comm.size - 1 if cfg.gateway.enabled else None
     needed = 3 if gateway is not None else 2
     if comm.size < needed:
-        raise ConfigError(f"fedhpc run needs at least {needed} MPI ranks (rank 0 orchestrates, the others train"
-                          + (", the last is the gateway" if gateway is not None else "")
-                          + f"): launch it as `mpiexec -n {needed + 1} fedhpc run ...`")
+        raise JobError(f"fedhpc run needs at least {needed} MPI ranks (rank 0 orchestrates, the others train"
+                       + (", the last is the gateway" if gateway is not None else "")
+                       + f"): launch it as `mpiexec -n {needed + 1} fedhpc run ...`", list(range(comm.size)),
+                       comm.size) if comm.rank == 0 else ReportedElsewhere("too few ranks")
     signals.install()
     rank = comm.rank
     if rank == 0:
@@ -80,7 +83,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     comm.Barrier()
     setup_logging(rank, out if rank == 0 else None, verbose=rank == gateway)
     K.set_num_threads(cfg.local.threads)
-    ctx = build_context(cfg, list(range(1, gateway or comm.size)), gateway)
+    ctx = collective(comm, lambda: build_context(cfg, list(range(1, gateway or comm.size)), gateway))
     job = job_id_of(cfg)
     hosts = register(comm, ctx)
     if hosts is None:  # not rank 0
@@ -118,6 +121,42 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     return status
 
 
+class JobError(FedHPCError):
+    """An error found by :func:`collective` on some ranks, reported once for the job by rank 0."""
+
+    def __init__(self, message: str, ranks: list[int], size: int):
+        super().__init__(message)
+        self.ranks, self.size = ranks, size
+
+    def where(self) -> str:
+        return "every rank" if len(self.ranks) == self.size else "rank " + ", ".join(map(str, self.ranks))
+
+
+class ReportedElsewhere(FedHPCError):
+    """This rank's share of a :class:`JobError` that rank 0 reports."""
+
+
+T = TypeVar("T")
+
+
+def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank of ``comm``; if it raises fedhpc's own error on any,
+    rank 0 raises it as a :class:`JobError` (the first failing rank's message) and the
+    others :class:`ReportedElsewhere`, so that a bad config or a missing data file is
+    printed once for the job, not once per rank."""
+    try:
+        value, problem = fn(), None
+    except FedHPCError as exc:
+        value, problem = None, str(exc)
+    problems = comm.allgather(problem)
+    failed = [r for r, p in enumerate(problems) if p is not None]
+    if not failed:
+        return value  # type: ignore[return-value]
+    if comm.rank == 0:
+        raise JobError(str(problems[failed[0]]), failed, comm.size)
+    raise ReportedElsewhere(str(problems[failed[0]]))
+
+
 def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     """Run ``fn`` and return its exit status; if it raises on any rank, report and
     abort the whole MPI job, so that no other rank is left waiting in a collective.
@@ -125,7 +164,8 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     rank, size = comm.rank, comm.size  # still known if the failure was in MPI_Finalize
 
     def fail(message: str, status: int) -> int:
-        print(message, file=sys.stderr, flush=True)
+        if message:
+            print(message, file=sys.stderr, flush=True)
         if size > 1 and not MPI.Is_finalized():
             # mpiexec stops forwarding output once the abort tears the job down,
             # and under load dropped the message just printed: let it pass first
@@ -135,6 +175,12 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
 
     try:
         return fn()
+    except ReportedElsewhere:
+        # rank 0 prints the error and aborts the job; if it cannot, leave without a word
+        time.sleep(4 * ABORT_GRACE_S)
+        return fail("", 2)
+    except JobError as exc:
+        return fail(f"fedhpc: error ({exc.where()}): {exc}", 2)
     except FedHPCError as exc:
         return fail(f"fedhpc: error (rank {rank}): {exc}", 2)
     except Exception:
