@@ -1,5 +1,6 @@
 """The gRPC gateway: stubs, security, limits, chunked streaming, and hybrid MPI + worker jobs."""
 
+import json
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, metrics, mpi_env
+from conftest import MPIEXEC, fedhpc_run, metrics, mpi_env
 from fedhpc.gateway import certs
 from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
@@ -373,3 +374,91 @@ client_ca = "{pki}/ca.pem"
     full = 4 * (64 * 64 + 64 + 64 * 10 + 10)
     assert (up[:, 5:] < 0.6 * full + 200).all()  # sub-models, not the whole model
     assert "corrupt" not in err
+
+
+def hostile_worker(pki, port, samples, attack, log):
+    """A worker holding a valid token and certificate that pushes ``attack(round, model)`` as its
+    update, well-formed (the job's codec, a sealed header), every round it is given a task."""
+    from fedhpc.compress import get_codec
+    from fedhpc.config import load_config_text
+    from fedhpc.update import HEADER, seal_update
+
+    ch = channel(pki, f"127.0.0.1:{port}", "w1")
+    grpc.channel_ready_future(ch).result(timeout=120)
+    stub, md = pb_grpc.GatewayStub(ch), token(pki, "w1")
+    profile = pb.Profile(samples_per_s=1e4, memory_gb=1.0, bandwidth_mbps=1000.0, latency_ms=0.1)
+    with pytest.raises(grpc.RpcError) as exc:  # "minus the model with 2^32-1 samples": refused at the door
+        stub.Register(pb.RegisterRequest(worker="evil", requested_client=-1, profile=profile, num_samples=2**32 - 1), metadata=md,
+                      timeout=30)
+    log.append(exc.value.code())
+    reg = stub.Register(pb.RegisterRequest(worker="evil", requested_client=-1, profile=profile, num_samples=samples), metadata=md,
+                        timeout=30)
+    cfg = load_config_text(reg.config_toml)
+    codec = get_codec(cfg.codec.name, **cfg.codec.params)
+    while True:
+        chunks = list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=2), metadata=md, timeout=30))
+        if any(c.kind == pb.TaskChunk.STOP for c in chunks):
+            return
+        if not chunks or chunks[0].kind != pb.TaskChunk.TRAIN:
+            continue
+        rnd = chunks[0].round
+        model = np.frombuffer(b"".join(c.data for c in chunks), dtype=np.float32)
+        payload = codec.encode(attack(rnd, model), None, seed=rnd, headroom=HEADER.size)
+        buf = seal_update(UpdateHeader(Status.OK, reg.job_id, rnd, reg.client_id, samples, 0.1), payload).tobytes()
+        reply = stub.PushUpdate(iter([pb.UpdateChunk(session=reg.session, round=rnd, data=buf[a : a + CHUNK_BYTES])
+                                      for a in range(0, len(buf), CHUNK_BYTES)]), metadata=md, timeout=30)
+        log.append((rnd, reply.accepted))
+
+
+@pytest.mark.e2e
+def test_a_worker_with_a_valid_token_cannot_wreck_the_model(pki, tmp_path):
+    """Absurd but finite updates (1e30) and a boosted "minus the model" (model replacement, -1000 w)
+    are refused by the default norm guard; "minus the model with 2^32-1 samples" by the sample cap; the
+    model trains on as if the attacker were absent. (An unboosted -w with a plausible sample count is
+    within 10x the honest norms: that is for the robust strategies to hold, not for a norm bound.)"""
+    import threading
+
+    port = free_port()
+    out = tmp_path / "run"
+    cfg = tmp_path / "evil.toml"
+    cfg.write_text(f"""
+rounds = 10
+[clients]
+total = 6
+per_round = 7
+[gateway]
+enabled = true
+listen = "127.0.0.1:{port}"
+clients = 1
+min_workers = 1
+wait_s = 90
+token_file = "{pki}/tokens.txt"
+tls_cert = "{pki}/server.pem"
+tls_key = "{pki}/server.key"
+client_ca = "{pki}/ca.pem"
+""")
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=mpi_env())
+    log: list = []
+
+    def attack(rnd, model):
+        return np.full(model.size, 1e30, np.float32) if rnd % 2 == 0 else -1000 * model
+
+    evil = threading.Thread(target=hostile_worker, args=(pki, port, 500, attack, log), daemon=True)
+    evil.start()
+    _, err = job.communicate(timeout=300)
+    evil.join(timeout=60)
+    assert job.returncode == 0, err[-4000:]
+    assert log[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r for r, _ in log[1:]] == list(range(10)), log  # it was given every round's task ...
+    with h5py.File(out / "run.h5") as f:
+        status = f["clients/status"][()]
+        failures = [json.loads(x) for x in f["rounds/failures"][()]]
+    assert (status[:, 6] == 3).all()  # ... and every one of its updates failed
+    assert all(fl.get("norm") == 1 for fl in failures), failures
+    assert (status[:, :6] == 1).all()
+    assert err.count("update refused: update L2 norm") == 10
+    # the same six clients without an attacker (and without a gateway): bitwise the same model
+    fedhpc_run(3, tmp_path / "clean", "rounds=10", "clients.total=6", "clients.per_round=6")
+    assert np.load(out / "final_weights.npy").tobytes() == np.load(tmp_path / "clean" / "final_weights.npy").tobytes()

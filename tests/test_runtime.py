@@ -205,3 +205,14 @@ def test_adaptive_selection_shortens_rounds_with_heterogeneous_clients(tmp_path)
     assert t_adaptive < 0.8 * t_random, (t_adaptive, t_random)
     # the decisions and their reasons are in the run log
     assert "selection:" in (tmp_path / "adaptive" / "run.log").read_text()
+
+
+def test_a_run_whose_clients_all_fail_stops_and_keeps_the_last_good_checkpoint(out):
+    proc = fedhpc_run(3, out, "rounds=6", "clients.total=4", "clients.per_round=4", "data.partition=iid",
+                      "faults.error_clients=[0, 1, 2, 3]", "guard.idle_rounds=2", "checkpoint.every=1",
+                      check=False, timeout=120)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert proc.stderr.count("no client contributed an update for 2 rounds in a row") == 1
+    assert [p.name for p in (out / "checkpoints").glob("ckpt-*.h5")] == ["ckpt-000001.h5"]
+    assert [r["clients_failed"] for r in metrics(out)] == [4, 4]
+    assert not (out / "final_weights.npy").exists()

@@ -224,6 +224,25 @@ class GatewayConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Bounds that keep a hostile or broken client from wrecking the model (see fedhpc.runtime.guard)."""
+
+    # refuse an update whose L2 norm is above this multiple of the median norm of the
+    # updates accepted in the last norm_window rounds (the first round: of its own); 0 = off
+    norm_multiple: float = 10.0
+    norm_window: int = 5
+    norm_limit: float = 0.0  # and any update above this absolute L2 norm (0 = none)
+    idle_rounds: int = 5  # stop the run after this many rounds in a row without a result (0 = never)
+
+    def check(self, key):
+        _require(self.norm_multiple == 0 or self.norm_multiple >= 1, f"{key}.norm_multiple",
+                 "must be 0 (off) or >= 1 (a multiple of the median honest norm)")
+        _require(self.norm_window >= 1, f"{key}.norm_window", "must be >= 1")
+        _require(self.norm_limit >= 0, f"{key}.norm_limit", "must be >= 0")
+        _require(self.idle_rounds >= 0, f"{key}.idle_rounds", "must be >= 0")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
     keep: int = 3  # keep the newest K checkpoints
@@ -262,6 +281,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")

@@ -21,7 +21,8 @@ import numpy as np
 #: per-client status codes in /clients/status
 STATUS = {"not selected": 0, "reported": 1, "late": 2, "failed": 3}
 
-_FLOAT = ("accuracy", "loss", "round_seconds", "train_seconds", "overhead_seconds", "sim_seconds")
+_FLOAT = ("accuracy", "loss", "round_seconds", "train_seconds", "overhead_seconds", "sim_seconds",
+          "update_norm_median")
 _INT = ("round", "clients_selected", "clients_reported", "clients_late", "clients_failed", "stale_dropped",
         "bytes_up", "bytes_down")
 _CLIENT = {"status": np.int8, "bytes_up": np.int64, "seconds": np.float64}

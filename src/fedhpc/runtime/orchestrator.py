@@ -22,6 +22,7 @@ from fedhpc.runtime import signals
 from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
 from fedhpc.runtime.messages import Close, Done, RemoteProfile, RestoreState, RoundTask, SaveState, Stop
 from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import Tag, bcast_array, recv_arrays, recv_object, recv_update, send_arrays
@@ -66,6 +67,8 @@ class Orchestrator:
         self.clock = make_clock(cfg.clock)
         st = cfg.stragglers
         self.rules = CloseRules(st.deadline_s, st.fastest_k, st.timeout_s)
+        self.guard = NormGuard(cfg.guard)
+        self.idle_rounds = 0  # rounds in a row without a result
         n_test, cap = len(ctx.data.y_test), cfg.eval.max_samples
         # a fixed subset, so every evaluation of the run is comparable (large test sets take minutes on CPU)
         self.eval_idx = (np.sort(np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL)).choice(n_test, cap, replace=False))
@@ -107,6 +110,7 @@ class Orchestrator:
         self.weights, self.first_round, self.lines = st.weights, st.round, st.metrics
         self.strategy.load_state_dict(st.strategy)
         self.profiles, self.history = st.profiles, st.history
+        self.guard.restore(st.metrics)
         self.comm.bcast(RestoreState(), root=0)
         for rank in self.ctx.trainers:
             send_arrays(self.comm, dict(ckpt.residuals(self.ctx.clients_of(rank))), rank,
@@ -156,6 +160,13 @@ class Orchestrator:
                 mfile.flush()
                 record.append(metrics, *per_client)
                 log.info(self._progress_line(metrics))
+                self.idle_rounds = 0 if metrics["clients_reported"] else self.idle_rounds + 1
+                why = stop_reason(self.weights, self.idle_rounds, cfg.guard)
+                if why:
+                    log.critical("stopping after round %d: %s; the last good checkpoint is kept (%s), and the job "
+                                 "exits with status %d", r + 1, why, self.out / "checkpoints", EXIT_STOPPED)
+                    status = EXIT_STOPPED
+                    break
                 stop = self.stop_signals() > 0
                 if stop or r + 1 == cfg.rounds or (every and (r + 1) % every == 0):
                     self.checkpoint(r + 1)
@@ -187,6 +198,7 @@ class Orchestrator:
         bcast_array(self.comm, self.weights)
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
+        outcome, norm_median = self.guard.screen(outcome)
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
         self.weights = self.strategy.aggregate(self.weights, outcome)
         self.selector.update(outcome, self.history, r)
@@ -213,6 +225,7 @@ class Orchestrator:
             "train_seconds": got.train_s,
             "sim_seconds": sim_seconds,
             "overhead_seconds": round_s - got.train_s,
+            "update_norm_median": norm_median,
         }
         return metrics, self._per_client(outcome, got)
 
