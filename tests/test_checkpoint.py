@@ -130,7 +130,7 @@ def test_checkpoint_refusals_say_why(straight, tmp_path):
     with h5py.File(bad, "a") as f:
         ds = next(iter(f["model"].values()))
         ds[0] = ds[0] + 1  # silent corruption of the weights
-    with pytest.raises(CheckpointError, match="checksum"):
+    with pytest.raises(CheckpointError, match="content digest mismatch"):
         Checkpoint(bad)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(CheckpointError, match="truncated or not an HDF5 file"):
@@ -156,3 +156,66 @@ def test_inspect_and_report(straight):
     assert "final accuracy" in (straight / "report" / "README.md").read_text()
     bad = subprocess.run(run + ["inspect", str(straight / "metrics.jsonl")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a readable HDF5 file" in bad.stderr
+
+
+@pytest.mark.parametrize("edit", ["round attribute", "history", "metrics line", "residual", "no digest",
+                                  "strategy key", "profile"])
+def test_any_edit_of_what_resume_reads_is_refused_and_falls_back(straight, tmp_path, edit):
+    """The newest checkpoint edited in any way resume relies on is refused naming why, and the
+    previous one is used: the resumed run ends with the uninterrupted run's model."""
+    import json as _json
+
+    from fedhpc.checkpoint import DIGEST_ATTR, content_digest
+
+    out = tmp_path / "run"
+    fedhpc_run(3, out, *FULL, "rounds=4", "checkpoint.every=1", "checkpoint.keep=2")
+    newest = list_checkpoints(out / "checkpoints")[0]
+    with h5py.File(newest, "a") as f:
+        if edit == "round attribute":
+            f.attrs["round"] = 5
+        elif edit == "history":
+            f["clients/history/reported"][3] += 1
+        elif edit == "metrics line":
+            lines = str(f["metrics"].attrs["jsonl"]).split("\n")
+            lines[-1] = _json.dumps(_json.loads(lines[-1]) | {"accuracy": 0.99})
+            f["metrics"].attrs["jsonl"] = "\n".join(lines)
+        elif edit == "residual":
+            ds = next(iter(f["clients/residual"].values()))
+            ds[0] = np.float32(ds[0]) + np.float32(1e-3)
+        elif edit == "no digest":
+            del f.attrs[DIGEST_ATTR]
+        else:  # self-consistent, digest recomputed: what only a full validation catches
+            if edit == "strategy key":
+                f["strategy"].attrs["mystery"] = 1
+            else:
+                f["clients/profile/speed"][0] = np.nan
+            f.attrs[DIGEST_ATTR] = content_digest(f)
+    expected = {"no digest": "has no content_sha256", "strategy key": "strategy state refused",
+                "profile": "profile"}.get(edit, "content digest mismatch")
+    proc = resume(3, out, "rounds=6")
+    assert "refusing checkpoint" in proc.stderr and expected in proc.stderr, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "ckpt-000003.h5" in proc.stderr
+    assert final_weights(out).tobytes() == final_weights(straight).tobytes()
+
+
+def test_a_run_directory_that_cannot_be_written_fails_cleanly(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoints should go")
+    proc = fedhpc_run(3, out, "rounds=2", check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("is not writable") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (out / "metrics.jsonl").exists()
+    # writable at the start, not any more at the first checkpoint: a clean stop, what was saved is kept
+    out2 = tmp_path / "run2"
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out2), "--set",
+                            "rounds=40", "--set", "checkpoint.every=20"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=mpi_env())
+    deadline = time.monotonic() + 120
+    while not (out2 / "metrics.jsonl").exists() or len((out2 / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.05)
+    (out2 / "checkpoints").rmdir()
+    (out2 / "checkpoints").write_text("no longer a directory")
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 2 and err.count("cannot write the checkpoint of round 20") == 1, err[-3000:]
+    assert "Traceback" not in err and "checkpoints already there are kept" in err

@@ -1,12 +1,15 @@
 """HDF5 checkpoints: one file per checkpoint, written atomically, validated on read.
 
-Schema (``SCHEMA_VERSION`` 1), documented in the README:
+Schema (``SCHEMA_VERSION`` 2), documented in the README:
 
 ``/`` attributes
     ``schema_version``, ``fedhpc_version``, ``round`` (rounds completed),
     ``config_toml`` (the resolved config), ``identity_crc`` (CRC-32C of the
     config identity, see :meth:`RunConfig.identity`), ``seed``,
-    ``rng_scheme`` (how every random stream is derived), ``created`` (unix time).
+    ``rng_scheme`` (how every random stream is derived), ``created`` (unix time),
+    and ``content_sha256``: the digest of everything else in the file (every
+    attribute, every dataset's name, dtype, shape and bytes; :func:`content_digest`),
+    so that no byte resume relies on can change unnoticed.
 ``/model``
     one dataset per parameter (attributes ``name``, ``shape``, ``offset``) and
     ``flat`` attributes ``size`` and ``crc32c`` of the flat float32 vector.
@@ -29,6 +32,7 @@ counter restore them all exactly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -47,7 +51,8 @@ from fedhpc.errors import FedHPCError
 from fedhpc.models import Layout
 from fedhpc.types import ClientHistory, ClientProfile
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the whole content is covered by content_sha256
+DIGEST_ATTR = "content_sha256"
 RNG_SCHEME = "numpy SeedSequence([seed, round, client, purpose]); partition SeedSequence([seed, purpose])"
 _NAME = re.compile(r"^ckpt-(\d{6,})\.h5$")
 
@@ -66,6 +71,31 @@ class ServerState:
     profiles: dict[int, ClientProfile]
     history: dict[int, ClientHistory]
     metrics: list[str]  # metrics.jsonl lines
+
+
+def content_digest(f: h5py.File) -> str:
+    """SHA-256 over every attribute (but the digest itself) and every dataset of ``f``, in name order."""
+    h = hashlib.sha256()
+
+    def attrs(obj) -> None:
+        for key in sorted(obj.attrs):
+            if obj.name == "/" and key == DIGEST_ATTR:
+                continue
+            value = obj.attrs[key]
+            h.update(f"@{obj.name}/{key}={type(value).__name__}:".encode())
+            h.update(np.asarray(value).tobytes() if not isinstance(value, (str, bytes)) else
+                     (value.encode() if isinstance(value, str) else value))
+
+    attrs(f)
+    names: list[str] = []
+    f.visit(names.append)
+    for name in sorted(names):
+        obj = f[name]
+        attrs(obj)
+        if isinstance(obj, h5py.Dataset):
+            h.update(f"#{name}:{obj.dtype.str}:{obj.shape}:".encode())
+            h.update(np.ascontiguousarray(obj[()]).tobytes())
+    return h.hexdigest()
 
 
 def _crc(arr: np.ndarray) -> int:
@@ -119,6 +149,20 @@ def _group_to_fields(group: h5py.Group, cls, n: int) -> list:
     return [cls(**{k: columns[k][i] for k in columns}) for i in range(n)]
 
 
+def _check_records(path: Path, what: str, records: list) -> None:
+    """Profiles and histories hold finite numbers: counts and measurements >= 0 (round
+    indices >= -1, the 'never' value), an absent EMA None."""
+    for r in records:
+        for f in dataclasses.fields(r):
+            v = getattr(r, f.name)
+            if v is None or isinstance(v, bool):
+                continue
+            lo = -1 if f.name in ("last_selected", "excluded_until") else 0
+            if not (np.isfinite(v) and v >= lo) or (f.name in ("speed", "bandwidth_mbps") and v <= 0):
+                raise CheckpointError(f"checkpoint {path}: client {getattr(r, 'client_id', '?')}'s {what} "
+                                      f"field {f.name} is {v}, not a valid value")
+
+
 def write_checkpoint(directory: Path, cfg: RunConfig, layout: Layout, state: ServerState,
                      residuals: Iterable[tuple[int, np.ndarray]]) -> Path:
     """Write the checkpoint of ``state`` atomically and keep the newest ``cfg.checkpoint.keep``.
@@ -127,9 +171,26 @@ def write_checkpoint(directory: Path, cfg: RunConfig, layout: Layout, state: Ser
     one at a time and written as they come, so rank 0 never holds them all).
     The file appears under its final name only once complete and fsynced.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, state.round)
     tmp = final.with_name(f".{final.name}.tmp")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write(tmp, cfg, layout, state, residuals)
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the checkpoint of round {state.round} to {directory} "
+                              f"({exc.strerror or exc}); the checkpoints already there are kept: resume from them "
+                              f"with `fedhpc run --resume {directory.parent}` once the directory is writable") from None
+    for old in list_checkpoints(directory)[cfg.checkpoint.keep :]:
+        old.unlink()
+    return final
+
+
+def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState,
+           residuals: Iterable[tuple[int, np.ndarray]]) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs.update({
             "schema_version": SCHEMA_VERSION, "fedhpc_version": fedhpc.__version__, "round": state.round,
@@ -156,12 +217,9 @@ def write_checkpoint(directory: Path, cfg: RunConfig, layout: Layout, state: Ser
             res.create_dataset(str(cid), data=r).attrs["crc32c"] = _crc(r)
         f.create_group("metrics").attrs["jsonl"] = "\n".join(state.metrics)
         f.flush()
+        f.attrs[DIGEST_ATTR] = content_digest(f)
+        f.flush()
         os.fsync(f.id.get_vfd_handle())
-    os.replace(tmp, final)
-    _fsync_dir(directory)
-    for old in list_checkpoints(directory)[cfg.checkpoint.keep :]:
-        old.unlink()
-    return final
 
 
 def _toml(cfg: RunConfig) -> str:
@@ -191,9 +249,13 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} is truncated or not an HDF5 file ({exc})") from None
         try:
             self._validate(cfg, layout)
-        except Exception:
+        except CheckpointError:
             self.file.close()
             raise
+        except Exception as exc:  # whatever else a file that passed its digest can still hold wrong
+            self.file.close()
+            raise CheckpointError(f"checkpoint {self.path} is not a valid fedhpc checkpoint "
+                                  f"({type(exc).__name__}: {exc})") from None
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -207,6 +269,16 @@ class Checkpoint:
         if version != SCHEMA_VERSION:
             raise CheckpointError(f"checkpoint {self.path} has schema version {version}; this fedhpc "
                                   f"{fedhpc.__version__} reads version {SCHEMA_VERSION}")
+        digest = a.get(DIGEST_ATTR)
+        if digest is None:
+            raise CheckpointError(f"checkpoint {self.path} has no {DIGEST_ATTR} attribute (edited or not written "
+                                  f"by fedhpc)")
+        try:
+            actual = content_digest(self.file)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {self.path}: content unreadable ({exc})") from None
+        if actual != str(digest):
+            raise CheckpointError(f"checkpoint {self.path}: content digest mismatch (corrupt or edited file)")
         for group in ("model", "strategy", "clients/profile", "clients/history", "clients/residual", "metrics"):
             if group not in self.file:
                 raise CheckpointError(f"checkpoint {self.path} lacks the group /{group}")
@@ -219,6 +291,18 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} holds a model of {self.file['model'].attrs['size']} "
                                   f"parameters, the configured model has {layout.size}")
         self.weights()  # verifies the checksum
+        state = self.server_state()  # everything resume reads must parse and make sense ...
+        _check_records(self.path, "profile", list(state.profiles.values()))
+        _check_records(self.path, "history", list(state.history.values()))
+        if cfg is not None:
+            from fedhpc.strategy import get_strategy
+
+            try:  # ... and the strategy must take its state back
+                get_strategy(cfg.strategy.name, **cfg.strategy.params).load_state_dict(state.strategy)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {self.path}: strategy state refused ({exc})") from None
+        for _ in self.residuals(int(c) for c in self.file["clients/residual"]):
+            pass  # verifies each residual's checksum now, so a bad one falls back to an older checkpoint
 
     @property
     def round(self) -> int:

@@ -16,7 +16,7 @@ from mpi4py import MPI
 from fedhpc import env
 from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
-from fedhpc.errors import FedHPCError
+from fedhpc.errors import ConfigError, FedHPCError
 from fedhpc.runtime import signals
 from fedhpc.runtime.transport import Tag, recv_object
 
@@ -52,6 +52,20 @@ def job_id_of(cfg: RunConfig) -> int:
     return K.crc32c(repr(cfg.to_dict()).encode())
 
 
+def prepare_run_directory(out: Path) -> None:
+    """Create ``out`` and ``out/checkpoints`` and prove both writable now, before any round,
+    rather than at the first checkpoint."""
+    for d in (out, out / "checkpoints"):
+        probe = d / ".fedhpc-write-test"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"run directory {d} is not writable ({exc.strerror or exc}): choose another --out "
+                              f"or fix its permissions") from None
+
+
 def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     """Run the federated job on ``comm``; return its status as rank 0 decided it
     (0, or 75 when stopped by a signal), on every rank. See :func:`finish` for
@@ -78,7 +92,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     signals.install()
     rank = comm.rank
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_run_directory(out)
         save_config(cfg, out / "config.toml")
     comm.Barrier()
     setup_logging(rank, out if rank == 0 else None, verbose=rank == gateway)
