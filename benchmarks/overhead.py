@@ -186,7 +186,7 @@ def dataplane(comm, params: int, repeats: int) -> dict | None:
     pool = BufferPool()  # as the runtime keeps one per rank, reclaimed after every round
 
     def fedhpc_path():
-        bcast_array(comm, weights)
+        bcast_array(comm, weights, 600, "the model")
         if rank:
             t0 = time.perf_counter()
             head = UpdateHeader(Status.OK, 1, 0, rank, 1, 0.0, 0.0, 0.0, 0)

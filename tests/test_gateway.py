@@ -1,5 +1,6 @@
 """The gRPC gateway: stubs, security, limits, chunked streaming, and hybrid MPI + worker jobs."""
 
+import contextlib
 import json
 import signal
 import socket
@@ -50,7 +51,8 @@ def free_port() -> int:
 @pytest.fixture
 def gateway(pki):
     srv = GatewayServer(job_id=JOB, slots=[10, 11], config_toml="rounds = 1\n", tokens=load_tokens(pki / "tokens.txt"),
-                        max_update_bytes=3 << 20, calls_per_second=200, heartbeat_s=0.2, max_samples=1000)
+                        max_update_bytes=3 << 20, calls_per_second=200, heartbeat_s=0.2, max_samples=1000,
+                        stream_idle_s=0.5)
     port = srv.start("127.0.0.1:0", str(pki / "server.pem"), str(pki / "server.key"), str(pki / "ca.pem"))
     yield srv, f"127.0.0.1:{port}"
     srv.stop(0.5)
@@ -222,6 +224,98 @@ def test_a_silent_worker_holding_a_task_is_reported_lost(pki, gateway):
     time.sleep(0.7)  # > 3 heartbeats of 0.2 s
     assert srv.lost_clients() == [reg.client_id]
     assert srv.connected() == {}
+
+
+@pytest.mark.unit
+def test_a_token_is_bound_to_its_certificate_and_plays_one_slot(pki, gateway):
+    srv, addr = gateway
+    with pytest.raises(grpc.RpcError) as exc:  # w1's token with w2's certificate
+        register(pb_grpc.GatewayStub(channel(pki, addr, "w2")), token(pki, "w1"))
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    s1 = pb_grpc.GatewayStub(channel(pki, addr, "w1"))
+    assert register(s1, token(pki, "w1"), client=10).client_id == 10
+    assert register(s1, token(pki, "w1"), client=11).client_id == 11  # replaces its session: one slot at a time
+    assert sorted(srv.connected()) == [11]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("field,value", [("samples_per_s", float("nan")), ("bandwidth_mbps", float("inf")),
+                                         ("latency_ms", -1.0), ("memory_gb", float("-inf"))])
+def test_a_profile_with_non_finite_or_negative_numbers_is_refused(pki, gateway, field, value):
+    srv, addr = gateway
+    stub, md = pb_grpc.GatewayStub(channel(pki, addr)), token(pki)
+    bad = pb.Profile(**{field: value})
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Register(pb.RegisterRequest(worker="t", requested_client=-1, profile=bad, num_samples=5), metadata=md,
+                      timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in exc.value.details()
+    reg = register(stub, md)
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Heartbeat(pb.HeartbeatRequest(session=reg.session, profile=bad), metadata=md, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert all(np.isfinite(v) for p in srv.connected().values() for v in (p.samples_per_s, p.bandwidth_mbps))
+
+
+@pytest.mark.unit
+def test_guessing_tokens_locks_the_address_out_and_logs_a_line_not_a_flood(pki, gateway, caplog):
+    from fedhpc.gateway.server import BAD_TOKENS_PER_PEER
+
+    srv, addr = gateway
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    with caplog.at_level("WARNING", logger="fedhpc.gateway"):
+        for i in range(3 * BAD_TOKENS_PER_PEER):
+            with pytest.raises(grpc.RpcError):
+                register(stub, ((TOKEN_KEY, f"guess-{i:040d}"),))
+        with pytest.raises(grpc.RpcError) as exc:  # now even the right token is refused from this address
+            register(stub, token(pki))
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED and "locked out" in exc.value.details()
+    refusals = [r.getMessage() for r in caplog.records if "refused a call" in r.getMessage()]
+    assert len(refusals) == 2 and "127.0.0.1" in refusals[0] and "locked out" in refusals[1], refusals
+
+
+@pytest.mark.unit
+def test_stalled_uploads_from_one_token_cannot_take_the_gateway_offline(pki, gateway):
+    """100 uploads that send one chunk and stall: at most STREAMS_PER_WORKER are served, each is
+    cancelled once idle for stream_idle_s; another worker's calls go through all along."""
+    import threading
+
+    from fedhpc.gateway.server import STREAMS_PER_WORKER
+
+    srv, addr = gateway
+    evil, md = pb_grpc.GatewayStub(channel(pki, addr, "w1")), token(pki, "w1")
+    reg = register(evil, md)
+    release = threading.Event()
+
+    def stalled():
+        yield pb.UpdateChunk(session=reg.session, round=0, data=b"x" * 100)
+        release.wait(30)
+
+    calls = [evil.PushUpdate.future(stalled(), metadata=md, timeout=30) for _ in range(100)]
+    honest, hmd = pb_grpc.GatewayStub(channel(pki, addr, "w2")), token(pki, "w2")
+    hreg = register(honest, hmd)
+    t0 = time.monotonic()
+    for _ in range(5):
+        honest.Heartbeat(pb.HeartbeatRequest(session=hreg.session), metadata=hmd, timeout=5)
+    assert time.monotonic() - t0 < 5
+    codes = [c.exception().code() for c in calls]  # every call ends, none waits for release
+    release.set()
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 100 - STREAMS_PER_WORKER
+    assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+    assert srv.updates.empty() and srv.streams["w1"] == 0
+
+
+@pytest.mark.unit
+def test_a_worker_registering_again_while_holding_a_task_fails_that_client_at_once(pki, gateway):
+    srv, addr = gateway
+    stub, md = pb_grpc.GatewayStub(channel(pki, addr)), token(pki)
+    reg = register(stub, md)
+    srv.begin_round(4)
+    srv.offer_task(Task(4, reg.client_id, 0.0, b"\0" * 64))
+    list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=md, timeout=10))
+    register(stub, md)
+    client, rnd, data = srv.updates.get(timeout=5)
+    head, body = unpack_update(data)
+    assert (client, rnd, head.status) == (reg.client_id, 4, Status.ERROR) and b"registered again" in bytes(body)
 
 
 # --- hybrid jobs: mpiexec with a gateway rank, workers as plain processes ---------------------
@@ -462,3 +556,45 @@ client_ca = "{pki}/ca.pem"
     # the same six clients without an attacker (and without a gateway): bitwise the same model
     fedhpc_run(3, tmp_path / "clean", "rounds=10", "clients.total=6", "clients.per_round=6")
     assert np.load(out / "final_weights.npy").tobytes() == np.load(tmp_path / "clean" / "final_weights.npy").tobytes()
+
+
+@pytest.mark.e2e
+def test_a_worker_that_holds_its_task_in_silence_makes_rounds_time_out_not_the_job_die(pki, tmp_path):
+    """It heartbeats (so it is not lost) but never pushes: every round runs into stragglers.timeout_s,
+    the remote client is late, and the gateway rank waits for rank 0's close instead of giving up."""
+    import threading
+
+    port = free_port()
+    out = tmp_path / "run"
+    cfg = tmp_path / "silent.toml"
+    cfg.write_text(hybrid_config(pki, tmp_path, port).read_text().replace("rounds = 30", "rounds = 3")
+                   .replace("min_workers = 2", "min_workers = 1").replace("clients = 2", "clients = 1")
+                   .replace("per_round = 7", "per_round = 6").replace("slow_clients = [0]", "slow_clients = []")
+                   .replace("deadline_s = 5.0", "timeout_s = 3.0\n"
+                                                                      "close_grace_s = 2.0"))
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=mpi_env())
+    done = threading.Event()
+
+    def silent():
+        ch = channel(pki, f"127.0.0.1:{port}", "w1")
+        grpc.channel_ready_future(ch).result(timeout=120)
+        stub, md = pb_grpc.GatewayStub(ch), token(pki, "w1")
+        reg = register(stub, md)
+        while not done.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=0.5), metadata=md, timeout=5))
+                stub.Heartbeat(pb.HeartbeatRequest(session=reg.session), metadata=md, timeout=5)
+
+    t = threading.Thread(target=silent, daemon=True)
+    t.start()
+    try:
+        _, err = job.communicate(timeout=180)
+    finally:
+        done.set()
+    assert job.returncode == 0, err[-4000:]
+    with h5py.File(out / "run.h5") as f:
+        status = f["clients/status"][()]
+    assert (status[:, 5] == 2).all() and (status[:, :5] == 1).all(), status
+    assert all(r["round_seconds"] >= 3.0 for r in metrics(out))

@@ -1,12 +1,19 @@
 """End-to-end federated jobs on real MPI ranks (mpiexec -n N fedhpc run)."""
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import fedhpc_run, final_weights, metrics
+from conftest import MPIEXEC, fedhpc_run, final_weights, metrics, mpi_env
 
 pytestmark = pytest.mark.e2e
 
@@ -216,3 +223,57 @@ def test_a_run_whose_clients_all_fail_stops_and_keeps_the_last_good_checkpoint(o
     assert [p.name for p in (out / "checkpoints").glob("ckpt-*.h5")] == ["ckpt-000001.h5"]
     assert [r["clients_failed"] for r in metrics(out)] == [4, 4]
     assert not (out / "final_weights.npy").exists()
+
+
+def rank_pid(root: int, rank: int) -> int:
+    """The pid of MPI rank ``rank`` among the descendants of process ``root`` (MPICH sets PMI_RANK)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    todo, found = [root], []
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                env = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"PMI_RANK={rank}".encode() in env:
+                found.append(child)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_stopped_trainer_rank_ends_the_job_within_its_deadlines(tmp_path):
+    """SIGSTOP a trainer rank between rounds: the next round's broadcast or accounting runs into
+    its deadline and rank 0 aborts the job with a message, within timeout_s + close_grace_s of
+    the round's start (twice that as a bound, plus start-up and teardown slack), never hanging."""
+    timeout, grace = 4.0, 2.0
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "mpi4py", "-m", "fedhpc", "run", "--out", str(out),
+           "--set", "rounds=100000", "--set", f"stragglers.timeout_s={timeout}",
+           "--set", f"stragglers.close_grace_s={grace}"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.05)
+        pid = rank_pid(job.pid, 2)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        _, err = job.communicate(timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0 and "a rank is stopped, hung or dead" in err, err[-3000:]
+    assert elapsed < 2 * (timeout + grace) + 10, elapsed

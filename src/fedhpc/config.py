@@ -132,6 +132,9 @@ class StragglersConfig:
     deadline_s: float = 0.0  # close the round this long after it starts (0 = no deadline)
     fastest_k: int = 0  # close the round when this many updates arrived (0 = wait for all)
     timeout_s: float = 300.0  # hard wall-clock bound on any wait, whatever the clock
+    # after a round closes, how long rank 0 waits for every rank's accounting (one batch must end
+    # first) before it aborts the job as hung: raise it when one batch takes longer
+    close_grace_s: float = 10.0
     # FedProx's "partial work": a client that cannot finish every local epoch before
     # the deadline trains the epochs its speed allows (at least one) and still
     # reports, instead of being dropped. Needs a deadline.
@@ -141,6 +144,7 @@ class StragglersConfig:
         _seconds(self.deadline_s, f"{key}.deadline_s", positive=False)
         _require(self.fastest_k >= 0, f"{key}.fastest_k", "must be >= 0")
         _seconds(self.timeout_s, f"{key}.timeout_s")
+        _seconds(self.close_grace_s, f"{key}.close_grace_s")
 
 
 @dataclass
@@ -315,6 +319,7 @@ class RunConfig:
         for key in ("rounds", "checkpoint", "eval"):
             d.pop(key, None)
         d["stragglers"].pop("timeout_s", None)
+        d["stragglers"].pop("close_grace_s", None)
         for key in ("listen", "token_file", "tls_cert", "tls_key", "client_ca", "calls_per_second", "heartbeat_s",
                     "min_workers", "wait_s"):
             d["gateway"].pop(key, None)  # where and how workers connect, not what the run computes

@@ -11,7 +11,9 @@ import pytest
 from mpi4py import MPI
 
 from fedhpc import env
-from fedhpc.runtime.transport import Tag, bcast_array, isend_chunked, poll, recv_update, wait_with_deadline
+from fedhpc.runtime.transport import (
+    Tag, bcast_array, bcast_object, isend_chunked, poll, recv_update, wait_with_deadline,
+)
 from fedhpc.update import BufferPool, Status, UpdateHeader, pack_update, unpack_update
 
 pytestmark = pytest.mark.mpi
@@ -36,8 +38,17 @@ def test_chunk_size_comes_from_the_environment(comm):
 def test_bcast_array_chunked_matches_root(comm):
     n = 10_000 + 3  # 40 KB: ten chunks and a short one
     arr = np.arange(n, dtype=np.float32) * 0.5 if comm.rank == 0 else np.zeros(n, np.float32)
-    bcast_array(comm, arr)
+    bcast_array(comm, arr, WAIT_S, "the model")
     agree(comm, np.array_equal(arr, np.arange(n, dtype=np.float32) * 0.5), "broadcast model")
+
+
+def test_bcast_object_carries_typed_messages_with_a_deadline(comm):
+    from fedhpc.runtime.messages import RoundTask
+
+    task = RoundTask(7, {1: (3, 4), 2: (5,)}, 0.01) if comm.rank == 0 else None
+    seen = []
+    got = bcast_object(comm, task, WAIT_S, "a task", while_waiting=lambda: seen.append(1))
+    agree(comm, got == RoundTask(7, {1: (3, 4), 2: (5,)}, 0.01), "the task every rank received")
 
 
 def test_updates_of_many_chunks_arrive_intact_from_every_rank(comm):

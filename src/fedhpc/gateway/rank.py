@@ -91,7 +91,8 @@ class GatewayRank(HostRank):
         for cid in task.clients_of(self.comm.rank):
             if not self.server.offer_task(Task(r, cid, task.mu, model)):
                 fail(cid, f"no worker is connected for remote client {cid}")
-        deadline = time.monotonic() + timeout
+        # rank 0 closes the round within timeout_s of its start: give up only after its grace too
+        deadline = time.monotonic() + timeout + self.ctx.cfg.stragglers.close_grace_s
         while not self.round_closed():
             self.forward_signal()
             try:
@@ -103,7 +104,8 @@ class GatewayRank(HostRank):
             for cid in self.server.lost_clients():
                 fail(cid, f"the worker of client {cid} disconnected mid-round")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"gateway: no word from rank 0 for {timeout:.0f}s in round {r}")
+                raise TimeoutError(f"gateway: rank 0 did not close round {r} within its timeout and grace "
+                                   f"({timeout + self.ctx.cfg.stragglers.close_grace_s:.0f}s)")
         self.server.end_round()
         # trains nothing itself; the model bytes it relayed to workers count as sent down
         self.finish_round(Done(r, sent, relayed_bytes=self.server.bytes_down, workers=self.server.connected()),

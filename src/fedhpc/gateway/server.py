@@ -7,8 +7,10 @@ It knows nothing of MPI: :class:`GatewayServer` is driven by the gateway rank
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -30,6 +32,9 @@ log = logging.getLogger("fedhpc.gateway")
 
 CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB default, framing included
 TOKEN_KEY = "x-fedhpc-token"
+STREAMS_PER_WORKER = 4  # open GetTask/PushUpdate streams one worker may hold (an honest one holds 1, 2 reconnecting)
+BAD_TOKENS_PER_PEER = 10  # failed authentications from one address ...
+LOCKOUT_S = 60.0  # ... within this long lock that address out for as long
 
 
 def load_tokens(path: str | Path) -> dict[str, str]:
@@ -90,6 +95,39 @@ class _RateLimiter:
             return ok
 
 
+class _Lockout:
+    """Failed authentications per peer address: beyond ``limit`` in ``window_s`` the address
+    is refused outright for ``window_s``, and logged once per window, not once per guess."""
+
+    def __init__(self, limit: int = BAD_TOKENS_PER_PEER, window_s: float = LOCKOUT_S):
+        self.limit, self.window_s = limit, window_s
+        self.failures: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def locked(self, peer: str) -> bool:
+        with self.lock:
+            recent = self._recent(peer)
+            return len(recent) >= self.limit
+
+    def fail(self, peer: str) -> tuple[int, bool]:
+        """Count a failure; (failures in the window, whether this one should be logged)."""
+        with self.lock:
+            recent = self._recent(peer)
+            recent.append(time.monotonic())
+            return len(recent), len(recent) in (1, self.limit)
+
+    def _recent(self, peer: str) -> list[float]:
+        since = time.monotonic() - self.window_s
+        recent = [t for t in self.failures.get(peer, []) if t > since]
+        self.failures[peer] = recent
+        return recent
+
+
+def peer_address(context) -> str:
+    """The caller's address without its port (``ipv4:10.0.0.5:40122`` -> ``ipv4:10.0.0.5``)."""
+    return context.peer().rpartition(":")[0] or context.peer()
+
+
 class GatewayServer(pb_grpc.GatewayServicer):
     """Serves external workers for one job.
 
@@ -99,13 +137,28 @@ class GatewayServer(pb_grpc.GatewayServicer):
     exactly what it declared. A pushed Update that is refused while its
     client's task is open is reported on ``updates`` as a REJECTED failure,
     so rank 0 records why the client failed.
+
+    What one token can do is bounded: it plays one client slot at a time
+    (registering again replaces its session); under mutual TLS its
+    certificate must name the same worker; it holds at most
+    ``STREAMS_PER_WORKER`` open streams, each of which must move a chunk
+    every ``stream_idle_s`` or is cancelled; it makes at most
+    ``calls_per_second`` calls; and its profile must be finite and
+    non-negative. An address that fails to authenticate
+    ``BAD_TOKENS_PER_PEER`` times in a minute is locked out for a minute.
     """
 
     def __init__(self, *, job_id: int, slots: list[int], config_toml: str, tokens: dict[str, str],
-                 max_update_bytes: int, calls_per_second: float, heartbeat_s: float, max_samples: int):
+                 max_update_bytes: int, calls_per_second: float, heartbeat_s: float, max_samples: int,
+                 stream_idle_s: float = 30.0):
         self.job_id, self.slots, self.config_toml, self.tokens = job_id, slots, config_toml, tokens
         self.max_update_bytes, self.heartbeat_s, self.max_samples = max_update_bytes, heartbeat_s, max_samples
+        self.stream_idle_s = stream_idle_s
         self.limiter = _RateLimiter(calls_per_second)
+        self.lockout = _Lockout()
+        self.streams: dict[str, int] = {}  # worker -> open streams
+        self.pushes: dict[int, tuple[object, float]] = {}  # id -> (context, last chunk) of uploads in progress
+        self.bind_certificates = False  # set by start() under mutual TLS
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
         self.updates: queue.Queue = queue.Queue()  # (client, round, Update bytes) for the gateway rank
@@ -120,7 +173,11 @@ class GatewayServer(pb_grpc.GatewayServicer):
         options = [("grpc.max_receive_message_length", 2 * CHUNK_BYTES),
                    ("grpc.max_send_message_length", 2 * CHUNK_BYTES),
                    ("grpc.so_reuseport", 0)]  # a stale server must not silently share the port
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
+        # every worker may hold its streams and still leave threads for everyone's heartbeats
+        threads = max(16, (STREAMS_PER_WORKER + 1) * len(self.slots) + 4)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options,
+                                  maximum_concurrent_rpcs=4 * threads)
+        self.bind_certificates = bool(tls_cert and client_ca)
         pb_grpc.add_GatewayServicer_to_server(self, self.server)
         try:
             if tls_cert:
@@ -136,7 +193,17 @@ class GatewayServer(pb_grpc.GatewayServicer):
         if port == 0:
             raise ConfigError(f"config key 'gateway.listen': cannot listen on {listen} (address in use or invalid)")
         self.server.start()
+        threading.Thread(target=self._watch_uploads, name="gateway-upload-watchdog", daemon=True).start()
         return port
+
+    def _watch_uploads(self) -> None:
+        """Cancel uploads that stopped moving: a stalled stream must not hold a server thread."""
+        while not self.stopping.wait(min(1.0, self.stream_idle_s / 4)):
+            limit = time.monotonic() - self.stream_idle_s
+            with self.lock:
+                stalled = [ctx for ctx, last in self.pushes.values() if last < limit]
+            for ctx in stalled:
+                ctx.cancel()  # type: ignore[attr-defined]
 
     def stop(self, grace_s: float = 2.0, drain_s: float = 0.0) -> None:
         """Stop serving; first give connected workers up to ``drain_s`` to collect
@@ -194,12 +261,28 @@ class GatewayServer(pb_grpc.GatewayServicer):
 
     # -- RPCs ----------------------------------------------------------------
     def _auth(self, context) -> str:
-        """The caller's worker name; aborts the call unless its token is valid and it is within its rate."""
+        """The caller's worker name; aborts the call unless its token is valid (and, under mutual
+        TLS, its certificate names the same worker) and it is within its rate."""
+        peer = peer_address(context)
+        if self.lockout.locked(peer):
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"too many failed authentications from {peer}: "
+                   f"locked out for {LOCKOUT_S:.0f}s")
         token = dict(context.invocation_metadata()).get(TOKEN_KEY, "")
         worker = self.tokens.get(token) if token else None
-        if worker is None:
-            log.warning("refused a call from %s: %s token", context.peer(), "wrong" if token else "no")
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (x-fedhpc-token)")
+        problem = f"{'wrong' if token else 'no'} token" if worker is None else None
+        if worker is not None and self.bind_certificates:
+            names = [n.decode() for n in context.auth_context().get("x509_common_name", [])]
+            if names != [worker]:
+                problem = f"the token of worker {worker} with the certificate of {names or 'nobody'}"
+        if problem:
+            count, loud = self.lockout.fail(peer)
+            if loud:
+                log.warning("refused a call from %s: %s%s", peer, problem,
+                            f" ({count} failures: the address is locked out for {LOCKOUT_S:.0f}s)"
+                            if count >= BAD_TOKENS_PER_PEER else "")
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (x-fedhpc-token), or a "
+                   "certificate of another worker")
+        assert worker is not None  # a refused token aborted above
         if not self.limiter.allow(worker):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"worker {worker}: too many calls per second")
         return worker
@@ -212,18 +295,35 @@ class GatewayServer(pb_grpc.GatewayServicer):
             s.last_seen = time.monotonic()
             return s
 
+    @contextlib.contextmanager
+    def _stream(self, context, worker: str):
+        """Hold one of the worker's ``STREAMS_PER_WORKER`` stream slots while a stream is open."""
+        with self.lock:
+            held = self.streams.get(worker, 0)
+            if held >= STREAMS_PER_WORKER:
+                log.warning("worker %s: refused a stream, it holds %d already", worker, held)
+                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"worker {worker} holds {held} open streams, the most allowed")
+            self.streams[worker] = held + 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.streams[worker] -= 1
+
     def Register(self, request, context):
         worker = self._auth(context)
+        bad = _bad_profile(request.profile)
+        if bad:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"profile {bad}")
         if not 1 <= request.num_samples <= self.max_samples:
             log.warning("worker %s (%s): registration refused: it declares %d training samples, allowed 1..%d",
                         worker, context.peer(), request.num_samples, self.max_samples)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"num_samples {request.num_samples} is outside 1..{self.max_samples} (gateway.max_samples)")
         with self.lock:
-            for old in [s for s in self.sessions.values() if s.worker == worker and
-                        request.requested_client in (-1, s.client)]:
-                del self.sessions[old.id]  # the same worker reconnecting replaces its old session
-            taken = {s.client for s in self.sessions.values()}
+            mine = [s for s in self.sessions.values() if s.worker == worker]
+            taken = {s.client for s in self.sessions.values() if s.worker != worker}
             free = [c for c in self.slots if c not in taken]
             if request.requested_client >= 0:
                 free = [c for c in free if c == request.requested_client]
@@ -231,6 +331,14 @@ class GatewayServer(pb_grpc.GatewayServicer):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"no free remote client slot (slots {self.slots[0]}..{self.slots[-1]}, "
                               f"requested {request.requested_client})")
+            for old in mine:  # one worker plays one client: registering again replaces its session
+                del self.sessions[old.id]
+                task = old.outstanding
+                if task is not None and task.round == self.open_round:
+                    reason = f"worker {worker} registered again while holding client {old.client}'s task"
+                    log.warning("%s; the client fails this round", reason)
+                    self.updates.put((old.client, task.round, failure_update(
+                        Status.ERROR, self.job_id, task.round, old.client, reason).tobytes()))
             p = request.profile
             s = Session(secrets.token_hex(16), worker, free[0],
                         _profile(RemoteProfile(worker, request.num_samples), p), time.monotonic())
@@ -241,7 +349,12 @@ class GatewayServer(pb_grpc.GatewayServicer):
                                 max_update_bytes=self.max_update_bytes, chunk_bytes=CHUNK_BYTES)
 
     def GetTask(self, request, context):
-        s = self._session(context, self._auth(context), request.session)
+        worker = self._auth(context)
+        s = self._session(context, worker, request.session)
+        with self._stream(context, worker):
+            yield from self._task_stream(s, request, context)
+
+    def _task_stream(self, s: Session, request, context):
         deadline = time.monotonic() + min(max(request.wait_s, 0.0), 30.0)
         while not self.stopping.is_set():
             try:
@@ -266,9 +379,23 @@ class GatewayServer(pb_grpc.GatewayServicer):
 
     def PushUpdate(self, request_iterator, context):
         worker = self._auth(context)
-        parts, size, s, rnd = [], 0, None, None
+        with self._stream(context, worker):
+            key = id(context)
+            with self.lock:
+                self.pushes[key] = (context, time.monotonic())
+            try:
+                return self._receive_update(worker, request_iterator, context, key)
+            finally:
+                with self.lock:
+                    self.pushes.pop(key, None)
+
+    def _receive_update(self, worker: str, request_iterator, context, key: int):
+        parts: list[bytes] = []
+        size, s, rnd = 0, None, 0
         max_chunks = self.max_update_bytes // CHUNK_BYTES + 2
         for chunk in request_iterator:
+            with self.lock:
+                self.pushes[key] = (context, time.monotonic())
             if s is None:
                 s, rnd = self._session(context, worker, chunk.session), chunk.round
             size += len(chunk.data)
@@ -317,6 +444,9 @@ class GatewayServer(pb_grpc.GatewayServicer):
         if request.session:
             s = self._session(context, worker, request.session)
             if request.HasField("profile"):
+                bad = _bad_profile(request.profile)
+                if bad:
+                    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"profile {bad}")
                 s.profile = _profile(s.profile, request.profile)
         return pb.HeartbeatReply(payload=request.payload[:CHUNK_BYTES])
 
@@ -336,6 +466,15 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -
     """End the call with ``code`` (``context.abort`` raises; this says so to the type checker)."""
     context.abort(code, details)
     raise AssertionError("unreachable: grpc's abort raises")
+
+
+def _bad_profile(p) -> str | None:
+    """What is wrong with a worker's reported profile (every number finite and >= 0), or None."""
+    for name in ("samples_per_s", "memory_gb", "bandwidth_mbps", "latency_ms"):
+        v = getattr(p, name)
+        if not (math.isfinite(v) and v >= 0):
+            return f"field {name} is {v}: every measurement must be a finite number >= 0"
+    return None
 
 
 def _profile(base: RemoteProfile, p) -> RemoteProfile:

@@ -18,12 +18,11 @@ from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
 from fedhpc.errors import ConfigError, FedHPCError
 from fedhpc.runtime import signals
-from fedhpc.runtime.transport import Tag, recv_object
+from fedhpc.runtime.transport import ABORT_GRACE_S, Tag, abort_job, recv_object
 
 log = logging.getLogger("fedhpc")
 
 EXIT_GRACE_S = 2.0
-ABORT_GRACE_S = 0.5
 
 
 def setup_logging(rank: int, out: Path | None, verbose: bool = False) -> None:
@@ -181,17 +180,14 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
         if message:
             print(message, file=sys.stderr, flush=True)
         if size > 1 and not MPI.Is_finalized():
-            # mpiexec stops forwarding output once the abort tears the job down,
-            # and under load dropped the message just printed: let it pass first
-            time.sleep(ABORT_GRACE_S)
-            comm.Abort(status)
+            abort_job(comm, status)
         return status
 
     try:
         return fn()
     except ReportedElsewhere:
         # rank 0 prints the error and aborts the job; if it cannot, leave without a word
-        time.sleep(4 * ABORT_GRACE_S)
+        time.sleep(4 * ABORT_GRACE_S)  # rank 0 prints the error and aborts meanwhile
         return fail("", 2)
     except JobError as exc:
         return fail(f"fedhpc: error ({exc.where()}): {exc}", 2)

@@ -23,9 +23,11 @@ from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
-from fedhpc.runtime.messages import Close, Done, RemoteProfile, RestoreState, RoundTask, SaveState, Stop
+from fedhpc.runtime.messages import Close, Command, Done, RemoteProfile, RestoreState, RoundTask, SaveState, Stop
 from fedhpc.runtime.training import evaluate
-from fedhpc.runtime.transport import Tag, bcast_array, recv_arrays, recv_object, recv_update, send_arrays
+from fedhpc.runtime.transport import (
+    Tag, abort_job, bcast_array, bcast_object, recv_arrays, recv_object, recv_update, send_arrays,
+)
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
@@ -34,9 +36,6 @@ from fedhpc.update import BufferPool, Status, UpdateHeader, max_update_bytes, un
 
 log = logging.getLogger("fedhpc.orchestrator")
 
-# After the round is closed, trainers need at most one batch to notice; this
-# bounds how long rank 0 waits for their final accounting before it gives up.
-CLOSE_GRACE_S = 60.0
 SIGNAL_CHECK_S = 0.01  # how often the receive loop looks for a second stop signal
 
 
@@ -111,7 +110,7 @@ class Orchestrator:
         self.strategy.load_state_dict(st.strategy)
         self.profiles, self.history = st.profiles, st.history
         self.guard.restore(st.metrics)
-        self.comm.bcast(RestoreState(), root=0)
+        self.command(RestoreState())
         for rank in self.ctx.trainers:
             send_arrays(self.comm, dict(ckpt.residuals(self.ctx.clients_of(rank))), rank,
                         self.ctx.cfg.stragglers.timeout_s)
@@ -119,7 +118,7 @@ class Orchestrator:
 
     def checkpoint(self, rounds_done: int) -> Path:
         """Gather every client's residual from the trainers and write a checkpoint."""
-        self.comm.bcast(SaveState(), root=0)
+        self.command(SaveState())
         timeout, n = self.ctx.cfg.stragglers.timeout_s, self.ctx.layout.size
         residuals = (item for rank in self.ctx.trainers for item in recv_arrays(self.comm, rank, n, timeout))
         state = ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
@@ -127,6 +126,23 @@ class Orchestrator:
         path = write_checkpoint(self.out / "checkpoints", self.ctx.cfg, self.ctx.layout, state, residuals)
         log.info("checkpoint written: %s", path)
         return path
+
+    def command(self, cmd: Command) -> None:
+        """Broadcast ``cmd`` (and a round's model with a RoundTask) to every rank, or abort the
+        job (exit 3) if a rank does not take it within ``stragglers.timeout_s``."""
+        timeout = self.ctx.cfg.stragglers.timeout_s
+        what = f"every rank to take {type(cmd).__name__}"
+        try:
+            bcast_object(self.comm, cmd, timeout, what)
+            if isinstance(cmd, RoundTask):
+                bcast_array(self.comm, self.weights, timeout, f"every rank to take round {cmd.round}'s model")
+        except TimeoutError as exc:
+            self.abort(f"{exc}; aborting the job (a rank is stopped, hung or dead)")
+
+    def abort(self, message: str) -> None:
+        """End the whole job now, with exit status 3, saying why once."""
+        log.critical(message)
+        abort_job(self.comm, 3)
 
     def stop_signals(self) -> int:
         """Stop signals seen by any rank (forwarded by the trainers, or received here)."""
@@ -177,7 +193,7 @@ class Orchestrator:
                     status = signals.EXIT_PREEMPTED
                     break
         record.close()
-        self.comm.bcast(Stop(status), root=0)
+        self.command(Stop(status))
         if status == 0:
             np.save(self.out / "final_weights.npy", self.weights)
         return metrics, status
@@ -194,8 +210,7 @@ class Orchestrator:
         assign: dict[int, list[int]] = {}
         for c in selected:
             assign.setdefault(ctx.host_of(c), []).append(c)
-        self.comm.bcast(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu), root=0)
-        bcast_array(self.comm, self.weights)
+        self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu))
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
         outcome, norm_median = self.guard.screen(outcome)
@@ -248,7 +263,7 @@ class Orchestrator:
         """Feed the round's arrivals to its :class:`RoundCollector` until it says
         the round is over, close the round on every rank, and drain exactly
         what the ranks still had in flight."""
-        timeout = self.ctx.cfg.stragglers.timeout_s
+        timeout, grace = self.ctx.cfg.stragglers.timeout_s, self.ctx.cfg.stragglers.close_grace_s
         got = _Collected(RoundCollector(r, frozenset(selected), self.rules, self.clock))
         col, trainers = got.collector, self.ctx.trainers
         done: dict[int, Done] = {}
@@ -269,12 +284,11 @@ class Orchestrator:
                         self.comm.send(Close(r), dest=rank, tag=Tag.CLOSE)
             elif len(done) == len(trainers) and all(received[k] >= done[k].sent for k in trainers):
                 break
-            elif elapsed > timeout + CLOSE_GRACE_S:
+            elif elapsed > timeout + grace:
                 silent = [k for k in trainers if k not in done or received[k] < done[k].sent]
-                msg = (f"round {r}: trainer ranks {silent} did not finish the round within "
-                       f"{timeout + CLOSE_GRACE_S:.0f}s; aborting the job (a rank is hung or dead)")
-                log.critical(msg)
-                self.comm.Abort(3)
+                self.abort(f"round {r}: ranks {silent} did not account for the round within {timeout + grace:.0f}s "
+                           f"(stragglers.timeout_s + close_grace_s); aborting the job (a rank is stopped, hung or "
+                           f"dead)")
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.UPDATE, status=status):
                 src = status.Get_source()
                 received[src] += 1

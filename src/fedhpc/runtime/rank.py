@@ -19,7 +19,9 @@ from mpi4py import MPI
 from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.messages import Close, Done, RestoreState, RoundTask, SaveState, Stop
-from fedhpc.runtime.transport import Tag, bcast_array, recv_arrays, recv_object, send_arrays, wait_with_deadline
+from fedhpc.runtime.transport import (
+    Tag, bcast_array, bcast_object, recv_arrays, recv_object, send_arrays, wait_with_deadline,
+)
 
 
 class HostRank(ABC):
@@ -45,7 +47,8 @@ class HostRank(ABC):
         timeout = self.ctx.cfg.stragglers.timeout_s
         while True:
             self.forward_signal()
-            cmd = self.comm.bcast(None, root=0)
+            cmd = bcast_object(self.comm, None, self.command_wait_s(), "rank 0's next command (rank 0 is stopped "
+                               "or hung)", while_waiting=self.forward_signal)
             if isinstance(cmd, Stop):
                 return cmd.exit
             if isinstance(cmd, SaveState):
@@ -53,10 +56,16 @@ class HostRank(ABC):
             elif isinstance(cmd, RestoreState):
                 self.restore_states(dict(recv_arrays(self.comm, 0, self.ctx.layout.size, timeout)))
             elif isinstance(cmd, RoundTask):
-                bcast_array(self.comm, self.weights)
+                bcast_array(self.comm, self.weights, timeout, f"round {cmd.round}'s model")
                 self.train_round(cmd)
             else:
                 raise RuntimeError(f"rank {self.comm.rank}: unknown command from rank 0: {cmd!r}")
+
+    def command_wait_s(self) -> float:
+        """How long this rank waits for rank 0's next command: a whole round with its grace,
+        plus as long again for rank 0's evaluation and checkpoint."""
+        st = self.ctx.cfg.stragglers
+        return 2 * (st.timeout_s + st.close_grace_s)
 
     def round_closed(self) -> bool:
         """Whether rank 0 has closed the round (its Close is waiting)."""
@@ -70,10 +79,12 @@ class HostRank(ABC):
 
     def finish_round(self, done: Done, pending: list[MPI.Request]) -> None:
         """Wait for rank 0 to close ``done.round``, account for it, and complete the ``pending`` sends."""
-        timeout = self.ctx.cfg.stragglers.timeout_s
+        st = self.ctx.cfg.stragglers
         self.forward_signal()
-        close: Close = recv_object(self.comm, 0, Tag.CLOSE, timeout, f"rank 0 to close round {done.round}")
+        # rank 0 closes every round within timeout_s of its start, so no longer than that and the grace
+        close: Close = recv_object(self.comm, 0, Tag.CLOSE, st.timeout_s + st.close_grace_s,
+                                   f"rank 0 to close round {done.round}")
         if close.round != done.round:
             raise RuntimeError(f"rank {self.comm.rank}: rank 0 closed round {close.round} while in round {done.round}")
         self.comm.send(done, dest=0, tag=Tag.DONE)
-        wait_with_deadline(pending, timeout, f"rank 0 to receive round {done.round}'s updates")
+        wait_with_deadline(pending, st.timeout_s, f"rank 0 to receive round {done.round}'s updates")

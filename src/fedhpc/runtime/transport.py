@@ -1,11 +1,16 @@
 """The MPI transport: tags, chunked buffer transfer, and waits that always have a deadline.
 
 Models and Updates (:mod:`fedhpc.update`) move as raw buffers; only the small
-typed control messages of :mod:`fedhpc.runtime.messages` are pickled.
+typed control messages of :mod:`fedhpc.runtime.messages` are pickled. Even
+the broadcasts are non-blocking with a deadline: a rank that is stopped
+(SIGSTOP, a hung node) makes the others fail with a message naming what they
+waited for, never hang.
 """
 
 from __future__ import annotations
 
+import pickle
+import sys
 import time
 from enum import IntEnum
 
@@ -68,12 +73,36 @@ def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: f
     return out
 
 
-def bcast_array(comm: MPI.Comm, arr: np.ndarray, root: int = 0) -> None:
-    """Broadcast a contiguous array in place, in chunks of at most FEDHPC_MPI_CHUNK_BYTES."""
+def bcast_array(comm: MPI.Comm, arr: np.ndarray, timeout_s: float, what: str, root: int = 0) -> None:
+    """Broadcast a contiguous array in place, in chunks of at most FEDHPC_MPI_CHUNK_BYTES,
+    or raise TimeoutError naming ``what``: a stopped rank cannot hold the others forever."""
     flat = arr.reshape(-1).view(np.uint8)
     step = env.MPI_CHUNK_BYTES
-    for a in range(0, flat.nbytes, step):
-        comm.Bcast(flat[a : a + step], root=root)
+    wait_with_deadline([comm.Ibcast(flat[a : a + step], root=root) for a in range(0, flat.nbytes, step)],
+                       timeout_s, what)
+
+
+def bcast_object(comm: MPI.Comm, obj, timeout_s: float, what: str, root: int = 0, while_waiting=None):
+    """Broadcast a small control message (pickled) from ``root`` with a deadline; return it.
+
+    ``while_waiting()`` is called as the wait polls (a rank forwards stop signals meanwhile).
+    """
+    size = np.array([0], dtype=np.int64)
+    data = pickle.dumps(obj) if comm.rank == root else b""
+    size[0] = len(data)
+
+    def wait(requests: list[MPI.Request]) -> None:
+        def ready() -> bool:
+            if while_waiting is not None:
+                while_waiting()
+            return MPI.Request.Testall(requests)
+
+        poll(ready, timeout_s, what)
+
+    wait([comm.Ibcast(size, root=root)])
+    buf = np.frombuffer(data, dtype=np.uint8).copy() if comm.rank == root else np.empty(int(size[0]), np.uint8)
+    wait([comm.Ibcast(buf, root=root)])
+    return obj if comm.rank == root else pickle.loads(buf.tobytes())
 
 
 def send_arrays(comm: MPI.Comm, arrays: dict[int, np.ndarray], dest: int, timeout_s: float) -> None:
@@ -93,6 +122,19 @@ def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
         reqs = [comm.Irecv(raw[a : a + step], source=source, tag=Tag.STATE) for a in range(0, max(raw.nbytes, 1), step)]
         wait_with_deadline(reqs, timeout_s, f"state from rank {source}")
         yield cid, out
+
+
+ABORT_GRACE_S = 0.5
+
+
+def abort_job(comm: MPI.Comm, status: int) -> None:
+    """``MPI_Abort`` the whole job with ``status``, after what was printed has had time to pass:
+    mpiexec stops forwarding output once the abort tears the job down, and under load it dropped
+    the message just printed."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    time.sleep(ABORT_GRACE_S)
+    comm.Abort(status)
 
 
 def poll(ready, timeout_s: float, what: str) -> None:
