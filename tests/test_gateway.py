@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import MPIEXEC, fedhpc_run, metrics, mpi_env
+from fedhpc.errors import ConfigError
 from fedhpc.gateway import certs
 from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
@@ -598,3 +599,21 @@ def test_a_worker_that_holds_its_task_in_silence_makes_rounds_time_out_not_the_j
         status = f["clients/status"][()]
     assert (status[:, 5] == 2).all() and (status[:, :5] == 1).all(), status
     assert all(r["round_seconds"] >= 3.0 for r in metrics(out))
+
+
+@pytest.mark.unit
+def test_certs_issue_gives_each_worker_slot_its_own_token_and_certificate(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    certs.init(tmp_path, ["localhost"])
+    files = certs.issue_slots(tmp_path, "cloud", 3)
+    assert len(files) == 9
+    tokens = load_tokens(tmp_path / "tokens.txt")
+    assert sorted(tokens.values()) == ["cloud-0", "cloud-1", "cloud-2"] and len(set(tokens)) == 3
+    for k in range(3):
+        cert = x509.load_pem_x509_certificate((tmp_path / f"cloud-{k}.pem").read_bytes())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"cloud-{k}"
+        assert tokens[(tmp_path / f"cloud-{k}.token").read_text().strip()] == f"cloud-{k}"
+    with pytest.raises(ConfigError, match="has credentials already"):
+        certs.issue_slots(tmp_path, "cloud", 2)

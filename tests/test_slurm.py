@@ -164,30 +164,43 @@ def test_gpu_layout_puts_rank_0_on_the_cpu_and_one_rank_per_gpu(tmp_path):
 
 
 @pytest.mark.unit
-def test_add_workers_gives_each_task_its_own_slot_and_shard(tmp_path, cli):
+def test_add_workers_gives_each_task_its_own_slot_shard_and_credentials(tmp_path, cli):
+    from fedhpc.gateway import certs
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "gateway.address").write_text("node07:50051\n")
     (run / "config.toml").write_text("[clients]\ntotal = 10\nper_round = 5\n[gateway]\nclients = 3\n")
-    token = tmp_path / "w.token"
-    token.write_text("0123456789abcdef0123\n")
-    (tmp_path / "ca.pem").write_text("ca")
-    code, text, err = cli("slurm", "add-workers", "--run", str(run), "--count", "3", "--token-file", str(token),
-                          "--ca", str(tmp_path / "ca.pem"), "--after", "41", "--dry-run")
+    pki = tmp_path / "pki"
+    certs.init(pki, ["node07"])
+    certs.issue_slots(pki, "hpc", 3)
+    code, text, err = cli("slurm", "add-workers", "--run", str(run), "--count", "3", "--pki", str(pki), "--worker",
+                          "hpc", "--after", "41", "--dry-run")
     assert code == 0, err
     for d in ("--ntasks=3", "--dependency=after:41", "--job-name=fedhpc-workers"):
         assert f"#SBATCH {d}\n" in text
     assert "FEDHPC_FIRST_CLIENT=10\n" in text  # remote slots follow the 10 MPI clients
+    assert f'FEDHPC_PKI="{pki}"\n' in text and 'FEDHPC_WORKER="hpc"\n' in text
     assert "--client-id $((FEDHPC_FIRST_CLIENT + SLURM_PROCID))" in text
     assert '--shard "$SLURM_PROCID/$SLURM_NTASKS"' in text
-    assert f'"--connect" "node07:50051" "--data" "digits" "--token-file" "{token}" "--ca" "{tmp_path}/ca.pem"' in text
+    assert '--token-file "$FEDHPC_PKI/$FEDHPC_WORKER-$SLURM_PROCID.token"' in text  # task K's own token ...
+    assert '--cert "$FEDHPC_PKI/$FEDHPC_WORKER-$SLURM_PROCID.pem"' in text  # ... and certificate
+    assert f'"--connect" "node07:50051" "--data" "digits" "--ca" "{pki}/ca.pem"' in text
     (tmp_path / "w.sbatch").write_text(text)
     assert subprocess.run(["bash", "-n", str(tmp_path / "w.sbatch")]).returncode == 0
 
-    for args, error in ((["--run", str(run), "--count", "4"], "slots 10..12"),
-                        (["--run", str(tmp_path)], "gateway.address does not exist"),
-                        (["--connect", "node07"], "--connect must be HOST:PORT")):
-        code, _, err = cli("slurm", "add-workers", *args, "--token-file", str(token), "--dry-run")
+    token = pki / "hpc-0.token"
+    code, text, err = cli("slurm", "add-workers", "--run", str(run), "--token-file", str(token), "--dry-run")
+    assert code == 0 and f'"--token-file" "{token}"' in text, err  # one worker: its own token file will do
+    for args, error in ((["--run", str(run), "--count", "4", "--pki", str(pki), "--worker", "hpc"], "slots 10..12"),
+                        (["--run", str(run), "--count", "2", "--token-file", str(token)],
+                         "2 workers cannot share one --token-file"),
+                        (["--run", str(run), "--count", "3", "--pki", str(pki), "--worker", "cloud"],
+                         "cloud-0.token"),
+                        (["--run", str(tmp_path), "--token-file", str(token)], "gateway.address does not exist"),
+                        (["--connect", "node07", "--token-file", str(token)], "--connect must be HOST:PORT"),
+                        (["--run", str(run)], "give one worker's --token-file, or --pki")):
+        code, _, err = cli("slurm", "add-workers", *args, "--dry-run")
         assert code == 2 and error in err, err
     code, _, err = cli("slurm", "add-workers", "--run", str(run), "--token-file", str(tmp_path / "nope"), "--dry-run")
     assert code == 2 and "no such file" in err

@@ -89,8 +89,10 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     try:
         if args.certs == "init":
             files = certs.init(Path(args.dir), args.hosts.split(","))
-        else:
+        elif args.count is None:
             files, _ = certs.issue(Path(args.dir), args.name)
+        else:
+            files = certs.issue_slots(Path(args.dir), args.name, args.count)
     except FedHPCError as exc:
         print(f"fedhpc certs: error: {exc}", file=sys.stderr)
         return 2
@@ -159,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("issue", help="a worker certificate NAME.pem/.key and a token (appended to tokens.txt)")
     p.add_argument("--dir", required=True, help="the directory made by `fedhpc certs init`")
     p.add_argument("--name", required=True, help="worker name")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="credentials for N workers, one per remote client slot: NAME-0 .. NAME-(N-1) (what "
+                        "`fedhpc slurm add-workers --pki` and `fedhpc k8s render --pki` mount, one per task/pod)")
     p.set_defaults(func=_cmd_certs)
 
     from fedhpc.launch.cli import add_launch_commands

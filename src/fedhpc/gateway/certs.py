@@ -71,11 +71,30 @@ def init(directory: Path, hosts: list[str]) -> list[Path]:
     return [directory / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "tokens.txt")]
 
 
+def issue_slots(directory: Path, name: str, count: int) -> list[Path]:
+    """``count`` workers' credentials, one per remote client slot: ``NAME-0`` .. ``NAME-{count-1}``
+    (each its own certificate, key and token: the gateway lets one token play one slot)."""
+    if count < 1:
+        raise ConfigError(f"--count must be >= 1, got {count}")
+    files: list[Path] = []
+    for k in range(count):
+        files += issue(directory, slot_name(name, k))[0]
+    return files
+
+
+def slot_name(name: str, k: int) -> str:
+    """The worker name of slot ``k`` of the set ``name`` (files ``NAME-K.token/.pem/.key``)."""
+    return f"{name}-{k}"
+
+
 def issue(directory: Path, name: str) -> tuple[list[Path], str]:
     """A worker certificate ``NAME.pem``/``NAME.key`` signed by the CA, and a new token
-    appended to tokens.txt; returns (files, token)."""
+    appended to tokens.txt; returns (files, token). The certificate's common name is
+    ``NAME``, which the gateway requires the token's name to match under mutual TLS."""
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"worker name '{name}' must be letters, digits, '-' or '_'")
+    if (directory / f"{name}.token").exists():
+        raise ConfigError(f"{directory / (name + '.token')} exists: worker {name} has credentials already")
     try:
         ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
         ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())

@@ -133,7 +133,7 @@ def _cmd_add_workers(args: argparse.Namespace) -> int:
                                    f"client slots {slots.start}..{slots.stop - 1} ([gateway] clients = "
                                    f"{cfg.gateway.clients}); add fewer, or raise gateway.clients in the next run")
     req = slurm.WorkerRequest(
-        connect=connect, token_file=args.token_file, first_client=first,
+        connect=connect, token_file=args.token_file, first_client=first, pki=args.pki, worker=args.worker,
         count=args.count, ca=args.ca, cert=args.cert, key=args.key, data=args.data or cfg.data.name,
         data_root=args.data_root or cfg.data.root, after=args.after, cpus_per_task=args.cpus_per_task,
         time=args.time, partition=args.partition, account=args.account,
@@ -197,10 +197,7 @@ def _add_slurm(subparsers) -> None:
     p.add_argument("--first-client", type=int, metavar="ID",
                    help="remote client slot of the first worker; worker K takes ID+K (default: the job's first "
                         "remote slot, clients.total)")
-    p.add_argument("--token-file", type=Path, required=True, help="the workers' token file")
-    p.add_argument("--ca", type=Path, help="CA certificate (PEM) of the gateway; without it the link is NOT encrypted")
-    p.add_argument("--cert", type=Path, help="worker certificate (PEM) for mutual TLS")
-    p.add_argument("--key", type=Path, help="worker private key (PEM) for mutual TLS")
+    _add_credentials(p, "task")
     p.add_argument("--count", type=int, default=1, help="workers, one SLURM task each (default: 1)")
     p.add_argument("--data", help="dataset the workers train on (default: the job's data.name)")
     p.add_argument("--data-root", help="directory of the dataset files (default: the job's data.root)")
@@ -217,6 +214,18 @@ def _add_slurm(subparsers) -> None:
     p.set_defaults(func=_guarded("slurm add-workers", _cmd_add_workers))
 
 
+def _add_credentials(p: argparse.ArgumentParser, unit: str) -> None:
+    """The workers' credentials: one token and certificate per worker (the gateway lets one token play one slot)."""
+    p.add_argument("--pki", type=Path, metavar="DIR",
+                   help=f"directory of the workers' credentials: {unit} K uses WORKER-K.token, .pem and .key, made by "
+                        f"`fedhpc certs issue --dir DIR --name WORKER --count N` (and DIR/ca.pem as --ca)")
+    p.add_argument("--worker", default="", metavar="WORKER", help="the name the credentials were issued under")
+    p.add_argument("--token-file", type=Path, help="or, for one worker only: its token file")
+    p.add_argument("--ca", type=Path, help="CA certificate (PEM) of the gateway; without it the link is NOT encrypted")
+    p.add_argument("--cert", type=Path, help="the one worker's certificate (PEM) for mutual TLS, with --token-file")
+    p.add_argument("--key", type=Path, help="the one worker's private key (PEM), with --token-file")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # k8s
 
@@ -224,11 +233,12 @@ def _cmd_k8s_render(args: argparse.Namespace) -> int:
     from fedhpc.launch import k8s
 
     d = k8s.WorkerSet(
-        connect=args.connect, token_file=args.token_file, ca=args.ca, cert=args.cert, key=args.key,
+        connect=args.connect, token_file=args.token_file, pki=args.pki, worker=args.worker, ca=args.ca,
+        cert=args.cert, key=args.key,
         config=args.config, first_client=args.first_client, image=args.image, name=args.name,
         namespace=args.namespace, replicas=args.replicas, min_replicas=args.min_replicas,
         max_replicas=args.max_replicas, cpu_target=args.cpu_target, cpu=args.cpu, memory=args.memory)
-    if args.ca is None:
+    if args.ca is None and (args.pki is None or not (args.pki / "ca.pem").is_file()):
         print("fedhpc k8s render: warning: no --ca: the workers' link to the gateway will not be encrypted",
               file=sys.stderr)
     if args.out is None:
@@ -255,10 +265,7 @@ def _add_k8s(subparsers) -> None:
                    help="the job's run configuration: its remote client slots, dataset and threads per worker "
                         "(default: the embedded default run)")
     p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the gateway address as the pods reach it")
-    p.add_argument("--token-file", type=Path, required=True, help="the workers' token file")
-    p.add_argument("--ca", type=Path, help="CA certificate (PEM) of the gateway")
-    p.add_argument("--cert", type=Path, help="worker certificate (PEM) for mutual TLS")
-    p.add_argument("--key", type=Path, help="worker private key (PEM) for mutual TLS")
+    _add_credentials(p, "pod")
     p.add_argument("--image", default="fedhpc:0.1.0", help="container image with fedhpc (default: fedhpc:0.1.0)")
     p.add_argument("--name", default="fedhpc-worker", help="StatefulSet name (default: fedhpc-worker)")
     p.add_argument("--first-client", type=int, metavar="ID",

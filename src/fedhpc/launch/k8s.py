@@ -1,12 +1,13 @@
 """Kubernetes: manifests for ``fedhpc worker`` pods that join a running job through its gateway.
 
-Three manifests: a Secret with the workers' token and TLS files, a StatefulSet
+Three manifests: a Secret with the workers' tokens and TLS files, a StatefulSet
 of worker pods (resource requests, the Secret mounted read-only), and a
 HorizontalPodAutoscaler over it. A StatefulSet rather than a Deployment
-because the gateway knows a worker by its token: pods sharing one token
-replace each other's session whenever one registers, unless each asks for its
-own remote client slot, and only a StatefulSet gives a pod a stable number to
-derive its slot from (pod NAME-K takes slot FIRST+K).
+because the gateway knows a worker by its token and lets one token play one
+client slot: every pod needs its own token (and certificate), and only a
+StatefulSet gives a pod a stable number to pick them and its slot by (pod
+NAME-K takes slot FIRST+K with the credentials WORKER-K issued by
+``fedhpc certs issue --name WORKER --count N``).
 
 The files are JSON, which is YAML, so ``kubectl apply -f`` takes them as they
 are and the tests parse them with the standard library; each starts with
@@ -31,7 +32,9 @@ class WorkerSet:
     """Options of ``fedhpc k8s render``."""
 
     connect: str  # HOST:PORT of the gateway, as the pods reach it
-    token_file: Path
+    token_file: Path | None = None  # one worker's token (at most one pod); or:
+    pki: Path | None = None  # ... credentials per pod: WORKER-K.token/.pem/.key (and ca.pem) in this directory
+    worker: str = ""
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -48,22 +51,23 @@ class WorkerSet:
     memory: str = "2Gi"
 
 
-def _check(d: WorkerSet) -> None:
-    from fedhpc.launch.slurm import check_worker_files
+def _check(d: WorkerSet, pods: int) -> None:
+    from fedhpc.launch.slurm import check_slot_files, check_worker_files
 
     host, _, port = d.connect.rpartition(":")
     if not host or not port.isdigit():
         raise LaunchError(f"--connect must be HOST:PORT (the gateway address the pods can reach), got {d.connect!r}")
     if not 1 <= d.cpu_target <= 100:
         raise LaunchError(f"--cpu-target is a percentage of the CPU request, 1..100, got {d.cpu_target}")
-    check_worker_files(d.token_file, d.ca, d.cert, d.key)
+    check_slot_files(d.pki, d.worker, d.token_file, pods)
+    if d.token_file is not None:
+        check_worker_files(d.token_file, d.ca, d.cert, d.key)
 
 
 def manifests(d: WorkerSet) -> dict[str, dict]:
     """``{"secret": ..., "workers": ..., "hpa": ...}`` (the Secret, the StatefulSet, the autoscaler) as dicts."""
     from fedhpc.config import load_config
 
-    _check(d)
     cfg = load_config(d.config)
     first = cfg.clients.total if d.first_client is None else d.first_client
     slots = range(cfg.clients.total, cfg.clients.total + cfg.gateway.clients)
@@ -76,33 +80,52 @@ def manifests(d: WorkerSet) -> dict[str, dict]:
     if not 1 <= d.min_replicas <= replicas <= most:
         raise LaunchError(f"need 1 <= --min-replicas ({d.min_replicas}) <= --replicas ({replicas}) <= "
                              f"--max-replicas ({most})")
+    _check(d, most)  # every pod the autoscaler may start needs its own credentials
     labels = {"app.kubernetes.io/name": "fedhpc-worker", "app.kubernetes.io/instance": d.name}
     meta = {"name": d.name, "labels": labels}
     if d.namespace:
         meta["namespace"] = d.namespace
     secret_name = f"{d.name}-credentials"
-    files = {"token": d.token_file, "ca.pem": d.ca, "cert.pem": d.cert, "key.pem": d.key}
+    from fedhpc.gateway.certs import slot_name
+
+    ca = d.ca or (d.pki / "ca.pem" if d.pki is not None and (d.pki / "ca.pem").is_file() else None)
+    files: dict[str, Path | None] = {"ca.pem": ca}
+    if d.pki is None:
+        files |= {"token": d.token_file, "cert.pem": d.cert, "key.pem": d.key}
+    else:
+        for k in range(most):
+            name = d.pki / slot_name(d.worker, k)
+            files[f"token-{k}"] = name.with_suffix(".token")
+            if ca is not None:
+                files |= {f"cert-{k}.pem": name.with_suffix(".pem"), f"key-{k}.pem": name.with_suffix(".key")}
     secret = {
         "apiVersion": "v1", "kind": "Secret",
         "metadata": dict(meta, name=secret_name),
         "type": "Opaque",
         "stringData": {k: p.read_text() for k, p in files.items() if p is not None},
     }
-    args = ["--connect", d.connect, "--token-file", f"{SECRET_MOUNT}/token", "--name", "$(POD_NAME)",
-            "--data", cfg.data.name]
+    args = ["--connect", d.connect, "--name", "$(POD_NAME)", "--data", cfg.data.name]
     if cfg.data.root:
         args += ["--data-root", cfg.data.root]
-    if d.ca:
+    if ca:
         args += ["--ca", f"{SECRET_MOUNT}/ca.pem"]
-    if d.cert:
-        args += ["--cert", f"{SECRET_MOUNT}/cert.pem", "--key", f"{SECRET_MOUNT}/key.pem"]
+    # pod NAME-K takes remote client slot FIRST+K and, under --pki, its own token-K (and cert-K, key-K)
+    # ("$$" is Kubernetes' escape for a literal "$")
+    own = ""
+    if d.pki is None:
+        args += ["--token-file", f"{SECRET_MOUNT}/token"]
+        if d.cert:
+            args += ["--cert", f"{SECRET_MOUNT}/cert.pem", "--key", f"{SECRET_MOUNT}/key.pem"]
+    else:
+        own = f" --token-file {SECRET_MOUNT}/token-$$K"
+        if ca:
+            own += f" --cert {SECRET_MOUNT}/cert-$$K.pem --key {SECRET_MOUNT}/key-$$K.pem"
     cpu = d.cpu or str(cfg.local.threads)
     container = {
         "name": "worker",
         "image": d.image,
-        # pod NAME-K takes remote client slot FIRST+K ("$$" is Kubernetes' escape for a literal "$")
-        "command": ["sh", "-c", 'exec fedhpc worker "$@" --client-id $$((FEDHPC_FIRST_CLIENT + ${POD_NAME##*-}))',
-                    "fedhpc-worker"],
+        "command": ["sh", "-c", "K=$${POD_NAME##*-}; "
+                    f'exec fedhpc worker "$$@" --client-id $$((FEDHPC_FIRST_CLIENT + K)){own}', "fedhpc-worker"],
         "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -145,24 +168,26 @@ def manifests(d: WorkerSet) -> dict[str, dict]:
 
 _HEADERS = {
     "secret": """\
-# Secret with the fedhpc worker's credentials, rendered by `fedhpc k8s render`. JSON is YAML:
+# Secret with the fedhpc workers' credentials, rendered by `fedhpc k8s render`. JSON is YAML:
 # `kubectl apply -f` takes this file as it is. It holds secrets: never commit a rendered copy.
+# The gateway lets one token play one client slot, and under mutual TLS only with the certificate
+# of the same worker: every pod the autoscaler may start has its own token and certificate here.
 # Knobs (options of `fedhpc k8s render`):
-#   --token-file T  stringData.token: the workers' token (pki/NAME.token from `fedhpc certs issue
-#                   --name NAME`; the gateway's tokens.txt maps it to the worker name NAME)
-#   --ca CA.pem     stringData."ca.pem": CA that signed the gateway's certificate; without it the
-#                   link is not encrypted
-#   --cert, --key   stringData."cert.pem"/"key.pem": the worker's certificate for mutual TLS
+#   --pki DIR --worker W  stringData."token-K", "cert-K.pem", "key-K.pem" for pod K: DIR/W-K.token,
+#                   .pem and .key from `fedhpc certs issue --dir DIR --name W --count N` (N >= the
+#                   autoscaler's maximum); "ca.pem": DIR/ca.pem (or --ca), the CA of the gateway's
+#                   certificate; without a CA the link is not encrypted
+#   --token-file T [--cert C --key K]  instead, for one pod only: stringData.token (cert.pem, key.pem)
 #   --name, --namespace   metadata (the Secret is NAME-credentials)
-# The same Secret by hand: kubectl create secret generic NAME-credentials --from-file=token=T
-#   --from-file=ca.pem=CA.pem [--from-file=cert.pem=C --from-file=key.pem=K]
+# The same Secret by hand: kubectl create secret generic NAME-credentials --from-file=ca.pem=DIR/ca.pem
+#   --from-file=token-0=DIR/W-0.token --from-file=cert-0.pem=DIR/W-0.pem --from-file=key-0.pem=DIR/W-0.key ...
 """,
     "workers": """\
 # StatefulSet of fedhpc workers, rendered by `fedhpc k8s render`. JSON is YAML: `kubectl apply -f`
 # takes this file as it is. Each pod runs `fedhpc worker`, which registers with the gateway rank of
 # a running fedhpc job, trains the tasks it is sent and streams the updates back; it exits 0 when
 # the job ends (then delete the workers: `kubectl delete -f DIR`). Pod NAME-K is remote client
-# FIRST+K: pods share one token, and distinct slots keep their sessions apart.
+# FIRST+K with its own token and certificate (token-K, cert-K.pem, key-K.pem of the Secret).
 # Knobs (options of `fedhpc k8s render`; or edit the values below):
 #   --connect HOST:PORT  args: the gateway address as the pods reach it (a jobs/slurm/hybrid.sbatch
 #                        job prints it and writes it to OUT/gateway.address)

@@ -479,8 +479,10 @@ class WorkerRequest:
     """Options of ``fedhpc slurm add-workers``."""
 
     connect: str  # HOST:PORT of the gateway
-    token_file: Path
+    token_file: Path | None  # one worker's token (count 1); or:
     first_client: int  # remote client slot of task 0; task K takes first_client + K
+    pki: Path | None = None  # ... a directory with one worker's credentials per task: WORKER-K.token/.pem/.key
+    worker: str = ""
     count: int = 1
     ca: Path | None = None
     cert: Path | None = None
@@ -518,26 +520,54 @@ def check_worker_files(token_file: Path, ca: Path | None, cert: Path | None, key
                                  f"`fedhpc certs issue`)")
 
 
+def check_slot_files(pki: Path | None, worker: str, token_file: Path | None, count: int) -> None:
+    """Credentials for ``count`` workers: a token file for one, or a PKI directory with
+    ``WORKER-K.token`` (and ``.pem``/``.key`` when it has a CA) for each K < count."""
+    from fedhpc.gateway.certs import slot_name
+
+    if (token_file is None) == (pki is None or not worker):
+        raise LaunchError("give one worker's --token-file, or --pki DIR --worker NAME for one token and "
+                          "certificate per worker (`fedhpc certs issue --dir DIR --name NAME --count N`)")
+    if token_file is not None and count > 1:
+        raise LaunchError(f"{count} workers cannot share one --token-file: the gateway lets one token play one "
+                          f"client slot; issue one per worker with `fedhpc certs issue --dir DIR --name NAME "
+                          f"--count {count}` and pass --pki DIR --worker NAME")
+    if pki is not None:
+        suffixes = (".token", ".pem", ".key") if (pki / "ca.pem").is_file() else (".token",)
+        missing = [str(pki / f"{slot_name(worker, k)}{s}") for k in range(count) for s in suffixes
+                   if not (pki / f"{slot_name(worker, k)}{s}").is_file()]
+        if missing:
+            raise LaunchError(f"--pki {pki}: no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                              else "") + f": create them with `fedhpc certs issue --dir {pki} --name {worker} "
+                              f"--count {count}`")
+
+
 def render_workers(req: WorkerRequest) -> str:
     """The sbatch script of ``req.count`` worker tasks: task K runs ``fedhpc worker`` as remote client
-    ``first_client + K`` on shard K of N of its data.
-
-    Workers sharing a token are one identity to the gateway, which replaces a
-    worker's session when it registers again for any slot; each task asking for
-    its own slot keeps them apart.
+    ``first_client + K`` on shard K of N of its data, with its own token and certificate
+    (``--pki DIR --worker NAME``: the files NAME-K.*), since one token plays one slot.
     """
     host, _, port = req.connect.rpartition(":")
     if not host or not port.isdigit():
         raise LaunchError(f"--connect must be HOST:PORT, got {req.connect!r}")
     if req.count < 1:
         raise LaunchError(f"--count must be >= 1, got {req.count}")
-    check_worker_files(req.token_file, req.ca, req.cert, req.key)
+    check_slot_files(req.pki, req.worker, req.token_file, req.count)
+    ca = req.ca or (req.pki / "ca.pem" if req.pki is not None and (req.pki / "ca.pem").is_file() else None)
+    if req.token_file is not None:
+        check_worker_files(req.token_file, ca, req.cert, req.key)
     worker = ["--connect", req.connect, "--data", req.data]
     if req.data_root:
         worker += ["--data-root", req.data_root]
-    for flag, path in (("--token-file", req.token_file), ("--ca", req.ca), ("--cert", req.cert), ("--key", req.key)):
+    for flag, path in (("--token-file", req.token_file), ("--ca", ca), ("--cert", req.cert), ("--key", req.key)):
         if path is not None:
             worker += [flag, str(path.resolve())]
+    own = ""  # task K's own credentials, under --pki
+    if req.pki is not None:
+        own = '--token-file "$FEDHPC_PKI/$FEDHPC_WORKER-$SLURM_PROCID.token" '
+        if ca is not None:
+            own += ('--cert "$FEDHPC_PKI/$FEDHPC_WORKER-$SLURM_PROCID.pem" '
+                    '--key "$FEDHPC_PKI/$FEDHPC_WORKER-$SLURM_PROCID.key" ')
     lines = [
         "#!/bin/bash",
         f"# {req.count} fedhpc worker(s) joining the job whose gateway listens at {req.connect}, rendered by",
@@ -557,13 +587,15 @@ def render_workers(req: WorkerRequest) -> str:
         "",
         f"FEDHPC_VENV={_dq(req.venv)}",
         f"FEDHPC_FIRST_CLIENT={req.first_client}",
+        f"FEDHPC_PKI={_dq(str(req.pki.resolve()) if req.pki else '')}",
+        f"FEDHPC_WORKER={_dq(req.worker)}",
         "set -o pipefail",
         'if [ -n "$FEDHPC_VENV" ]; then PATH="$FEDHPC_VENV/bin:$PATH"; fi',
-        'export PATH FEDHPC_FIRST_CLIENT OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
-        "# workers are not MPI ranks: no PMI; each task names itself and takes its own slot and shard",
+        'export PATH FEDHPC_FIRST_CLIENT FEDHPC_PKI FEDHPC_WORKER OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+        "# workers are not MPI ranks: no PMI; each task names itself and takes its own slot, shard and credentials",
         "exec srun --mpi=none bash -c 'exec python3 -m fedhpc worker \"$@\" "
         "--name \"$(hostname)-$SLURM_JOB_ID-$SLURM_PROCID\" --client-id $((FEDHPC_FIRST_CLIENT + SLURM_PROCID)) "
-        "--shard \"$SLURM_PROCID/$SLURM_NTASKS\"' "
+        f"--shard \"$SLURM_PROCID/$SLURM_NTASKS\" {own}' "
         f"fedhpc-worker {args}",
     ]
     return "\n".join(lines) + "\n"
