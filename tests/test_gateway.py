@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import h5py
@@ -322,34 +323,34 @@ def test_a_worker_registering_again_while_holding_a_task_fails_that_client_at_on
 # --- hybrid jobs: mpiexec with a gateway rank, workers as plain processes ---------------------
 
 
-def hybrid_config(pki, tmp_path, port, extra=""):
-    cfg = tmp_path / "hybrid.toml"
-    cfg.write_text(f"""
-rounds = 30
-[clients]
-total = 5
-per_round = 7
-[profiles]
-slow_clients = [0]
-slow_factor = 40.0
-[stragglers]
-deadline_s = 5.0
+def job_config(tmp_path, pki, port, head: str, clients: int, min_workers: int, tail: str = "") -> Path:
+    """A hybrid job's config: ``head`` (its rounds, clients, stragglers ...), a gateway on ``port``
+    with ``clients`` remote slots under mutual TLS, then ``tail`` (more [gateway] keys, sections)."""
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(f"""{head}
 [gateway]
 enabled = true
 listen = "127.0.0.1:{port}"
-clients = 2
-min_workers = 2
+clients = {clients}
+min_workers = {min_workers}
 wait_s = 90
-heartbeat_s = 1.0
 token_file = "{pki}/tokens.txt"
 tls_cert = "{pki}/server.pem"
 tls_key = "{pki}/server.key"
 client_ca = "{pki}/ca.pem"
-[gateway.codec]
-name = "topk-int8"
-ratio = 0.1
-{extra}""")
+{tail}""")
     return cfg
+
+
+def start_job(cfg: Path, out: Path) -> subprocess.Popen:
+    """``mpiexec -n 3 fedhpc run``: rank 0, one trainer rank, the gateway rank."""
+    return subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mpi_env())
+
+
+HYBRID = "rounds = 30\n[clients]\ntotal = 5\nper_round = 7\n[profiles]\nslow_clients = [0]\nslow_factor = 40.0\n" \
+         "[stragglers]\ndeadline_s = 5.0"
 
 
 def start_worker(pki, port, who, client, shard, **env):
@@ -363,9 +364,8 @@ def start_worker(pki, port, who, client, shard, **env):
 def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
     port = free_port()
     out = tmp_path / "run"
-    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config",
-                            str(hybrid_config(pki, tmp_path, port)), "--out", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    job = start_job(job_config(tmp_path, pki, port, HYBRID, 2, 2, 'heartbeat_s = 1.0\n[gateway.codec]\n'
+                                                                   'name = "topk-int8"\nratio = 0.1'), out)
     w1 = start_worker(pki, port, "w1", 5, "0/2")
     w2 = start_worker(pki, port, "w2", 6, "1/2")
 
@@ -434,30 +434,8 @@ def test_hybrid_federated_dropout_with_workers_that_have_no_mpi(pki, tmp_path):
     decodes their sub-model updates; the workers run where mpi4py cannot be imported."""
     port = free_port()
     out = tmp_path / "run"
-    cfg = tmp_path / "fd.toml"
-    cfg.write_text(f"""
-rounds = 4
-[clients]
-total = 5
-per_round = 7
-[fed_dropout]
-rate = 0.5
-[model]
-hidden = [64]
-[gateway]
-enabled = true
-listen = "127.0.0.1:{port}"
-clients = 2
-min_workers = 2
-wait_s = 90
-token_file = "{pki}/tokens.txt"
-tls_cert = "{pki}/server.pem"
-tls_key = "{pki}/server.key"
-client_ca = "{pki}/ca.pem"
-""")
-    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
-                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=mpi_env())
+    job = start_job(job_config(tmp_path, pki, port, "rounds = 4\n[clients]\ntotal = 5\nper_round = 7\n"
+                                                     "[fed_dropout]\nrate = 0.5\n[model]\nhidden = [64]", 2, 2), out)
     workers = [start_worker(pki, port, w, 5 + i, f"{i}/2", **no_mpi4py(tmp_path)) for i, w in enumerate(("w1", "w2"))]
     _, err = job.communicate(timeout=240)
     logs = [w.communicate(timeout=60)[0] for w in workers]
@@ -515,26 +493,7 @@ def test_a_worker_with_a_valid_token_cannot_wreck_the_model(pki, tmp_path):
 
     port = free_port()
     out = tmp_path / "run"
-    cfg = tmp_path / "evil.toml"
-    cfg.write_text(f"""
-rounds = 10
-[clients]
-total = 6
-per_round = 7
-[gateway]
-enabled = true
-listen = "127.0.0.1:{port}"
-clients = 1
-min_workers = 1
-wait_s = 90
-token_file = "{pki}/tokens.txt"
-tls_cert = "{pki}/server.pem"
-tls_key = "{pki}/server.key"
-client_ca = "{pki}/ca.pem"
-""")
-    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
-                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=mpi_env())
+    job = start_job(job_config(tmp_path, pki, port, "rounds = 10\n[clients]\ntotal = 6\nper_round = 7", 1, 1), out)
     log: list = []
 
     def attack(rnd, model):
@@ -567,15 +526,8 @@ def test_a_worker_that_holds_its_task_in_silence_makes_rounds_time_out_not_the_j
 
     port = free_port()
     out = tmp_path / "run"
-    cfg = tmp_path / "silent.toml"
-    cfg.write_text(hybrid_config(pki, tmp_path, port).read_text().replace("rounds = 30", "rounds = 3")
-                   .replace("min_workers = 2", "min_workers = 1").replace("clients = 2", "clients = 1")
-                   .replace("per_round = 7", "per_round = 6").replace("slow_clients = [0]", "slow_clients = []")
-                   .replace("deadline_s = 5.0", "timeout_s = 3.0\n"
-                                                                      "close_grace_s = 2.0"))
-    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--config", str(cfg),
-                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=mpi_env())
+    head = "rounds = 3\n[clients]\ntotal = 5\nper_round = 6\n[stragglers]\ntimeout_s = 3.0\nclose_grace_s = 2.0"
+    job = start_job(job_config(tmp_path, pki, port, head, 1, 1, "heartbeat_s = 1.0"), out)
     done = threading.Event()
 
     def silent():

@@ -209,6 +209,7 @@ class GatewayConfig:
     # the most training samples a worker may declare at registration (its weight in FedAvg); every
     # Update of its client must claim exactly what it declared
     max_samples: int = 100_000
+    stream_idle_s: float = 30.0  # an upload that moves no chunk for this long is cancelled
 
     def check(self, key):
         _require(self.clients >= 1, f"{key}.clients", "must be >= 1")
@@ -225,6 +226,7 @@ class GatewayConfig:
         _require(self.calls_per_second > 0, f"{key}.calls_per_second", "must be > 0")
         _seconds(self.heartbeat_s, f"{key}.heartbeat_s")
         _require(self.max_samples >= 1, f"{key}.max_samples", "must be >= 1")
+        _seconds(self.stream_idle_s, f"{key}.stream_idle_s")
 
 
 @dataclass
@@ -321,7 +323,7 @@ class RunConfig:
         d["stragglers"].pop("timeout_s", None)
         d["stragglers"].pop("close_grace_s", None)
         for key in ("listen", "token_file", "tls_cert", "tls_key", "client_ca", "calls_per_second", "heartbeat_s",
-                    "min_workers", "wait_s"):
+                    "min_workers", "wait_s", "stream_idle_s"):
             d["gateway"].pop(key, None)  # where and how workers connect, not what the run computes
         return d
 

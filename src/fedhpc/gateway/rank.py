@@ -37,7 +37,8 @@ class GatewayRank(HostRank):
         self.server = GatewayServer(
             job_id=job_id, slots=ctx.remote_clients, config_toml=tomli_w.dumps(ctx.cfg.to_dict()),
             tokens=load_tokens(g.token_file), max_update_bytes=max_update_bytes(ctx.layout.size),
-            calls_per_second=g.calls_per_second, heartbeat_s=g.heartbeat_s, max_samples=g.max_samples)
+            calls_per_second=g.calls_per_second, heartbeat_s=g.heartbeat_s, max_samples=g.max_samples,
+            stream_idle_s=g.stream_idle_s)
         port = self.server.start(g.listen, g.tls_cert, g.tls_key, g.client_ca)
         host = g.listen.rpartition(":")[0]
         security = ("mutual TLS" if g.client_ca else "TLS") if g.tls_cert else "NO TLS (tokens travel in clear)"
