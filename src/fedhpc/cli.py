@@ -22,6 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     from fedhpc.config import load_config, load_config_text
     from fedhpc.runtime.job import collective, finish, main_guarded, run_job
+    from fedhpc.runtime.transport import STARTUP_S, bcast_object
 
     comm = MPI.COMM_WORLD
 
@@ -31,7 +32,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
             resume, out, base = collective(comm, lambda: _resume_target(args.resume, out))
         if base is not None:
             # every rank must build the same config: rank 0 reads it, the others receive the text
-            text = comm.bcast(base.read_text() if comm.rank == 0 else None, root=0)
+            text = bcast_object(comm, base.read_text() if comm.rank == 0 else None, STARTUP_S,
+                                "rank 0 to read the resumed run's config")
         cfg = collective(comm, lambda: load_config(args.config, args.set) if args.config or base is None
                          else load_config_text(text, args.set, source=f"config of the resumed run ({base})"))
         return run_job(cfg, out, resume)

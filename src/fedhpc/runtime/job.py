@@ -18,7 +18,9 @@ from fedhpc import kernels as K
 from fedhpc.config import RunConfig, save_config
 from fedhpc.errors import ConfigError, FedHPCError
 from fedhpc.runtime import signals
-from fedhpc.runtime.transport import ABORT_GRACE_S, Tag, abort_job, recv_object
+from fedhpc.runtime.transport import (
+    ABORT_GRACE_S, STARTUP_S, Tag, abort_job, allgather_object, barrier, gather_object, recv_object,
+)
 
 log = logging.getLogger("fedhpc")
 
@@ -93,7 +95,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     if rank == 0:
         prepare_run_directory(out)
         save_config(cfg, out / "config.toml")
-    comm.Barrier()
+    barrier(comm, STARTUP_S, "rank 0 to prepare the run directory")
     setup_logging(rank, out if rank == 0 else None, verbose=rank == gateway)
     K.set_num_threads(cfg.local.threads)
     ctx = collective(comm, lambda: build_context(cfg, list(range(1, gateway or comm.size)), gateway))
@@ -108,7 +110,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
         else:
             role = TrainerRank(comm, ctx, job)
         status = role.run()
-        comm.gather(role.signals_sent, root=0)
+        gather_object(comm, role.signals_sent, STARTUP_S, "rank 0 to end the job")
         return status
     log.info("fedhpc: %d trainer ranks, %d clients (%d per round), model %s with %d parameters, codec %s, "
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
@@ -130,7 +132,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
                  time.monotonic() - t0, last["accuracy"], out)
     # A trainer may have forwarded a stop signal after rank 0 last looked: an
     # unreceived message makes MPI_Finalize fail, so receive exactly what was sent.
-    orchestrator.drain_signals(sum(comm.gather(0, root=0) or ()))
+    orchestrator.drain_signals(sum(gather_object(comm, 0, STARTUP_S, "every rank to end the job") or ()))
     return status
 
 
@@ -161,7 +163,7 @@ def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
         value, problem = fn(), None
     except FedHPCError as exc:
         value, problem = None, str(exc)
-    problems = comm.allgather(problem)
+    problems = allgather_object(comm, problem, STARTUP_S, "every rank to finish setting up")
     failed = [r for r, p in enumerate(problems) if p is not None]
     if not failed:
         return value  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from mpi4py import MPI
 from torch import nn
 
 from fedhpc.runtime.context import Context
+from fedhpc.runtime.transport import Tag, gather_object, wait_with_deadline
 from fedhpc.runtime.training import host_memory_gb
 
 PROBE_BYTES = 1 << 20
@@ -42,31 +43,41 @@ def host_profile(ctx: Context, batches: int = 5) -> dict:
 
 
 def register(comm: MPI.Comm, ctx: Context) -> dict[int, dict] | None:
-    """Collective: returns {rank: profile with link latency_ms and bandwidth_mbps} on rank 0."""
+    """Collective: returns {rank: profile with link latency_ms and bandwidth_mbps} on rank 0.
+    Every exchange has a deadline: a rank stopped at start-up fails the job, never hangs it."""
+    timeout = ctx.cfg.stragglers.timeout_s
     profile = host_profile(ctx) if comm.rank != 0 else {}
     small = np.zeros(1, dtype=np.uint8)
     big = np.zeros(PROBE_BYTES, dtype=np.uint8)
     links = {}
+
+    def send(buf: np.ndarray, dest: int) -> None:
+        wait_with_deadline([comm.Isend(buf, dest=dest, tag=Tag.PROBE)], timeout, f"rank {dest} to take the link probe")
+
+    def recv(buf: np.ndarray, source: int) -> None:
+        wait_with_deadline([comm.Irecv(buf, source=source, tag=Tag.PROBE)], timeout,
+                           f"rank {source} to answer the link probe")
+
     for rank in range(1, comm.size):
         if comm.rank == 0:
             rtt = float("inf")
             for _ in range(PINGS):
                 t0 = time.perf_counter()
-                comm.Send(small, dest=rank, tag=1)
-                comm.Recv(small, source=rank, tag=1)
+                send(small, rank)
+                recv(small, rank)
                 rtt = min(rtt, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            comm.Send(big, dest=rank, tag=2)
-            comm.Recv(small, source=rank, tag=2)
+            send(big, rank)
+            recv(small, rank)
             seconds = max(time.perf_counter() - t0 - rtt, 1e-9)
             links[rank] = {"latency_ms": rtt / 2 * 1e3, "bandwidth_mbps": PROBE_BYTES * 8 / seconds / 1e6}
         elif comm.rank == rank:
             for _ in range(PINGS):
-                comm.Recv(small, source=0, tag=1)
-                comm.Send(small, dest=0, tag=1)
-            comm.Recv(big, source=0, tag=2)
-            comm.Send(small, dest=0, tag=2)
-    gathered = comm.gather(profile, root=0)
+                recv(small, 0)
+                send(small, 0)
+            recv(big, 0)
+            send(small, 0)
+    gathered = gather_object(comm, profile, timeout, "every rank's host profile")
     if gathered is None:  # not rank 0
         return None
     return {rank: {**gathered[rank], **links[rank]} for rank in range(1, comm.size)}

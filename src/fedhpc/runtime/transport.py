@@ -29,6 +29,8 @@ class Tag(IntEnum):
     SIGNAL = 14  # trainer -> 0: this rank received a stop signal (the count)
     STATE = 15  # either way: client ids, then their error-feedback residuals (checkpoint / restore)
     WORKERS = 16  # gateway -> 0 before the first round: messages.Workers, the connected workers
+    GATHER = 17  # any -> root: one rank's share of gather_object
+    PROBE = 18  # 0 <-> each rank at registration: the link probe
 
 
 def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[MPI.Request]:
@@ -124,7 +126,29 @@ def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
         yield cid, out
 
 
+#: How long a rank waits for the others while the job starts and ends (config, data, registration),
+#: where no config says how long: loading a data set may take minutes on a busy file system.
+STARTUP_S = 600.0
 ABORT_GRACE_S = 0.5
+
+
+def barrier(comm: MPI.Comm, timeout_s: float, what: str) -> None:
+    """``MPI_Barrier`` with a deadline."""
+    wait_with_deadline([comm.Ibarrier()], timeout_s, what)
+
+
+def gather_object(comm: MPI.Comm, obj, timeout_s: float, what: str, root: int = 0) -> list | None:
+    """Every rank's ``obj`` as a list on ``root`` (None elsewhere), each wait with a deadline."""
+    if comm.rank != root:
+        wait_with_deadline([comm.isend(obj, dest=root, tag=Tag.GATHER)], timeout_s, what)
+        return None
+    return [obj if r == root else recv_object(comm, r, Tag.GATHER, timeout_s, f"{what} (rank {r})")
+            for r in range(comm.size)]
+
+
+def allgather_object(comm: MPI.Comm, obj, timeout_s: float, what: str) -> list:
+    """Every rank's ``obj`` as a list on every rank, with deadlines (a gather, then a broadcast)."""
+    return bcast_object(comm, gather_object(comm, obj, timeout_s, what), timeout_s, what)
 
 
 def abort_job(comm: MPI.Comm, status: int) -> None:
