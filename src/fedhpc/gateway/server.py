@@ -157,6 +157,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         self.limiter = _RateLimiter(calls_per_second)
         self.lockout = _Lockout()
         self.streams: dict[str, int] = {}  # worker -> open streams
+        self.stream_warned: dict[str, float] = {}  # worker -> when its refused streams were last logged
         self.pushes: dict[int, tuple[object, float]] = {}  # id -> (context, last chunk) of uploads in progress
         self.bind_certificates = False  # set by start() under mutual TLS
         self.sessions: dict[str, Session] = {}
@@ -301,7 +302,9 @@ class GatewayServer(pb_grpc.GatewayServicer):
         with self.lock:
             held = self.streams.get(worker, 0)
             if held >= STREAMS_PER_WORKER:
-                log.warning("worker %s: refused a stream, it holds %d already", worker, held)
+                if time.monotonic() - self.stream_warned.get(worker, -LOCKOUT_S) >= LOCKOUT_S:
+                    self.stream_warned[worker] = time.monotonic()  # one line a minute, not one per stream
+                    log.warning("worker %s: refusing streams beyond the %d it holds", worker, held)
                 _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                        f"worker {worker} holds {held} open streams, the most allowed")
             self.streams[worker] = held + 1

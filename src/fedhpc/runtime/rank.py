@@ -63,9 +63,11 @@ class HostRank(ABC):
 
     def command_wait_s(self) -> float:
         """How long this rank waits for rank 0's next command: a whole round with its grace,
-        plus as long again for rank 0's evaluation and checkpoint."""
-        st = self.ctx.cfg.stragglers
-        return 2 * (st.timeout_s + st.close_grace_s)
+        plus as long again for rank 0's evaluation and checkpoint (and, before the first
+        round, for the gateway's workers to register)."""
+        cfg = self.ctx.cfg
+        st, g = cfg.stragglers, cfg.gateway
+        return 2 * (st.timeout_s + st.close_grace_s) + (g.wait_s if g.enabled else 0.0)
 
     def round_closed(self) -> bool:
         """Whether rank 0 has closed the round (its Close is waiting)."""
