@@ -30,7 +30,7 @@ def test_the_first_round_refuses_absurd_updates_by_its_own_median():
     deltas = {c: honest(rng) for c in range(8)}
     deltas[3] = np.full(1000, 1e30, np.float32)  # finite, absurd
     deltas[5] = np.full(1000, np.float32(3e38))  # its norm overflows to inf
-    out, median = g.screen(outcome(0, deltas))
+    out, median, _ = g.screen(outcome(0, deltas))
     assert [r.client_id for r in out.results] == [0, 1, 2, 4, 6, 7]
     assert {f.client_id: f.reason for f in out.failures} == {3: "norm", 5: "norm"}
     assert "median update norm of this round" in out.failures[0].detail
@@ -44,7 +44,7 @@ def test_later_rounds_are_bounded_by_earlier_medians_even_if_most_of_a_round_is_
         g.screen(outcome(r, {c: honest(rng) for c in range(6)}))
     model = honest(rng, scale=1.0)  # "minus the model": the norm of the model itself, 100x an honest update
     deltas = {c: -model for c in range(4)} | {c: honest(rng) for c in range(4, 6)}
-    out, _ = g.screen(outcome(3, deltas))
+    out, _, _ = g.screen(outcome(3, deltas))
     assert [r.client_id for r in out.results] == [4, 5]  # a hostile majority cannot raise the bound
     assert all(f.reason == "norm" and "the last 3 rounds" in f.detail for f in out.failures)
 
@@ -54,9 +54,9 @@ def test_honest_updates_within_the_multiple_all_pass_and_the_limit_applies():
     g = guard()
     for r in range(6):
         # spread of a factor 8 between clients: all honest, all kept
-        out, _ = g.screen(outcome(r, {c: honest(rng, scale=0.01 * (1 + c)) for c in range(8)}))
+        out, _, _ = g.screen(outcome(r, {c: honest(rng, scale=0.01 * (1 + c)) for c in range(8)}))
         assert len(out.results) == 8 and not out.failures
-    out, _ = guard("guard.norm_limit=1.0").screen(outcome(0, {0: honest(rng), 1: honest(rng, scale=1.0)}))
+    out, _, _ = guard("guard.norm_limit=1.0").screen(outcome(0, {0: honest(rng), 1: honest(rng, scale=1.0)}))
     assert [r.client_id for r in out.results] == [0] and "guard.norm_limit" in out.failures[0].detail
     off = guard("guard.norm_multiple=0")
     assert len(off.screen(outcome(0, {0: honest(rng), 1: np.full(1000, 1e30, np.float32)}))[0].results) == 2
@@ -66,7 +66,7 @@ def test_a_resumed_guard_has_the_same_bound():
     rng = np.random.default_rng(3)
     a, lines = guard(), []
     for r in range(7):
-        _, median = a.screen(outcome(r, {c: honest(rng) for c in range(5)}))
+        _, median, _ = a.screen(outcome(r, {c: honest(rng) for c in range(5)}))
         lines.append(json.dumps({"round": r + 1, "update_norm_median": median}))
     b = guard()
     b.restore(lines)

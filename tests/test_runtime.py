@@ -51,6 +51,13 @@ def test_default_job_reaches_85_percent_on_non_iid_digits(out):
     assert proc.stderr.count("[rank 0] INFO round") == cfg["rounds"]
     assert "[rank 1]" not in proc.stderr
     assert (out / "run.log").read_text().count("round") >= cfg["rounds"]
+    # and TensorBoard by default: one accuracy point per round, the same as metrics.jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    board.Reload()
+    assert [(e.step, e.value) for e in board.Scalars("eval/accuracy")] == [
+        (r["round"], pytest.approx(r["accuracy"])) for r in m]
 
 
 def test_fedprox_converges(out):

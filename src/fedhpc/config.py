@@ -249,6 +249,17 @@ class GuardConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where rank 0 reports the run besides metrics.jsonl and run.h5 (see fedhpc.tracking)."""
+
+    tensorboard: bool = True  # OUT/tensorboard/ event files
+    histogram_every: int = 5  # a histogram of the clients' update norms every N rounds (0 = never)
+
+    def check(self, key):
+        _require(self.histogram_every >= 0, f"{key}.histogram_every", "must be >= 0")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
     keep: int = 3  # keep the newest K checkpoints
@@ -288,6 +299,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")
@@ -318,7 +330,7 @@ class RunConfig:
         resumed under a config with the same identity. Extending ``rounds``,
         checkpointing, evaluation and wall-clock safety bounds may change."""
         d = self.to_dict()
-        for key in ("rounds", "checkpoint", "eval"):
+        for key in ("rounds", "checkpoint", "eval", "tracking"):
             d.pop(key, None)
         d["stragglers"].pop("timeout_s", None)
         d["stragglers"].pop("close_grace_s", None)

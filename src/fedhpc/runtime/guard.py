@@ -57,9 +57,10 @@ class NormGuard:
             bound, how = cfg.norm_limit, "guard.norm_limit"
         return bound, how
 
-    def screen(self, outcome: RoundOutcome) -> tuple[RoundOutcome, float | None]:
+    def screen(self, outcome: RoundOutcome) -> tuple[RoundOutcome, float | None, list[float]]:
         """``outcome`` without the updates out of bounds (they become failures with
-        reason ``norm``), and the median norm of those accepted (None if none)."""
+        reason ``norm``), the median norm of those accepted (None if none), and every
+        result's norm."""
         norms = [K.l2_norm(res.delta) for res in outcome.results]
         bound, how = self.bound(norms)
         kept, refused = [], []
@@ -74,7 +75,7 @@ class NormGuard:
         if median is not None:
             self.medians.append(median)
         failures = sorted(outcome.failures + refused, key=lambda f: f.client_id)
-        return RoundOutcome(outcome.round, [res for res, _ in kept], failures), median
+        return RoundOutcome(outcome.round, [res for res, _ in kept], failures), median, norms
 
 
 def stop_reason(weights: np.ndarray, idle_rounds: int, cfg: GuardConfig) -> str | None:

@@ -31,6 +31,7 @@ from fedhpc.runtime.transport import (
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
+from fedhpc.tracking import TensorBoard
 from fedhpc.types import ClientFailure, ClientHistory, ClientResult, RoundOutcome
 from fedhpc.update import BufferPool, Status, UpdateHeader, max_update_bytes, unpack_update
 
@@ -68,6 +69,7 @@ class Orchestrator:
         self.rules = CloseRules(st.deadline_s, st.fastest_k, st.timeout_s)
         self.guard = NormGuard(cfg.guard)
         self.idle_rounds = 0  # rounds in a row without a result
+        self.norms: list[float] = []  # the last round's update norms
         n_test, cap = len(ctx.data.y_test), cfg.eval.max_samples
         # a fixed subset, so every evaluation of the run is comparable (large test sets take minutes on CPU)
         self.eval_idx = (np.sort(np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL)).choice(n_test, cap, replace=False))
@@ -167,6 +169,7 @@ class Orchestrator:
         every = cfg.checkpoint.every
         metrics, status = None, 0
         record = RunRecord(self.out / "run.h5", len(self.ctx.all_clients), self.first_round)
+        board = TensorBoard(self.out, cfg, self.first_round) if cfg.tracking.tensorboard else None
         with open(self.out / "metrics.jsonl", "w") as mfile:
             mfile.writelines(line + "\n" for line in self.lines)
             for r in range(self.first_round, cfg.rounds):
@@ -175,6 +178,8 @@ class Orchestrator:
                 mfile.write(self.lines[-1] + "\n")
                 mfile.flush()
                 record.append(metrics, *per_client)
+                if board is not None:
+                    board.round(metrics, self.norms)
                 log.info(self._progress_line(metrics))
                 self.idle_rounds = 0 if metrics["clients_reported"] else self.idle_rounds + 1
                 why = stop_reason(self.weights, self.idle_rounds, cfg.guard)
@@ -193,6 +198,8 @@ class Orchestrator:
                     status = signals.EXIT_PREEMPTED
                     break
         record.close()
+        if board is not None:
+            board.close()
         self.command(Stop(status))
         if status == 0:
             np.save(self.out / "final_weights.npy", self.weights)
@@ -213,7 +220,7 @@ class Orchestrator:
         self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu))
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
-        outcome, norm_median = self.guard.screen(outcome)
+        outcome, norm_median, self.norms = self.guard.screen(outcome)
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
         self.weights = self.strategy.aggregate(self.weights, outcome)
         self.selector.update(outcome, self.history, r)
