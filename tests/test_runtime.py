@@ -284,3 +284,23 @@ def test_a_stopped_trainer_rank_ends_the_job_within_its_deadlines(tmp_path):
             job.kill()
     assert job.returncode != 0 and "a rank is stopped, hung or dead" in err, err[-3000:]
     assert elapsed < 2 * (timeout + grace) + 10, elapsed
+
+
+def test_fedhpc_run_without_a_launcher_starts_itself_under_mpiexec(out):
+    """A newcomer's `fedhpc run`: no mpiexec in front, yet a whole job, its status the job's."""
+    plain = {k: v for k, v in mpi_env().items() if not k.startswith(("PMI_", "PMIX_", "OMPI_COMM_WORLD_"))}
+    proc = subprocess.run([sys.executable, "-m", "fedhpc", "run", "--np", "3", "--out", str(out), "--set", "rounds=2"],
+                          capture_output=True, text=True, timeout=180, env=plain)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[0].startswith("fedhpc run: not started by mpiexec or srun: running 3 ranks")
+    assert len(metrics(out)) == 2 and "2 trainer ranks" in (out / "run.log").read_text()
+    bad = subprocess.run([sys.executable, "-m", "fedhpc", "run", "--np", "3", "--out", str(out), "--set",
+                          "local.lrr=1"], capture_output=True, text=True, timeout=120, env=plain)
+    assert bad.returncode == 2 and bad.stderr.count("unknown config key 'local.lrr'") == 1, bad.stderr
+    for args, env, message in ((["--np", "1"], {}, "needs at least 2 MPI ranks"),
+                               ([], {"FEDHPC_MPIEXEC": "/nonexistent/mpiexec"}, "FEDHPC_MPIEXEC=/nonexistent")):
+        proc = subprocess.run([sys.executable, "-m", "fedhpc", "run", *args, "--out", str(out)], capture_output=True,
+                              text=True, timeout=60, env=plain | env)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    under = fedhpc_run(2, out, "--np=3", check=False, timeout=60)
+    assert under.returncode == 2 and "--np is for a run started without mpiexec" in under.stderr

@@ -17,7 +17,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedhpc import env
+
+    if not env.launched():
+        return _self_launch(args)
+    if args.np is not None:
+        print("fedhpc run: error: --np is for a run started without mpiexec or srun; under a launcher its own "
+              "-n / --ntasks sets the ranks", file=sys.stderr)
+        return 2
     from mpi4py import MPI
 
     from fedhpc.config import load_config, load_config_text
@@ -39,6 +47,26 @@ def _cmd_run(args: argparse.Namespace) -> None:
         return run_job(cfg, out, resume)
 
     finish(main_guarded(go), MPI.COMM_WORLD.rank)
+
+
+def _self_launch(args: argparse.Namespace) -> int:
+    """``fedhpc run`` started as a plain process: become ``mpiexec -n NP`` of the same run (its
+    signals and exit status are then the job's); 2 with a message if that cannot be done."""
+    import os
+
+    from fedhpc.errors import FedHPCError
+    from fedhpc.launch import local
+
+    np_ = args.np if args.np is not None else max(3, (os.cpu_count() or 1) + 1)
+    try:
+        config = Path(args.config) if args.config else None
+        mpiexec = local.command(np_, config, Path(args.out), args.set, args.resume)[0]  # checks what it can first
+        print(f"fedhpc run: not started by mpiexec or srun: running {np_} ranks under {mpiexec} (rank 0 "
+              f"orchestrates, the others train; --np N to choose)", file=sys.stderr)
+        local.start(np_, config, Path(args.out), args.set, args.resume)
+    except FedHPCError as exc:
+        print(f"fedhpc run: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _resume_target(arg: str, out: Path) -> tuple[Path, Path, Path | None]:
@@ -132,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run: from the newest valid checkpoint of run directory OUT (which also becomes "
                         "--out and supplies the config), from one checkpoint file, or 'latest' = the --out directory. "
                         "Extend a finished run with --set rounds=N")
+    p.add_argument("--np", type=int, metavar="N",
+                   help="started without mpiexec or srun, run the job under mpiexec with N ranks (default: one per "
+                        "core plus rank 0, at least 3); under a launcher, its own -n sets the ranks")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("inspect", help="summarise a checkpoint (ckpt-*.h5) or a run record (run.h5)")

@@ -3,6 +3,12 @@
 * ``FEDHPC_MPI_CHUNK_BYTES``: largest single MPI message (default 1 GiB); bigger
   buffers travel in chunks, because single messages over 2 GiB break many MPI stacks.
 * ``FEDHPC_LOG_LEVEL``: log level of every rank (default INFO on rank 0, WARNING elsewhere).
+* ``FEDHPC_MPIEXEC``: the ``mpiexec`` that ``fedhpc run`` started without a launcher
+  uses (default: the one next to the Python interpreter, else the first on ``PATH``).
+
+The MPI launchers' own variables (``PMI_*``, ``PMIX_*``, ``OMPI_COMM_WORLD_*``)
+are read too, only to tell whether this process is a rank of a launched job
+(:func:`launched`).
 
 One variable is read by the compiled kernels themselves, because it must hold
 from the first kernel call: ``FEDHPC_DISABLE_SIMD=1`` forces the portable code
@@ -15,6 +21,12 @@ import os
 
 MPI_CHUNK_BYTES = int(os.environ.get("FEDHPC_MPI_CHUNK_BYTES", 1 << 30))
 LOG_LEVEL = os.environ.get("FEDHPC_LOG_LEVEL")
+MPIEXEC = os.environ.get("FEDHPC_MPIEXEC")
+
+
+def launched() -> bool:
+    """Whether an MPI launcher (mpiexec, mpirun, srun with PMI/PMIx) started this process as a rank."""
+    return any(k.startswith(("PMI_", "PMIX_", "OMPI_COMM_WORLD_")) for k in os.environ)
 
 if MPI_CHUNK_BYTES < 4:
     raise ValueError(f"FEDHPC_MPI_CHUNK_BYTES must be >= 4, got {MPI_CHUNK_BYTES}")

@@ -288,18 +288,12 @@ def _add_k8s(subparsers) -> None:
 # local
 
 def _cmd_local_run(args: argparse.Namespace) -> int:
-    from fedhpc.config import load_config
     from fedhpc.launch import local
 
-    cmd = local.command(args.n, args.config, args.out, args.set, args.resume)
     if args.dry_run:
-        print(" ".join(cmd))
+        print(" ".join(local.command(args.n, args.config, args.out, args.set, args.resume)))
         return 0
-    config = args.config
-    if config is None and args.resume and (Path(args.resume) / "config.toml").is_file():
-        config = Path(args.resume) / "config.toml"  # a resumed run keeps its own threads
-    local.launch(cmd, threads=load_config(config, args.set).local.threads)
-    return 0  # not reached: launch replaces this process
+    local.start(args.n, args.config, args.out, args.set, args.resume)
 
 
 def _add_local(subparsers) -> None:

@@ -12,12 +12,19 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fedhpc.launch import LaunchError
 
 
 def find_mpiexec() -> str:
-    """The environment's own mpiexec, else the one on PATH."""
+    """``FEDHPC_MPIEXEC`` when set, else the environment's own mpiexec, else the one on PATH."""
+    from fedhpc import env
+
+    if env.MPIEXEC:
+        if not (Path(env.MPIEXEC).is_file() or shutil.which(env.MPIEXEC)):
+            raise LaunchError(f"FEDHPC_MPIEXEC={env.MPIEXEC}: no such program")
+        return env.MPIEXEC
     own = Path(sys.executable).parent / "mpiexec"
     if own.exists():
         return str(own)
@@ -31,7 +38,8 @@ def find_mpiexec() -> str:
 def command(nprocs: int, config: Path | None, out: Path | None, sets: list[str], resume: str | None = None) -> list[str]:
     """``mpiexec -n N python -m mpi4py -m fedhpc run ...`` (mpi4py's runner aborts every rank when one fails)."""
     if nprocs < 2:
-        raise LaunchError(f"-n must be >= 2 (rank 0 orchestrates, the others train), got {nprocs}")
+        raise LaunchError(f"a run needs at least 2 MPI ranks (rank 0 orchestrates, the others train), "
+                          f"got {nprocs}")
     cmd = [find_mpiexec(), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "fedhpc", "run"]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -44,10 +52,18 @@ def command(nprocs: int, config: Path | None, out: Path | None, sets: list[str],
     return cmd
 
 
-def launch(cmd: list[str], threads: int) -> None:
-    """Replace this process by ``cmd`` (so signals reach mpiexec directly), with OMP_NUM_THREADS set
-    to the run's threads per rank unless the caller chose one."""
+def start(nprocs: int, config: Path | None, out: Path | None, sets: list[str], resume: str | None = None) -> NoReturn:
+    """Replace this process by the run's ``mpiexec`` (so signals reach it directly, and its exit
+    status is the job's), with OMP_NUM_THREADS set to the run's threads per rank unless the caller
+    chose one. Config errors are raised here, before anything starts."""
+    from fedhpc.config import load_config
+
+    cmd = command(nprocs, config, out, sets, resume)
+    if config is None and resume and (Path(resume) / "config.toml").is_file():
+        config = Path(resume) / "config.toml"  # a resumed run keeps its own threads
+    threads = load_config(config, sets).local.threads
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     sys.stdout.flush()
-    os.execve(cmd[0], cmd, env)
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, env)

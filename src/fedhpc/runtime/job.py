@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from mpi4py import MPI
 
@@ -199,7 +199,7 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
         return fail(f"fedhpc: rank {rank} failed:\n{traceback.format_exc()}", 1)
 
 
-def finish(status: int, rank: int) -> None:
+def finish(status: int, rank: int) -> NoReturn:
     """End this process, an MPI rank of ``fedhpc run``, so that ``mpiexec`` and
     ``srun`` report the job's ``status``. Never call it from a library user's
     interpreter.
