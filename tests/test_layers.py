@@ -19,7 +19,7 @@ LAYERS = [
     ["fedhpc.compress", "fedhpc.strategy", "fedhpc.selection", "fedhpc.data", "fedhpc.models"],
     ["fedhpc.config", "fedhpc.checkpoint", "fedhpc.record", "fedhpc.report", "fedhpc.tracking"],
     ["fedhpc.runtime", "fedhpc.gateway"],
-    ["fedhpc.launch", "fedhpc.bench", "fedhpc.cli", "fedhpc.__main__"],
+    ["fedhpc.launch", "fedhpc.bench", "fedhpc.cli", "fedhpc.__main__", "fedhpc.watch"],
 ]
 
 

@@ -106,6 +106,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from fedhpc.watch import watch
+
+    return watch(args.out, args.interval, args.once)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from fedhpc.gateway.worker import run_worker
 
@@ -174,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     add_data_commands(sub)
+
+    from fedhpc.watch import add_arguments as add_watch_arguments
+
+    p = sub.add_parser("watch", help="follow a running (or finished) job in the terminal",
+                       description="Show a run directory as the job writes it: rounds done, the accuracy curve, the "
+                                   "last rounds' clients, traffic, time and overhead, and each client's status. "
+                                   "Ends when the run is over; Ctrl-C leaves at any time.")
+    add_watch_arguments(p)
+    p.set_defaults(func=_cmd_watch)
 
     from fedhpc.gateway.cli import add_arguments as add_worker_arguments
 
