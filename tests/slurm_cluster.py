@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from system import apt_install
 
 # Keys measured to work with Debian 12's SLURM 22.05 on one machine (see
 # ../shared/PLATFORM.md). KillWait is short so cancelled and requeued jobs
@@ -78,20 +79,9 @@ def _free_port() -> int:
 
 def install_slurm() -> None:
     """``apt-get install slurm-wlm munge`` unless slurmctld is already there (about 40 s once)."""
-    if shutil.which("slurmctld") and shutil.which("munged"):
-        return
-    if os.geteuid() != 0:
-        raise ClusterError("SLURM is not installed and installing it needs root: "
-                           "run `apt-get install -y slurm-wlm munge` as root, then the tests again")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=900)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0 or not shutil.which("slurmctld"):
-        raise ClusterError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
-                           f"\n{proc.stderr[-2000:]}")
+    problem = apt_install(["slurm-wlm", "munge"], ["slurmctld", "munged"])
+    if problem:
+        raise ClusterError(problem)
 
 
 def _node_hardware() -> str:

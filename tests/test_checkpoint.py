@@ -154,6 +154,18 @@ def test_inspect_and_report(straight):
     for name in ("accuracy_loss.png", "bytes.png", "round_time.png", "participation.png"):
         assert (straight / "report" / name).read_bytes()[:4] == b"\x89PNG"
     assert "final accuracy" in (straight / "report" / "README.md").read_text()
+    page = (straight / "report" / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    assert page.count('src="data:image/png;base64,') == 4 and page.count("<tr>") == 1 + 6  # head + 6 rounds
+    # a real browser renders it, every plot decodes
+    from system import apt_install
+
+    problem = apt_install(["chromium"], ["chromium"])
+    assert problem is None, problem
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (straight / "report" / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and 'data-plots="ok"' in dom.stdout, dom.stderr[-2000:]
+    assert "fedhpc run report" in dom.stdout and '<p id="plots-status"></p>' in dom.stdout
     bad = subprocess.run(run + ["inspect", str(straight / "metrics.jsonl")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a readable HDF5 file" in bad.stderr
 

@@ -1,7 +1,10 @@
-"""``fedhpc inspect`` (a summary of a checkpoint or run file) and ``fedhpc report`` (plots)."""
+"""``fedhpc inspect`` (a summary of a checkpoint or run file) and ``fedhpc report`` (plots,
+a markdown summary, and one self-contained HTML page)."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 
@@ -67,7 +70,9 @@ def _inspect_record(path: Path) -> str:
 
 
 def report(out: Path) -> list[Path]:
-    """Draw PNG plots of run directory ``out`` into ``out/report/`` and write a markdown summary."""
+    """Draw PNG plots of run directory ``out`` into ``out/report/`` and write a markdown summary
+    (``README.md``) and one self-contained HTML page (``index.html``: the plots inlined, no network
+    needed to view it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,5 +140,69 @@ def report(out: Path) -> list[Path]:
         "", *(f"![{p.stem}]({p.name})" for p in files),
     ]
     (dest / "README.md").write_text("\n".join(line for line in summary if line is not None) + "\n")
+    plots = list(files)
     files.append(dest / "README.md")
+    config = (out / "config.toml").read_text() if (out / "config.toml").is_file() else ""
+    (dest / "index.html").write_text(_html(out, [line for line in summary[2:] if line.startswith("- ")], r, plots,
+                                           config))
+    files.append(dest / "index.html")
     return files
+
+
+# what the page shows per round, as (metrics field, column title, format)
+_COLUMNS = (("round", "round", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"), ("loss", "loss", "{:.4f}"),
+            ("clients_reported", "reported", "{:.0f}"), ("clients_late", "late", "{:.0f}"),
+            ("clients_failed", "failed", "{:.0f}"), ("bytes_up", "bytes up", "{:,.0f}"),
+            ("bytes_down", "bytes down", "{:,.0f}"), ("round_seconds", "round s", "{:.3f}"),
+            ("train_seconds", "training s", "{:.3f}"), ("overhead_seconds", "overhead s", "{:.3f}"))
+
+
+def _html(out: Path, facts: list[str], r: dict, plots: list[Path], config: str) -> str:
+    """One page with everything inline: the facts, the plots as data URIs, a table per round, the config.
+
+    A few lines of script check, once the page has loaded, that every plot decoded, and say so
+    on the page (``data-plots`` on the body: ``ok`` or how many failed).
+    """
+    esc = html.escape
+    images = "\n".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
+                       f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(p.stem)}</figcaption></figure>'
+                       for p in plots)
+
+    def cell(key: str, fmt: str, i: int) -> str:
+        v = r[key][i] if key in r else np.nan
+        return "<td>-</td>" if not np.isfinite(v) else f"<td>{fmt.format(v)}</td>"
+
+    head = "".join(f"<th>{esc(title)}</th>" for _, title, _ in _COLUMNS)
+    rows = "\n".join("<tr>" + "".join(cell(k, fmt, i) for k, _, fmt in _COLUMNS) + "</tr>"
+                     for i in range(len(r["round"])))
+    items = "".join(f"<li>{esc(f[2:])}</li>" for f in facts)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>fedhpc report: {esc(str(out))}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
+td {{ text-align: right; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+#plots-status {{ color: #b00; }}
+</style></head>
+<body data-plots="pending">
+<h1>fedhpc run report</h1>
+<p><code>{esc(str(out))}</code></p>
+<ul>{items}</ul>
+<p id="plots-status"></p>
+{images}
+<h2>Rounds</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{rows}
+</tbody></table>
+<h2>Configuration</h2>
+<pre>{esc(config)}</pre>
+<script>
+window.addEventListener("load", function () {{
+  var bad = Array.prototype.filter.call(document.images, function (i) {{ return !i.complete || !i.naturalWidth; }});
+  document.body.setAttribute("data-plots", bad.length ? bad.length + " failed" : "ok");
+  if (bad.length) document.getElementById("plots-status").textContent = bad.length + " plot(s) did not load";
+}});
+</script>
+</body></html>
+"""
