@@ -1,12 +1,13 @@
-"""TensorBoard event files, read back with TensorBoard's own event reader."""
+"""TensorBoard event files, read back with TensorBoard's own event reader; MLflow, read back from its store."""
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import fedhpc_run, metrics
+
 from fedhpc.config import load_config
 from fedhpc.tracking import SCALARS, TensorBoard
 
-pytestmark = pytest.mark.unit
 
 
 def read(directory):
@@ -21,6 +22,7 @@ def line(r: int, accuracy=None) -> dict:
             "clients_late": 1, "clients_failed": 0, "update_norm_median": 2.0}
 
 
+@pytest.mark.unit
 def test_rounds_config_and_norm_histograms_are_written(tmp_path):
     cfg = load_config(None, ["tracking.histogram_every=2", "rounds=4"])
     tb = TensorBoard(tmp_path, cfg, 0)
@@ -38,6 +40,7 @@ def test_rounds_config_and_norm_histograms_are_written(tmp_path):
     assert any("config" in t for t in tags["tensors"])
 
 
+@pytest.mark.unit
 def test_a_resumed_run_purges_the_rounds_after_its_checkpoint(tmp_path):
     cfg = load_config(None, ["rounds=6"])
     tb = TensorBoard(tmp_path, cfg, 0)
@@ -50,3 +53,35 @@ def test_a_resumed_run_purges_the_rounds_after_its_checkpoint(tmp_path):
     tb.close()
     steps = [(e.step, e.value) for e in read(tmp_path / "tensorboard").Scalars("traffic/bytes_down")]
     assert steps == [(1, 7), (2, 7), (3, 8), (4, 8), (5, 8), (6, 8)]
+
+
+@pytest.mark.e2e
+def test_mlflow_gets_the_config_every_round_and_the_artifacts(tmp_path):
+    import mlflow
+
+    out = tmp_path / "run"
+    fedhpc_run(3, out, "rounds=3", "checkpoint.every=1", "tracking.mlflow=true")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("fedhpc").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_id == (out / "mlflow_run_id").read_text().strip()
+    assert run.data.params["local.lr"] == "0.2" and run.data.params["codec.name"] == "none"
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    assert [(m.step, m.value) for m in history] == [(r["round"], pytest.approx(r["accuracy"])) for r in metrics(out)]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"final_weights.npy", "report", "checkpoints"} <= arts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/index.html",
+                                                                                   "report/accuracy_loss.png"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/ckpt-000003.h5"]
+    # resumed and extended: the same MLflow run goes on
+    fedhpc_run(3, out, "rounds=5", resume=True)
+    (again,) = client.search_runs([run.info.experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.unit
+def test_mlflow_settings_are_checked():
+    from fedhpc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'tracking.mlflow_uri' needs tracking.mlflow = true"):
+        load_config(None, ["tracking.mlflow_uri='http://x'"])

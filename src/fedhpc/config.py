@@ -254,9 +254,14 @@ class TrackingConfig:
 
     tensorboard: bool = True  # OUT/tensorboard/ event files
     histogram_every: int = 5  # a histogram of the clients' update norms every N rounds (0 = never)
+    mlflow: bool = False  # also track the run in MLflow (pip install 'fedhpc[mlflow]')
+    mlflow_uri: str = ""  # its tracking URI; "" = a local store in the run directory, sqlite:///OUT/mlflow.db
+    mlflow_experiment: str = "fedhpc"
 
     def check(self, key):
         _require(self.histogram_every >= 0, f"{key}.histogram_every", "must be >= 0")
+        _require(not self.mlflow_uri or self.mlflow, f"{key}.mlflow_uri", "needs tracking.mlflow = true")
+        _require(bool(self.mlflow_experiment.strip()), f"{key}.mlflow_experiment", "must not be empty")
 
 
 @dataclass

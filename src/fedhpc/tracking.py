@@ -1,4 +1,5 @@
-"""Experiment tracking: rank 0 writes the run to TensorBoard (``OUT/tensorboard/``).
+"""Experiment tracking: rank 0 writes the run to TensorBoard (``OUT/tensorboard/``), and with
+``tracking.mlflow`` to MLflow.
 
 Per round (the step is the round number): accuracy and loss, bytes up and
 down, round, training and overhead seconds (and simulated seconds on that
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhpc.config import RunConfig
+from fedhpc.errors import ConfigError
 
 #: metrics.jsonl field -> TensorBoard tag
 SCALARS = {
@@ -63,3 +65,59 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
+    """A nested config dict as MLflow parameters: dotted keys, values as text."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flat_params(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+class MLflow:
+    """The run in MLflow: the config as parameters, every round's numbers as metrics, and at the
+    end the final model, the report (``fedhpc report``) and the newest checkpoint as artifacts.
+
+    By default the store is ``sqlite:///OUT/mlflow.db``, local to the run: MLflow 3 refuses its
+    old directory store unless told otherwise, and a SQLite file is as local. A resumed run goes
+    on in the same MLflow run (its id is kept in ``OUT/mlflow_run_id``); the rounds after the
+    checkpoint are logged again, at the same steps.
+    """
+
+    def __init__(self, out: Path, cfg: RunConfig):
+        try:
+            import mlflow
+        except ImportError:
+            raise ConfigError("config key 'tracking.mlflow' is true but MLflow is not installed: "
+                              "pip install 'fedhpc[mlflow]'") from None
+        self.mlflow, self.out = mlflow, out
+        mlflow.set_tracking_uri(cfg.tracking.mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db")
+        mlflow.set_experiment(cfg.tracking.mlflow_experiment)
+        id_file = out / "mlflow_run_id"
+        previous = id_file.read_text().strip() if id_file.is_file() else None
+        self.run = mlflow.start_run(run_id=previous, run_name=None if previous else out.name)
+        id_file.write_text(self.run.info.run_id + "\n")
+        if previous is None:
+            mlflow.log_params(flat_params(cfg.to_dict()))
+
+    def round(self, metrics: dict) -> None:
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "round"}
+        self.mlflow.log_metrics(numbers, step=metrics["round"])
+
+    def close(self, status: int) -> None:
+        """Log the artifacts of a finished run and end the MLflow run (FINISHED, or KILLED when stopped)."""
+        if status == 0:
+            from fedhpc.checkpoint import list_checkpoints
+            from fedhpc.report import report
+
+            report(self.out)
+            self.mlflow.log_artifact(str(self.out / "final_weights.npy"))
+            self.mlflow.log_artifacts(str(self.out / "report"), artifact_path="report")
+            newest = list_checkpoints(self.out / "checkpoints")
+            if newest:
+                self.mlflow.log_artifact(str(newest[0]), artifact_path="checkpoints")
+        self.mlflow.end_run("FINISHED" if status == 0 else "KILLED")

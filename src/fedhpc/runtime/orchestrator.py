@@ -31,7 +31,7 @@ from fedhpc.runtime.transport import (
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
-from fedhpc.tracking import TensorBoard
+from fedhpc.tracking import MLflow, TensorBoard
 from fedhpc.types import ClientFailure, ClientHistory, ClientResult, RoundOutcome
 from fedhpc.update import BufferPool, Status, UpdateHeader, max_update_bytes, unpack_update
 
@@ -170,6 +170,7 @@ class Orchestrator:
         metrics, status = None, 0
         record = RunRecord(self.out / "run.h5", len(self.ctx.all_clients), self.first_round)
         board = TensorBoard(self.out, cfg, self.first_round) if cfg.tracking.tensorboard else None
+        flow = MLflow(self.out, cfg) if cfg.tracking.mlflow else None
         with open(self.out / "metrics.jsonl", "w") as mfile:
             mfile.writelines(line + "\n" for line in self.lines)
             for r in range(self.first_round, cfg.rounds):
@@ -180,6 +181,8 @@ class Orchestrator:
                 record.append(metrics, *per_client)
                 if board is not None:
                     board.round(metrics, self.norms)
+                if flow is not None:
+                    flow.round(metrics)
                 log.info(self._progress_line(metrics))
                 self.idle_rounds = 0 if metrics["clients_reported"] else self.idle_rounds + 1
                 why = stop_reason(self.weights, self.idle_rounds, cfg.guard)
@@ -203,6 +206,8 @@ class Orchestrator:
         self.command(Stop(status))
         if status == 0:
             np.save(self.out / "final_weights.npy", self.weights)
+        if flow is not None:
+            flow.close(status)
         return metrics, status
 
     def round(self, r: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
