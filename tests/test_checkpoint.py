@@ -36,6 +36,7 @@ def test_stopped_and_resumed_run_ends_with_the_same_model(straight, tmp_path):
     out = tmp_path / "run"
     fedhpc_run(3, out, *FULL, "rounds=3")
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["ckpt-000003.h5"]
+    assert "checkpoint written:" in (out / "run.log").read_text() and " MB in " in (out / "run.log").read_text()
     resume(4, out, "rounds=6")  # also on a different number of ranks
     assert final_weights(out).tobytes() == final_weights(straight).tobytes()
     assert [m["round"] for m in metrics(out)] == list(range(1, 7))

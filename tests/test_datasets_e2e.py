@@ -96,6 +96,7 @@ def test_prepare_shakespeare_builds_what_shakespeare_offline_reads(tmp_path, mon
     assert proc.returncode == 0, proc.stderr
     default = home / ".cache" / "fedhpc" / "shakespeare"
     assert "wrote 2 speaking roles of 1 plays" in proc.stdout and str(default) in proc.stdout
+    assert "read 1 plays" in proc.stderr and "writing the train split" in proc.stderr  # progress as it goes
     monkeypatch.setenv("HOME", str(home))
     d = load_dataset(DataConfig(name="shakespeare-offline"))
     assert d.users == ["THE_TINY_TRAGEDY_KING", "THE_TINY_TRAGEDY_QUEEN"] and d.x_train.shape[1] == 80

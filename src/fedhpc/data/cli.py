@@ -44,7 +44,8 @@ def _cmd_prepare_shakespeare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        done = prepare(args.out, args.sdist, args.min_lines, args.test_fraction)
+        done = prepare(args.out, args.sdist, args.min_lines, args.test_fraction,
+                       progress=lambda line: print(line, file=sys.stderr, flush=True))
     except FedHPCError as exc:
         print(f"fedhpc: error: {exc}", file=sys.stderr)
         return 2

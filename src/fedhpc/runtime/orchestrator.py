@@ -38,6 +38,7 @@ from fedhpc.update import BufferPool, Status, UpdateHeader, max_update_bytes, un
 log = logging.getLogger("fedhpc.orchestrator")
 
 SIGNAL_CHECK_S = 0.01  # how often the receive loop looks for a second stop signal
+PROGRESS_S = 5.0  # how often long work (a checkpoint) says how far it got
 
 
 @dataclass
@@ -119,14 +120,26 @@ class Orchestrator:
         log.info("resumed from %s after round %d", ckpt.path, st.round)
 
     def checkpoint(self, rounds_done: int) -> Path:
-        """Gather every client's residual from the trainers and write a checkpoint."""
+        """Gather every client's residual from the trainers and write a checkpoint, saying how
+        it goes every ``PROGRESS_S`` while it takes long (big models, many clients)."""
         self.command(SaveState())
         timeout, n = self.ctx.cfg.stragglers.timeout_s, self.ctx.layout.size
-        residuals = (item for rank in self.ctx.trainers for item in recv_arrays(self.comm, rank, n, timeout))
+        t0 = last = time.monotonic()
+
+        def residuals():
+            nonlocal last
+            for i, item in enumerate((item for rank in self.ctx.trainers
+                                      for item in recv_arrays(self.comm, rank, n, timeout)), 1):
+                if time.monotonic() - last >= PROGRESS_S:
+                    last = time.monotonic()
+                    log.info("checkpoint of round %d: %d client states written (%.1f MB each), %.0fs so far",
+                             rounds_done, i, 4 * n / 1e6, last - t0)
+                yield item
+
         state = ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
                             self.lines)
-        path = write_checkpoint(self.out / "checkpoints", self.ctx.cfg, self.ctx.layout, state, residuals)
-        log.info("checkpoint written: %s", path)
+        path = write_checkpoint(self.out / "checkpoints", self.ctx.cfg, self.ctx.layout, state, residuals())
+        log.info("checkpoint written: %s (%.1f MB in %.1fs)", path, path.stat().st_size / 1e6, time.monotonic() - t0)
         return path
 
     def command(self, cmd: Command) -> None:
