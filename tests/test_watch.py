@@ -4,6 +4,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -14,29 +15,44 @@ from conftest import MPIEXEC, mpi_env
 pytestmark = pytest.mark.e2e
 
 
-def run_in_pty(cmd: list[str], timeout: float) -> tuple[int, str]:
-    """Run ``cmd`` with a pseudo-terminal as its stdin/stdout/stderr; (exit status, all it printed)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                            env=mpi_env(TERM="xterm-256color", COLUMNS="100", LINES="40"))
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def run_in_pty(cmd: list[str], timeout: float, type_after: tuple[float, bytes] | None = None) -> tuple[int, str]:
+    """Run ``cmd`` in a pseudo-terminal that is its controlling terminal (as in a shell: Ctrl-C
+    there is SIGINT); (exit status, all it printed). ``type_after`` = (seconds, keys): type the
+    keys once that long has passed."""
+    env = mpi_env(TERM="xterm-256color", COLUMNS="100", LINES="40")
+    pid, master = pty.fork()
+    if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
+        os.execvpe(cmd[0], cmd, env)
+    chunks, t0 = [], time.monotonic()
+    status = None
+    while time.monotonic() - t0 < timeout:
+        if type_after is not None and time.monotonic() - t0 >= type_after[0]:
+            os.write(master, type_after[1])
+            type_after = None
         ready, _, _ = select.select([master], [], [], 0.2)
         if ready:
             try:
                 data = os.read(master, 65536)
             except OSError:  # the child closed the terminal
-                break
+                data = b""
             if not data:
                 break
             chunks.append(data)
-        elif proc.poll() is not None:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = code
             break
+    end = time.monotonic() + 10
+    while status is None:  # the terminal closed: the child is leaving, or hangs (then it is killed)
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = code
+        elif time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            time.sleep(0.05)
     os.close(master)
-    if proc.poll() is None:
-        proc.kill()
-    return proc.wait(timeout=10), b"".join(chunks).decode("utf-8", "replace")
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
 
 
 def test_watch_follows_a_growing_run_and_ends_with_it(tmp_path):
@@ -68,3 +84,19 @@ def test_watch_once_and_a_directory_that_is_not_a_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fedhpc", "watch", str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "is not a run directory" in proc.stderr
+
+
+def test_ctrl_c_leaves_a_run_that_is_not_over(tmp_path):
+    """A run directory whose job stopped after one of its 100 rounds (killed, nothing logged): the
+    view waits for more, and Ctrl-C in the terminal ends it with status 0."""
+    from conftest import fedhpc_run
+
+    out = tmp_path / "run"
+    fedhpc_run(3, out, "rounds=1")
+    (out / "config.toml").write_text((out / "config.toml").read_text().replace("rounds = 1", "rounds = 100"))
+    (out / "run.log").write_text("")  # as if rank 0 never got to say it was done
+    t0 = time.monotonic()
+    status, screen = run_in_pty([sys.executable, "-m", "fedhpc", "watch", str(out), "--interval", "0.2"], 60,
+                                type_after=(3.0, b"\x03"))
+    assert status == 0 and "round 1/100" in screen and "Traceback" not in screen, screen[-2000:]
+    assert time.monotonic() - t0 < 30
