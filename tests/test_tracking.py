@@ -1,5 +1,7 @@
 """TensorBoard event files, read back with TensorBoard's own event reader; MLflow, read back from its store."""
 
+from pathlib import Path
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -67,6 +69,7 @@ def test_mlflow_gets_the_config_every_round_and_the_artifacts(tmp_path):
     assert run.data.params["local.lr"] == "0.2" and run.data.params["codec.name"] == "none"
     history = client.get_metric_history(run.info.run_id, "accuracy")
     assert [(m.step, m.value) for m in history] == [(r["round"], pytest.approx(r["accuracy"])) for r in metrics(out)]
+    assert (out / "mlflow-artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # all inside the run
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"final_weights.npy", "report", "checkpoints"} <= arts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/index.html",

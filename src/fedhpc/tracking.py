@@ -82,8 +82,9 @@ class MLflow:
     """The run in MLflow: the config as parameters, every round's numbers as metrics, and at the
     end the final model, the report (``fedhpc report``) and the newest checkpoint as artifacts.
 
-    By default the store is ``sqlite:///OUT/mlflow.db``, local to the run: MLflow 3 refuses its
-    old directory store unless told otherwise, and a SQLite file is as local. A resumed run goes
+    By default the store is ``sqlite:///OUT/mlflow.db``, local to the run, with its artifacts in
+    ``OUT/mlflow-artifacts/``: MLflow 3 refuses its old directory store unless told otherwise, and
+    a SQLite file is as local. A resumed run goes
     on in the same MLflow run (its id is kept in ``OUT/mlflow_run_id``); the rounds after the
     checkpoint are logged again, at the same steps.
     """
@@ -95,8 +96,12 @@ class MLflow:
             raise ConfigError("config key 'tracking.mlflow' is true but MLflow is not installed: "
                               "pip install 'fedhpc[mlflow]'") from None
         self.mlflow, self.out = mlflow, out
-        mlflow.set_tracking_uri(cfg.tracking.mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db")
-        mlflow.set_experiment(cfg.tracking.mlflow_experiment)
+        t = cfg.tracking
+        mlflow.set_tracking_uri(t.mlflow_uri or f"sqlite:///{out.resolve()}/mlflow.db")
+        if not t.mlflow_uri and mlflow.get_experiment_by_name(t.mlflow_experiment) is None:
+            # the local store keeps its artifacts beside it, not in ./mlruns of whatever directory this is
+            mlflow.create_experiment(t.mlflow_experiment, artifact_location=(out / "mlflow-artifacts").resolve().as_uri())
+        mlflow.set_experiment(t.mlflow_experiment)
         id_file = out / "mlflow_run_id"
         previous = id_file.read_text().strip() if id_file.is_file() else None
         self.run = mlflow.start_run(run_id=previous, run_name=None if previous else out.name)
