@@ -113,6 +113,10 @@ class Orchestrator:
         self.strategy.load_state_dict(st.strategy)
         self.profiles, self.history = st.profiles, st.history
         self.guard.restore(st.metrics)
+        for line in reversed(st.metrics):  # the rounds in a row without a result, as the guard counted them
+            if json.loads(line)["clients_reported"]:
+                break
+            self.idle_rounds += 1
         self.command(RestoreState())
         for rank in self.ctx.trainers:
             send_arrays(self.comm, dict(ckpt.residuals(self.ctx.clients_of(rank))), rank,
