@@ -77,8 +77,14 @@ def test_a_resumed_guard_has_the_same_bound():
 def test_stop_reasons():
     cfg = load_config(None, ["guard.idle_rounds=3"]).guard
     w = np.ones(10, np.float32)
-    assert stop_reason(w, 2, cfg) is None
-    assert "no client contributed an update for 3 rounds" in stop_reason(w, 3, cfg)
+
+    def lines(*reported):
+        return [json.dumps({"round": i + 1, "clients_reported": n}) for i, n in enumerate(reported)]
+
+    assert stop_reason(w, lines(4, 0, 0), cfg) is None
+    assert stop_reason(w, lines(0, 0), cfg) is None  # fewer rounds than the limit so far
+    assert "no client contributed an update for 3 rounds" in stop_reason(w, lines(4, 0, 0, 0), cfg)
     w[4] = np.nan
-    assert "no longer finite" in stop_reason(w, 0, cfg)
-    assert stop_reason(np.ones(3, np.float32), 100, load_config(None, ["guard.idle_rounds=0"]).guard) is None
+    assert "no longer finite" in stop_reason(w, lines(4), cfg)
+    assert stop_reason(np.ones(3, np.float32), lines(*[0] * 100), load_config(None, ["guard.idle_rounds=0"]).guard) \
+        is None

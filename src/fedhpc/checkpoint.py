@@ -194,7 +194,7 @@ def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState,
     with h5py.File(tmp, "w") as f:
         f.attrs.update({
             "schema_version": SCHEMA_VERSION, "fedhpc_version": fedhpc.__version__, "round": state.round,
-            "config_toml": _toml(cfg), "identity_crc": identity_crc(cfg), "seed": cfg.seed,
+            "config_toml": cfg.to_toml(), "identity_crc": identity_crc(cfg), "seed": cfg.seed,
             "rng_scheme": RNG_SCHEME, "created": time.time(),
         })
         model = f.create_group("model")
@@ -222,12 +222,6 @@ def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState,
         os.fsync(f.id.get_vfd_handle())
 
 
-def _toml(cfg: RunConfig) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(cfg.to_dict())
-
-
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -241,6 +235,7 @@ class Checkpoint:
 
     def __init__(self, path: Path, cfg: RunConfig | None = None, layout: Layout | None = None):
         self.path = Path(path)
+        self._state: ServerState | None = None  # parsed once, by the validation
         try:
             self.file = h5py.File(self.path, "r")
         except FileNotFoundError:
@@ -290,7 +285,6 @@ class Checkpoint:
         if layout is not None and int(self.file["model"].attrs["size"]) != layout.size:
             raise CheckpointError(f"checkpoint {self.path} holds a model of {self.file['model'].attrs['size']} "
                                   f"parameters, the configured model has {layout.size}")
-        self.weights()  # verifies the checksum
         state = self.server_state()  # everything resume reads must parse and make sense ...
         _check_records(self.path, "profile", list(state.profiles.values()))
         _check_records(self.path, "history", list(state.history.values()))
@@ -301,8 +295,6 @@ class Checkpoint:
                 get_strategy(cfg.strategy.name, **cfg.strategy.params).load_state_dict(state.strategy)
             except ValueError as exc:
                 raise CheckpointError(f"checkpoint {self.path}: strategy state refused ({exc})") from None
-        for _ in self.residuals(int(c) for c in self.file["clients/residual"]):
-            pass  # verifies each residual's checksum now, so a bad one falls back to an older checkpoint
 
     @property
     def round(self) -> int:
@@ -325,6 +317,9 @@ class Checkpoint:
         return out
 
     def server_state(self) -> ServerState:
+        """What rank 0 resumes from (read once: the validation already parsed it)."""
+        if self._state is not None:
+            return self._state
         strat = self.file["strategy"]
         strategy = {k: v[()] for k, v in strat.items()} | {k: v.item() if hasattr(v, "item") else v
                                                              for k, v in strat.attrs.items()}
@@ -332,8 +327,9 @@ class Checkpoint:
         profiles = _group_to_fields(self.file["clients/profile"], ClientProfile, n)
         history = _group_to_fields(self.file["clients/history"], ClientHistory, n)
         lines = str(self.file["metrics"].attrs["jsonl"])
-        return ServerState(self.round, self.weights(), strategy, {p.client_id: p for p in profiles},
-                           dict(enumerate(history)), [ln for ln in lines.split("\n") if ln])
+        self._state = ServerState(self.round, self.weights(), strategy, {p.client_id: p for p in profiles},
+                                  dict(enumerate(history)), [ln for ln in lines.split("\n") if ln])
+        return self._state
 
     def residuals(self, clients: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
         """(client, residual) for those of ``clients`` that have one, verified."""

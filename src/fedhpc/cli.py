@@ -60,10 +60,10 @@ def _self_launch(args: argparse.Namespace) -> int:
     np_ = args.np if args.np is not None else max(3, (os.cpu_count() or 1) + 1)
     try:
         config = Path(args.config) if args.config else None
-        mpiexec = local.command(np_, config, Path(args.out), args.set, args.resume)[0]  # checks what it can first
-        print(f"fedhpc run: not started by mpiexec or srun: running {np_} ranks under {mpiexec} (rank 0 "
+        cmd = local.command(np_, config, Path(args.out), args.set, args.resume)
+        print(f"fedhpc run: not started by mpiexec or srun: running {np_} ranks under {cmd[0]} (rank 0 "
               f"orchestrates, the others train; --np N to choose)", file=sys.stderr)
-        local.start(np_, config, Path(args.out), args.set, args.resume)
+        local.start(cmd, config, args.set, args.resume)
     except FedHPCError as exc:
         print(f"fedhpc run: error: {exc}", file=sys.stderr)
         return 2

@@ -330,6 +330,10 @@ class RunConfig:
         """Plain nested dict, plugin params flattened back into their section."""
         return _to_plain(self)
 
+    def to_toml(self) -> str:
+        """The resolved config as TOML text (loadable by :func:`load_config_text`)."""
+        return tomli_w.dumps(self.to_dict())
+
     def identity(self) -> dict:
         """The settings that define what a run computes: a checkpoint may only be
         resumed under a config with the same identity. Extending ``rounds``,
@@ -508,4 +512,4 @@ def _check_plugins(cfg: RunConfig) -> None:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as TOML (loadable by :func:`load_config`)."""
-    Path(path).write_text(tomli_w.dumps(cfg.to_dict()))
+    Path(path).write_text(cfg.to_toml())

@@ -47,9 +47,7 @@ class TensorBoard:
         self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=rounds_done + 1 if rounds_done
                                     else None)
         if not rounds_done:
-            import tomli_w
-
-            self.writer.add_text("config", "```toml\n" + tomli_w.dumps(cfg.to_dict()) + "```", 0)
+            self.writer.add_text("config", "```toml\n" + cfg.to_toml() + "```", 0)
 
     def round(self, metrics: dict, norms: list[float]) -> None:
         """Write one round's metrics line, and the histogram of its update norms when due."""

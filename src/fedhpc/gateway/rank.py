@@ -15,7 +15,6 @@ import queue
 import time
 
 import numpy as np
-import tomli_w
 from mpi4py import MPI
 
 from fedhpc.gateway.server import GatewayServer, Task, fingerprint, load_tokens
@@ -35,7 +34,7 @@ class GatewayRank(HostRank):
         super().__init__(comm, ctx, job_id)
         g = ctx.cfg.gateway
         self.server = GatewayServer(
-            job_id=job_id, slots=ctx.remote_clients, config_toml=tomli_w.dumps(ctx.cfg.to_dict()),
+            job_id=job_id, slots=ctx.remote_clients, config_toml=ctx.cfg.to_toml(),
             tokens=load_tokens(g.token_file), max_update_bytes=max_update_bytes(ctx.layout.size),
             calls_per_second=g.calls_per_second, heartbeat_s=g.heartbeat_s, max_samples=g.max_samples,
             stream_idle_s=g.stream_idle_s)

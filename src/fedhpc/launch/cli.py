@@ -256,7 +256,7 @@ def _add_k8s(subparsers) -> None:
                                             "gateway. Example manifests: jobs/k8s/.")
     ksub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="ACTION")
     p = ksub.add_parser("render", help="write a worker StatefulSet, its Secret and an autoscaler",
-                        description="Write secret.yaml (token and TLS files), workers.yaml (a StatefulSet of "
+                        description="Write secret.yaml (each pod's token and TLS files), workers.yaml (a StatefulSet of "
                                     "`fedhpc worker` pods with resource requests; pod NAME-K is remote client "
                                     "FIRST+K) and hpa.yaml (HorizontalPodAutoscaler) into --out, ready for "
                                     "`kubectl apply -f DIR`; without --out print them. The files are JSON, which is "
@@ -290,10 +290,11 @@ def _add_k8s(subparsers) -> None:
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from fedhpc.launch import local
 
+    cmd = local.command(args.n, args.config, args.out, args.set, args.resume)
     if args.dry_run:
-        print(" ".join(local.command(args.n, args.config, args.out, args.set, args.resume)))
+        print(" ".join(cmd))
         return 0
-    local.start(args.n, args.config, args.out, args.set, args.resume)
+    local.start(cmd, args.config, args.set, args.resume)
 
 
 def _add_local(subparsers) -> None:

@@ -52,13 +52,13 @@ def command(nprocs: int, config: Path | None, out: Path | None, sets: list[str],
     return cmd
 
 
-def start(nprocs: int, config: Path | None, out: Path | None, sets: list[str], resume: str | None = None) -> NoReturn:
-    """Replace this process by the run's ``mpiexec`` (so signals reach it directly, and its exit
-    status is the job's), with OMP_NUM_THREADS set to the run's threads per rank unless the caller
-    chose one. Config errors are raised here, before anything starts."""
+def start(cmd: list[str], config: Path | None, sets: list[str], resume: str | None = None) -> NoReturn:
+    """Replace this process by ``cmd``, the run's ``mpiexec`` from :func:`command` (so signals
+    reach it directly, and its exit status is the job's), with OMP_NUM_THREADS set to the run's
+    threads per rank unless the caller chose one. Config errors are raised here, before anything
+    starts."""
     from fedhpc.config import load_config
 
-    cmd = command(nprocs, config, out, sets, resume)
     if config is None and resume and (Path(resume) / "config.toml").is_file():
         config = Path(resume) / "config.toml"  # a resumed run keeps its own threads
     threads = load_config(config, sets).local.threads

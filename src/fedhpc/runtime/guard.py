@@ -78,11 +78,13 @@ class NormGuard:
         return RoundOutcome(outcome.round, [res for res, _ in kept], failures), median, norms
 
 
-def stop_reason(weights: np.ndarray, idle_rounds: int, cfg: GuardConfig) -> str | None:
-    """Why the run must stop after a round, or None: a non-finite global model, or
-    ``idle_rounds`` rounds in a row (``guard.idle_rounds``, 0 = never) without a result."""
+def stop_reason(weights: np.ndarray, metrics_lines: list[str], cfg: GuardConfig) -> str | None:
+    """Why the run must stop after a round, or None: a non-finite global model, or the last
+    ``guard.idle_rounds`` metrics lines (0 = never) without a result. Read from the lines, the
+    count is the same for a resumed run as for an uninterrupted one."""
     if not np.isfinite(K.l2_norm(weights)):
         return "the global model is no longer finite (NaN or infinite values)"
-    if cfg.idle_rounds and idle_rounds >= cfg.idle_rounds:
-        return f"no client contributed an update for {idle_rounds} rounds in a row"
+    recent = metrics_lines[-cfg.idle_rounds:] if cfg.idle_rounds else []
+    if len(recent) == cfg.idle_rounds and recent and not any(json.loads(s)["clients_reported"] for s in recent):
+        return f"no client contributed an update for {cfg.idle_rounds} rounds in a row"
     return None

@@ -85,11 +85,14 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
 
     gateway = comm.size - 1 if cfg.gateway.enabled else None
     needed = 3 if gateway is not None else 2
-    if comm.size < needed:
-        raise JobError(f"fedhpc run needs at least {needed} MPI ranks (rank 0 orchestrates, the others train"
-                       + (", the last is the gateway" if gateway is not None else "")
-                       + f"): launch it as `mpiexec -n {needed + 1} fedhpc run ...`", list(range(comm.size)),
-                       comm.size) if comm.rank == 0 else ReportedElsewhere("too few ranks")
+
+    def check_size() -> None:
+        if comm.size < needed:
+            raise ConfigError(f"fedhpc run needs at least {needed} MPI ranks (rank 0 orchestrates, the others train"
+                              + (", the last is the gateway" if gateway is not None else "")
+                              + f"): launch it as `mpiexec -n {needed + 1} fedhpc run ...`")
+
+    collective(comm, check_size)
     signals.install()
     rank = comm.rank
     if rank == 0:
@@ -188,8 +191,8 @@ def main_guarded(fn, comm: MPI.Comm = MPI.COMM_WORLD) -> int:
     try:
         return fn()
     except ReportedElsewhere:
-        # rank 0 prints the error and aborts the job; if it cannot, leave without a word
-        time.sleep(4 * ABORT_GRACE_S)  # rank 0 prints the error and aborts meanwhile
+        # rank 0 prints the error and aborts the job meanwhile; if it cannot, leave without a word
+        time.sleep(4 * ABORT_GRACE_S)
         return fail("", 2)
     except JobError as exc:
         return fail(f"fedhpc: error ({exc.where()}): {exc}", 2)

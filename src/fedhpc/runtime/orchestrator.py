@@ -69,8 +69,6 @@ class Orchestrator:
         st = cfg.stragglers
         self.rules = CloseRules(st.deadline_s, st.fastest_k, st.timeout_s)
         self.guard = NormGuard(cfg.guard)
-        self.idle_rounds = 0  # rounds in a row without a result
-        self.norms: list[float] = []  # the last round's update norms
         n_test, cap = len(ctx.data.y_test), cfg.eval.max_samples
         # a fixed subset, so every evaluation of the run is comparable (large test sets take minutes on CPU)
         self.eval_idx = (np.sort(np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL)).choice(n_test, cap, replace=False))
@@ -113,10 +111,6 @@ class Orchestrator:
         self.strategy.load_state_dict(st.strategy)
         self.profiles, self.history = st.profiles, st.history
         self.guard.restore(st.metrics)
-        for line in reversed(st.metrics):  # the rounds in a row without a result, as the guard counted them
-            if json.loads(line)["clients_reported"]:
-                break
-            self.idle_rounds += 1
         self.command(RestoreState())
         for rank in self.ctx.trainers:
             send_arrays(self.comm, dict(ckpt.residuals(self.ctx.clients_of(rank))), rank,
@@ -191,18 +185,17 @@ class Orchestrator:
         with open(self.out / "metrics.jsonl", "w") as mfile:
             mfile.writelines(line + "\n" for line in self.lines)
             for r in range(self.first_round, cfg.rounds):
-                metrics, per_client = self.round(r)
+                metrics, per_client, norms = self.round(r)
                 self.lines.append(json.dumps(metrics))
                 mfile.write(self.lines[-1] + "\n")
                 mfile.flush()
                 record.append(metrics, *per_client)
                 if board is not None:
-                    board.round(metrics, self.norms)
+                    board.round(metrics, norms)
                 if flow is not None:
                     flow.round(metrics)
                 log.info(self._progress_line(metrics))
-                self.idle_rounds = 0 if metrics["clients_reported"] else self.idle_rounds + 1
-                why = stop_reason(self.weights, self.idle_rounds, cfg.guard)
+                why = stop_reason(self.weights, self.lines, cfg.guard)
                 if why:
                     log.critical("stopping after round %d: %s; the last good checkpoint is kept (%s), and the job "
                                  "exits with status %d", r + 1, why, self.out / "checkpoints", EXIT_STOPPED)
@@ -227,8 +220,9 @@ class Orchestrator:
             flow.close(status)
         return metrics, status
 
-    def round(self, r: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Run round ``r``; return its metrics line and the per-client arrays of the run record."""
+    def round(self, r: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray], list[float]]:
+        """Run round ``r``; return its metrics line, the per-client arrays of the run record and
+        the norms of the round's updates."""
         cfg, ctx = self.ctx.cfg, self.ctx
         t0 = time.monotonic()
         rng = np.random.default_rng(derive_seed(cfg.seed, r, SEED_SELECT))
@@ -242,7 +236,7 @@ class Orchestrator:
         self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu))
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
-        outcome, norm_median, self.norms = self.guard.screen(outcome)
+        outcome, norm_median, norms = self.guard.screen(outcome)
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
         self.weights = self.strategy.aggregate(self.weights, outcome)
         self.selector.update(outcome, self.history, r)
@@ -271,7 +265,7 @@ class Orchestrator:
             "overhead_seconds": round_s - got.train_s,
             "update_norm_median": norm_median,
         }
-        return metrics, self._per_client(outcome, got)
+        return metrics, self._per_client(outcome, got), norms
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(status, bytes up, seconds) per client for the run record."""

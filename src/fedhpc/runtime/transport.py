@@ -89,21 +89,12 @@ def bcast_object(comm: MPI.Comm, obj, timeout_s: float, what: str, root: int = 0
 
     ``while_waiting()`` is called as the wait polls (a rank forwards stop signals meanwhile).
     """
-    size = np.array([0], dtype=np.int64)
     data = pickle.dumps(obj) if comm.rank == root else b""
-    size[0] = len(data)
-
-    def wait(requests: list[MPI.Request]) -> None:
-        def ready() -> bool:
-            if while_waiting is not None:
-                while_waiting()
-            return MPI.Request.Testall(requests)
-
-        poll(ready, timeout_s, what)
-
-    wait([comm.Ibcast(size, root=root)])
+    size = np.array([len(data)], dtype=np.int64)
+    deadline = time.monotonic() + timeout_s  # one deadline for both steps
+    wait_with_deadline([comm.Ibcast(size, root=root)], timeout_s, what, while_waiting)
     buf = np.frombuffer(data, dtype=np.uint8).copy() if comm.rank == root else np.empty(int(size[0]), np.uint8)
-    wait([comm.Ibcast(buf, root=root)])
+    wait_with_deadline([comm.Ibcast(buf, root=root)], deadline - time.monotonic(), what, while_waiting)
     return obj if comm.rank == root else pickle.loads(buf.tobytes())
 
 
@@ -177,6 +168,12 @@ def recv_object(comm: MPI.Comm, source: int, tag: int, timeout_s: float, what: s
     return comm.recv(source=source, tag=tag)
 
 
-def wait_with_deadline(requests: list[MPI.Request], timeout_s: float, what: str) -> None:
-    """Complete ``requests`` or raise TimeoutError naming ``what``."""
-    poll(lambda: MPI.Request.Testall(requests), timeout_s, what)
+def wait_with_deadline(requests: list[MPI.Request], timeout_s: float, what: str, while_waiting=None) -> None:
+    """Complete ``requests`` or raise TimeoutError naming ``what``; ``while_waiting()``, when
+    given, is called at every poll."""
+    def ready() -> bool:
+        if while_waiting is not None:
+            while_waiting()
+        return MPI.Request.Testall(requests)
+
+    poll(ready, timeout_s, what)
