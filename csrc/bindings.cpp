@@ -9,6 +9,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <initializer_list>
 #include <string>
 
@@ -35,6 +36,7 @@ constexpr DType kFloat16{'f', 2, "float16"};
 constexpr DType kUint8{'u', 1, "uint8"};
 constexpr DType kUint16{'u', 2, "uint16"};
 constexpr DType kUint32{'u', 4, "uint32"};
+constexpr DType kInt64{'i', 8, "int64"};
 
 bool has_dtype(const py::array& a, const DType& t) {
   const py::dtype d = a.dtype();
@@ -439,6 +441,65 @@ py::array sq_dists(const py::array& stack) {
   return out;
 }
 
+// ---- the fixed-point ring -------------------------------------------------------
+
+py::tuple ring_fold(py::array acc, const py::array& vals, double factor, double limit, const py::object& idx_obj,
+                    bool subtract) {
+  check_array(acc, "acc", {kInt64}, 1, true);
+  check_array(vals, "vals", {kFloat32});
+  check_no_overlap(acc, "acc", vals, "vals", false);
+  if (!(std::isfinite(factor) && factor > 0)) fail("factor must be finite and > 0, got " + std::to_string(factor));
+  if (!(limit > 0 && limit <= 9.2e18)) fail("limit must be in (0, 9.2e18], got " + std::to_string(limit));
+  const uint32_t* idx = nullptr;
+  py::array idx_arr;
+  if (idx_obj.is_none()) {
+    if (length(vals) != length(acc)) {
+      fail("without idx, acc and vals must have the same length, got " + std::to_string(length(acc)) + " and " +
+           std::to_string(length(vals)));
+    }
+  } else {
+    idx_arr = py::reinterpret_borrow<py::array>(idx_obj);
+    check_array(idx_arr, "idx", {kUint32});
+    if (length(idx_arr) != length(vals)) {
+      fail("idx and vals must have the same length, got " + std::to_string(length(idx_arr)) + " and " +
+           std::to_string(length(vals)));
+    }
+    check_no_overlap(acc, "acc", idx_arr, "idx", false);
+    check_indices(idx_arr, "idx", length(acc), true);
+    idx = data_of<uint32_t>(idx_arr);
+  }
+  fedhpc::RingFold r;
+  {
+    py::gil_scoped_release nogil;
+    r = fedhpc::ring_fold(mutable_data_of<int64_t>(acc), data_of<float>(vals), length(vals), idx, factor, limit,
+                          subtract);
+  }
+  return py::make_tuple(r.kind, r.index, r.sumsq);
+}
+
+void ring_mean(const py::array& acc, py::array out, double inv, const py::object& cov_obj) {
+  check_array(acc, "acc", {kInt64});
+  check_array(out, "out", {kFloat32}, 1, true);
+  if (length(out) != length(acc)) {
+    fail("acc and out must have the same length, got " + std::to_string(length(acc)) + " and " +
+         std::to_string(length(out)));
+  }
+  check_no_overlap(out, "out", acc, "acc", false);
+  const int64_t* cov = nullptr;
+  py::array cov_arr;
+  if (!cov_obj.is_none()) {
+    cov_arr = py::reinterpret_borrow<py::array>(cov_obj);
+    check_array(cov_arr, "coverage", {kInt64});
+    if (length(cov_arr) != length(acc)) fail("coverage and acc must have the same length");
+    check_no_overlap(out, "out", cov_arr, "coverage", false);
+    cov = data_of<int64_t>(cov_arr);
+  } else if (!std::isfinite(inv)) {
+    fail("inv must be finite, got " + std::to_string(inv));
+  }
+  py::gil_scoped_release nogil;
+  fedhpc::ring_mean(data_of<int64_t>(acc), cov, length(acc), inv, mutable_data_of<float>(out));
+}
+
 // ---- integrity ------------------------------------------------------------------
 
 int64_t crc32c(const py::object& data, const py::object& crc_obj) {
@@ -508,6 +569,10 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("trimmed_mean", &trimmed_mean, py::arg("stack"), py::arg("trim"));
   m.def("l2_norm", &l2_norm, py::arg("x"));
   m.def("sq_dists", &sq_dists, py::arg("stack"));
+
+  m.def("ring_fold", &ring_fold, py::arg("acc"), py::arg("vals"), py::arg("factor"), py::arg("limit"),
+        py::arg("idx") = py::none(), py::arg("subtract") = false);
+  m.def("ring_mean", &ring_mean, py::arg("acc"), py::arg("out"), py::arg("inv"), py::arg("coverage") = py::none());
 
   m.def("crc32c", &crc32c, py::arg("data"), py::arg("crc") = 0);
 }

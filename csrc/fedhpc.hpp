@@ -252,6 +252,22 @@ void trimmed_mean(const float* stack, size_t rows, size_t n, size_t trim, float*
 double l2_norm(const float* x, size_t n);
 void sq_dists(const float* stack, size_t rows, size_t n, double* out);
 
+// ---- the fixed-point ring (ring.cpp) ----------------------------------------
+
+// Outcome of ring_fold: kind 0 = folded; 1 = vals[index] is not finite; 2 =
+// |vals[index] * factor| > limit. On failure acc is left unchanged.
+struct RingFold {
+  int kind;
+  size_t index;
+  double sumsq;  // sum of vals[i]^2 in l2_norm's order (when folded)
+};
+// acc[pos] += (or -=) nearbyint(vals[i] * factor) modulo 2^64, pos = idx[i]
+// (idx strictly ascending) or i when idx is null.
+RingFold ring_fold(int64_t* acc, const float* vals, size_t n, const uint32_t* idx, double factor, double limit,
+                   bool subtract);
+// out = acc * inv, or acc / coverage where coverage > 0 (0 elsewhere), in double, rounded to float32.
+void ring_mean(const int64_t* acc, const int64_t* coverage, size_t n, double inv, float* out);
+
 // checksum.cpp
 uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc);
 

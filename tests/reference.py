@@ -244,3 +244,30 @@ def assert_arrays_identical(got, want) -> None:
     assert got.dtype == want.dtype, (got.dtype, want.dtype)
     assert got.shape == want.shape, (got.shape, want.shape)
     np.testing.assert_array_equal(got, want)
+
+
+# ---- the fixed-point ring ------------------------------------------------------
+def ring_fold(acc: np.ndarray, vals: np.ndarray, factor: float, limit: float, idx=None, subtract=False):
+    """(kind, index, new acc) per the ``ring_fold`` contract, with Python integers modulo 2**64."""
+    pos = range(vals.size) if idx is None else [int(i) for i in idx]
+    out = [int(a) for a in acc]
+    for i, p in enumerate(pos):
+        v = float(vals[i])
+        if not np.isfinite(v):
+            return 1, i, acc.copy()
+        y = v * factor
+        if abs(y) > limit:
+            return 2, i, acc.copy()
+        q = int(np.rint(y))  # numpy's rint rounds ties to even, as nearbyint does
+        out[p] = out[p] - q if subtract else out[p] + q
+    wrapped = [((a + (1 << 63)) % (1 << 64)) - (1 << 63) for a in out]
+    return 0, vals.size, np.array(wrapped, dtype=np.int64)
+
+
+def ring_mean(acc: np.ndarray, inv: float, coverage=None) -> np.ndarray:
+    if coverage is None:
+        return (acc.astype(np.float64) * inv).astype(F32)
+    out = np.zeros(acc.size, dtype=F32)
+    pos = coverage > 0
+    out[pos] = (acc[pos].astype(np.float64) / coverage[pos].astype(np.float64)).astype(F32)
+    return out

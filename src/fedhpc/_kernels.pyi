@@ -201,6 +201,22 @@ def sq_dists(stack: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     matrix is exactly symmetric. K = 0 gives a (0, 0) array."""
 
 # ---- integrity --------------------------------------------------------------
+def ring_fold(acc: npt.NDArray[np.int64], vals: npt.NDArray[np.float32], factor: float, limit: float,
+              idx: npt.NDArray[np.uint32] | None = None, subtract: bool = False) -> tuple[int, int, float]:
+    """acc[pos] += nearbyint(vals[i] * factor) modulo 2**64 in place (``subtract``: -=),
+    pos = idx[i] (strictly ascending, < len(acc)) or i when idx is None (then
+    len(vals) == len(acc)); ties round to even.
+
+    Returns (kind, index, sumsq): kind 0 = folded, sumsq = sum of vals[i]**2 in
+    ``l2_norm``'s order; kind 1 = vals[index] is NaN/Inf; kind 2 =
+    |vals[index] * factor| > limit. On kind 1 or 2 acc is left unchanged.
+    factor must be finite and > 0, limit in (0, 9.2e18]. Same bits for any
+    thread count."""
+def ring_mean(acc: npt.NDArray[np.int64], out: npt.NDArray[np.float32], inv: float,
+              coverage: npt.NDArray[np.int64] | None = None) -> None:
+    """out[i] = float32(double(acc[i]) * inv), or with coverage
+    float32(double(acc[i]) / double(coverage[i])) where coverage[i] > 0 and 0
+    elsewhere. All arrays have the same length; out must not overlap the others."""
 def crc32c(data: bytes | bytearray | memoryview | npt.NDArray[np.uint8], crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of the bytes, continuing from ``crc``; hardware
     instructions when the CPU has SSE4.2.

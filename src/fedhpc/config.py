@@ -23,6 +23,7 @@ from typing import Any, Literal
 import tomli_w
 
 from fedhpc.errors import ConfigError
+from fedhpc.ring import DEFAULT_SCALE_BITS
 
 
 @dataclass
@@ -249,6 +250,23 @@ class GuardConfig:
 
 
 @dataclass
+class AggregationConfig:
+    """How sums of updates are formed (see fedhpc.ring)."""
+
+    # fixed-point bits after the binary point of the integer ring that every sum of updates
+    # (and secure aggregation's masks) lives in: resolution 2**-scale_bits per weighted value
+    scale_bits: int = DEFAULT_SCALE_BITS
+    # where sum-decomposable strategies fold the updates: "ranks" = each rank that hosts
+    # clients folds its own and the partial sums meet in a reduce-scatter (rank 0 holds no
+    # update); "rank0" = every update travels to rank 0, which folds it as it arrives
+    fold: Literal["ranks", "rank0"] = "ranks"
+
+    def check(self, key):
+        _require(16 <= self.scale_bits <= 52, f"{key}.scale_bits",
+                 "must be in [16, 52] (resolution 2**-scale_bits; the int64 ring holds the rest)")
+
+
+@dataclass
 class TrackingConfig:
     """Where rank 0 reports the run besides metrics.jsonl and run.h5 (see fedhpc.tracking)."""
 
@@ -305,6 +323,7 @@ class RunConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")

@@ -28,6 +28,8 @@ from fedhpc._kernels import (  # noqa: F401  (re-exported API)
     rice_decode,
     rice_encode,
     rice_param,
+    ring_fold,
+    ring_mean,
     set_num_threads,
     sparse_axpy,
     sq_dists,

@@ -25,6 +25,7 @@ class SparseCodec(Codec):
         return f"ratio={self.ratio}" if self.k is None else f"k={self.k}"
 
 
+
 def select_topk(x: np.ndarray, state, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of x, or of residual + x with error feedback (fused kernel)."""
     if state is None:
@@ -46,8 +47,3 @@ def index_bytes_bound(n: int, k: int) -> int:
     b = K.rice_param(n, k)
     return (k * (b + 1) + (n >> b) + 7) // 8
 
-
-def scatter(n: int, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-    out = np.zeros(n, dtype=np.float32)
-    K.sparse_axpy(out, idx, vals, 1.0)
-    return out

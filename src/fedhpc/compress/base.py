@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +20,15 @@ from fedhpc.errors import CorruptUpdateError
 
 #: Default bound on the element count a decoder accepts (1 GiB of float32).
 DEFAULT_MAX_N = 1 << 28
+
+
+class Decoded(NamedTuple):
+    """A decoded update of ``n`` values: ``vals`` at the ascending uint32 positions
+    ``idx``, zeros elsewhere; ``idx`` None means ``vals`` is the dense vector."""
+
+    n: int
+    idx: np.ndarray | None
+    vals: np.ndarray
 
 
 class ErrorFeedback:
@@ -47,7 +56,7 @@ class Codec(ABC):
 
     Subclasses set ``name``, ``codec_id`` and ``params`` (the struct of their
     parameter block in the frame) and implement :meth:`_encode` and
-    :meth:`_decode`.
+    :meth:`_decode_parts` (dense codecs: :meth:`DenseCodec._decode`).
     """
 
     name: ClassVar[str]
@@ -81,12 +90,22 @@ class Codec(ABC):
         return wire.pack(self.codec_id, x.size, self.params.pack(*params), body, headroom, alloc)
 
     def decode(self, data, expected_n: int | None = None) -> np.ndarray:
-        """Decode a frame made by :meth:`encode` into a float32 array (for the
+        """Decode a frame made by :meth:`encode` into a dense float32 array (for the
         lossless ``none`` codec, a view of ``data``: nothing is copied).
 
         Raises :class:`~fedhpc.errors.CorruptUpdateError` for anything
         malformed, for a frame of another codec, for a length other than
         ``expected_n``, or for a decoded vector that holds NaN/Inf.
+        """
+        part = self.decode_parts(data, expected_n)
+        return part.vals if part.idx is None else _scatter(part.n, part.idx, part.vals)
+
+    def decode_parts(self, data, expected_n: int | None = None, check_finite: bool = True) -> Decoded:
+        """Decode a frame into what it carries without densifying it: the values and,
+        for a sparsifier, their ascending positions (see :class:`Decoded`).
+
+        Raises like :meth:`decode`; ``check_finite=False`` leaves the NaN/Inf check to
+        the caller (the ring fold does it in the same pass as the sum).
         """
         frame = wire.unpack(data, self.max_n)
         if frame.codec_id != self.codec_id:
@@ -96,22 +115,23 @@ class Codec(ABC):
         if frame.params.nbytes != self.params.size:
             raise CorruptUpdateError(f"'{self.name}' parameter block is {frame.params.nbytes} bytes, expected {self.params.size}")
         try:
-            out = self._decode(frame.n, self.params.unpack(frame.params), frame.body)
+            idx, vals = self._decode_parts(frame.n, self.params.unpack(frame.params), frame.body)
         except CorruptUpdateError:
             raise
         except ValueError as exc:  # a kernel's argument check caught an inconsistency
             raise CorruptUpdateError(f"'{self.name}' update is malformed: {exc}") from exc
-        if not np.isfinite(K.l2_norm(out)):
+        if check_finite and not np.isfinite(K.l2_norm(vals)):
             raise CorruptUpdateError(f"'{self.name}' update decodes to NaN or Inf values")
-        return out
+        return Decoded(frame.n, idx, vals)
+
+    @abstractmethod
+    def _decode_parts(self, n: int, params: tuple, body: memoryview) -> tuple[np.ndarray | None, np.ndarray]:
+        """(ascending positions or None for dense, values) of a verified frame body;
+        raise CorruptUpdateError on inconsistency."""
 
     @abstractmethod
     def _encode(self, x: np.ndarray, state: ErrorFeedback | None, seed: int) -> tuple[tuple, list]:
         """Return (parameter tuple for ``params``, list of body buffers)."""
-
-    @abstractmethod
-    def _decode(self, n: int, params: tuple, body: memoryview) -> np.ndarray:
-        """Decode a verified frame body; raise CorruptUpdateError on inconsistency."""
 
     def wire_size(self, n: int) -> int:
         """Bytes of the frame for an n-element delta (upper bound for variable-size coding)."""
@@ -142,6 +162,19 @@ class DenseCodec(Codec):
 
     @abstractmethod
     def _encode_dense(self, x: np.ndarray, seed: int) -> tuple[tuple, list]: ...
+
+    def _decode_parts(self, n, params, body):
+        return None, self._decode(n, params, body)
+
+    @abstractmethod
+    def _decode(self, n: int, params: tuple, body: memoryview) -> np.ndarray:
+        """Decode a verified frame body; raise CorruptUpdateError on inconsistency."""
+
+
+def _scatter(n: int, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    K.sparse_axpy(out, idx, vals, 1.0)
+    return out
 
 
 def _join(body: list) -> memoryview:

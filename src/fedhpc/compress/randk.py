@@ -5,7 +5,7 @@ import struct
 import numpy as np
 
 from fedhpc import kernels as K
-from fedhpc.compress._sparse import SparseCodec, scatter
+from fedhpc.compress._sparse import SparseCodec
 from fedhpc.compress.base import expect_body
 from fedhpc.errors import CorruptUpdateError
 
@@ -27,12 +27,12 @@ class RandK(SparseCodec):
         state.residual[idx] = 0.0
         return (k, seed), [vals]
 
-    def _decode(self, n, params, body):
+    def _decode_parts(self, n, params, body):
         k, seed = params
         if k > n:
             raise CorruptUpdateError(f"'randk' update keeps k={k} of only n={n} values")
         expect_body(self, body, 4 * k)
-        return scatter(n, K.randk_indices(n, k, seed), np.frombuffer(body, dtype=np.float32))
+        return K.randk_indices(n, k, seed), np.frombuffer(body, dtype=np.float32)
 
     def _body_size(self, n):
         return 4 * self.k_for(n)

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 
 from fedhpc import kernels as K
-from fedhpc.compress._sparse import SparseCodec, decode_indices, index_bytes_bound, scatter, select_topk
+from fedhpc.compress._sparse import SparseCodec, decode_indices, index_bytes_bound, select_topk
 from fedhpc.errors import CorruptUpdateError
 
 
@@ -22,12 +22,12 @@ class TopK(SparseCodec):
         b = K.rice_param(x.size, k)
         return (k, b), [vals, K.rice_encode(idx, b)]
 
-    def _decode(self, n, params, body):
+    def _decode_parts(self, n, params, body):
         k, b = params
         if body.nbytes < 4 * k:
             raise CorruptUpdateError(f"'topk' values truncated: {body.nbytes} bytes for k={k}")
         idx = decode_indices(self.name, body[4 * k :], k, n, b)
-        return scatter(n, idx, np.frombuffer(body, dtype=np.float32, count=k))
+        return idx, np.frombuffer(body, dtype=np.float32, count=k)
 
     def _body_size(self, n):
         k = self.k_for(n)

@@ -4,7 +4,7 @@ import struct
 
 from fedhpc import kernels as K
 from fedhpc.compress._blockwise import check_block, code_bytes, decode_blocks
-from fedhpc.compress._sparse import SparseCodec, decode_indices, index_bytes_bound, scatter, select_topk
+from fedhpc.compress._sparse import SparseCodec, decode_indices, index_bytes_bound, select_topk
 from fedhpc.compress.base import DEFAULT_MAX_N
 from fedhpc.errors import CorruptUpdateError
 
@@ -33,7 +33,7 @@ class TopKInt8(SparseCodec):
         b = K.rice_param(x.size, k)
         return (k, b, self.block), [scales, codes, K.rice_encode(idx, b)]
 
-    def _decode(self, n, params, body):
+    def _decode_parts(self, n, params, body):
         k, b, block = params
         if block == 0:
             raise CorruptUpdateError("'topk-int8' update has block size 0")
@@ -41,7 +41,7 @@ class TopKInt8(SparseCodec):
             raise CorruptUpdateError(f"'topk-int8' update keeps k={k} of only n={n} values")
         vals = decode_blocks(self.name, body, k, 8, block)
         idx = decode_indices(self.name, body[4 * -(-k // block) + code_bytes(k, 8) :], k, n, b)
-        return scatter(n, idx, vals)
+        return idx, vals
 
     def _body_size(self, n):
         k = self.k_for(n)

@@ -5,17 +5,32 @@ Like Flower, a strategy receives the round's results *and* failures as data
 (deadline, fastest k) is the runtime's business, not the strategy's. Weights and
 deltas are flat float32 vectors; the heavy arithmetic runs in the kernels of
 :mod:`fedhpc.kernels`.
+
+Two kinds of rules:
+
+* **sum-decomposable** (``decomposable``): the aggregate is the mean of the
+  deltas weighted by a per-client :meth:`Strategy.coefficient` that depends
+  on that client alone (FedAvg, FedProx, weighted by samples or loss, the
+  aggregate of FedAdam/FedYogi, with federated dropout's coverage). Such a
+  sum lives in the exact integer ring of :mod:`fedhpc.ring`, so the runtime
+  folds each update in as it arrives, on the rank that hosts it, and only
+  calls :meth:`Strategy.step` with the mean;
+* **the others** (median, trimmed mean, Krum, weighted by update variance)
+  need every update of the round at once and are given them in
+  :meth:`Strategy.aggregate`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fedhpc import kernels as K
 from fedhpc.registry import check_number
+from fedhpc.ring import DEFAULT_SCALE_BITS, Accumulator, Ring
 from fedhpc.types import ClientResult, RoundOutcome
 
 StateDict = dict[str, "np.ndarray | float | int"]
@@ -24,24 +39,36 @@ StateDict = dict[str, "np.ndarray | float | int"]
 class Strategy(ABC):
     """Aggregation rule of the server.
 
-    Subclasses set ``name`` (the registry key), take their parameters as keyword
-    arguments of ``__init__`` (validated there, ``ValueError`` naming the
-    parameter) and implement :meth:`_combine`; a server optimizer also overrides
-    :meth:`_step` and the state methods.
+    Subclasses set ``name`` (the registry key) and take their parameters as
+    keyword arguments of ``__init__`` (validated there, ``ValueError`` naming
+    the parameter). A sum-decomposable rule may override :meth:`coefficient`;
+    one that is not sets ``decomposable = False`` and implements
+    :meth:`_combine`; a server optimizer overrides :meth:`step` and the state
+    methods.
     """
 
     name: ClassVar[str]
+    decomposable: bool = True
 
-    def aggregate(self, weights: np.ndarray, outcome: RoundOutcome) -> np.ndarray:
+    def coefficient(self, num_samples: int, loss: float) -> float:
+        """The client's weight in the mean before normalization (>= 0; 0 = it does not
+        count): its sample count, as in FedAvg."""
+        return float(num_samples)
+
+    def aggregate(self, weights: np.ndarray, outcome: RoundOutcome, ring: Ring | None = None,
+                  norm: float | None = None) -> np.ndarray:
         """Return the new global weights (a new float32 array) after one round.
 
         ``weights`` is the current flat global model; ``outcome`` holds the
-        round's validated results and its failures. Results are combined in
-        ascending ``client_id`` order whatever their arrival order, so the model
-        is bitwise reproducible. With no results the weights come back
-        unchanged (as a copy) and server state does not advance. Raises
-        ``ValueError`` for a delta of the wrong dtype or length, or for a client
-        reported twice (both are bugs in the caller, not in a client).
+        round's validated results and its failures. The result does not depend
+        on the order of the results. A sum-decomposable rule folds them into
+        ``ring`` (default: :data:`~fedhpc.ring.DEFAULT_SCALE_BITS`) with the
+        coefficients divided by ``norm`` (default: their sum), as the runtime
+        does on its ranks. With no results the weights come back unchanged (as
+        a copy) and server state does not advance. Raises ``ValueError`` for a
+        delta of the wrong dtype or length, or for a client reported twice
+        (both are bugs in the caller, not in a client), and
+        :class:`~fedhpc.ring.FoldError` for a delta the ring cannot hold.
         """
         w = K.as_f32(weights)
         results = sorted(outcome.results, key=lambda r: r.client_id)
@@ -57,14 +84,20 @@ class Strategy(ABC):
                     f"strategy '{self.name}': delta of client {r.client_id} must be a C-contiguous float32 vector "
                     f"of {w.size} values, got {getattr(d, 'dtype', type(d).__name__)} {getattr(d, 'shape', '')}"
                 )
-        return self._step(w, self._combine(results))
+        if not self.decomposable:
+            return self.step(w, self._combine(results))
+        coefs = np.array([self.coefficient(r.num_samples, r.loss) for r in results])
+        ring = ring or Ring(DEFAULT_SCALE_BITS, len(results))
+        return self.step(w, weighted_mean(results, coefs / (norm or math.fsum(coefs) or 1.0), ring))
 
-    @abstractmethod
     def _combine(self, results: list[ClientResult]) -> np.ndarray:
-        """The round's aggregate delta (new float32 array) from results sorted by client id (at least one)."""
+        """The round's aggregate delta (new float32 array) from results sorted by client id
+        (at least one); rules that are not sum-decomposable implement it."""
+        raise NotImplementedError(f"strategy '{self.name}' is sum-decomposable: it aggregates in the ring")
 
-    def _step(self, weights: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """Apply the aggregate delta; plain strategies use a server learning rate of 1."""
+    def step(self, weights: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The new weights from the round's aggregate delta; plain strategies use a server
+        learning rate of 1."""
         return weights + delta
 
     def client_mu(self) -> float:
@@ -85,37 +118,33 @@ class Strategy(ABC):
         return check_number(f"strategy '{self.name}'", param, value, **rule)
 
 
-def sample_counts(results: list[ClientResult]) -> np.ndarray:
-    """The clients' sample counts as float64 (the FedAvg weights before normalization)."""
-    return np.array([r.num_samples for r in results], dtype=np.float64)
+def fold_result(acc: Accumulator, result: ClientResult, coef: float) -> float:
+    """Fold one dense result into ``acc`` (only where it trained, under federated dropout);
+    return its squared norm."""
+    if result.kept is None:
+        return acc.fold(result.delta, coef)
+    return acc.fold(np.ascontiguousarray(result.delta[result.kept]), coef, result.kept)
 
 
-def weighted_mean(results: list[ClientResult], coefs: np.ndarray) -> np.ndarray:
-    """Sum of ``coefs[i] * results[i].delta`` with the coefficients normalized to 1.
+def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) -> np.ndarray:
+    """``sum_i coefs[i] * delta_i / sum_i coefs[i]`` computed in ``ring``: exact, so the
+    result does not depend on the order of the results.
 
-    The coefficients are normalized in float64 and the sum is accumulated in
-    float32 by ``K.axpy`` in the order given. Results that trained only part of
-    the model (federated dropout, ``kept``) count only where they trained. Coefficients must be >= 0; if
-    they sum to zero (say every client reported 0 samples) the mean is
-    unweighted rather than undefined, so such a round still moves the model.
+    Results that trained only part of the model (federated dropout, ``kept``)
+    count only where they trained: a coordinate is divided by its coverage, the
+    coefficients of the clients that trained it. A result with coefficient 0
+    does not count; if none counts the mean is zero (the round leaves the
+    model where it was).
     """
     coefs = np.asarray(coefs, dtype=np.float64)
-    total = coefs.sum()
-    coefs = coefs / total if np.isfinite(total) and total > 0 else np.full(coefs.size, 1.0 / coefs.size)
-    acc = np.zeros_like(results[0].delta)
+    n = results[0].delta.size
+    acc = Accumulator(ring, n, coverage=any(r.kept is not None for r in results))
+    used = []
     for r, c in zip(results, coefs):
-        K.axpy(acc, r.delta, float(c))
-    if all(r.kept is None for r in results):
-        return acc
-    # federated dropout: a coordinate is the mean over the clients that trained it
-    coverage = np.zeros_like(acc)
-    for r, c in zip(results, coefs):
-        if r.kept is None:
-            coverage += np.float32(c)
-        else:
-            K.sparse_axpy(coverage, r.kept, np.ones(r.kept.size, np.float32), float(c))
-    np.divide(acc, coverage, out=acc, where=coverage > 0)
-    return acc
+        if c > 0:
+            fold_result(acc, r, float(c))
+            used.append(float(c))
+    return acc.mean(math.fsum(used)) if used else np.zeros(n, dtype=np.float32)
 
 
 def stack(results: list[ClientResult]) -> np.ndarray:

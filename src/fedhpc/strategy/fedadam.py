@@ -3,7 +3,7 @@
 import numpy as np
 
 from fedhpc import kernels as K
-from fedhpc.strategy.base import StateDict, Strategy, sample_counts, weighted_mean
+from fedhpc.strategy.base import StateDict, Strategy
 
 
 class FedAdam(Strategy):
@@ -32,10 +32,7 @@ class FedAdam(Strategy):
         self.v: np.ndarray | None = None
         self.steps = 0
 
-    def _combine(self, results):
-        return weighted_mean(results, sample_counts(results))
-
-    def _step(self, weights, delta):
+    def step(self, weights, delta):
         if self.m is None:
             self.m = np.zeros_like(weights)
             self.v = np.full_like(weights, self.tau**2)

@@ -5,6 +5,7 @@ import logging
 import numpy as np
 
 from fedhpc import kernels as K
+from fedhpc.ring import DEFAULT_SCALE_BITS, Ring
 from fedhpc.strategy.base import Strategy, stack, weighted_mean
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class Krum(Strategy):
     """
 
     name = "krum"
+    decomposable = False
 
     def __init__(self, f: int = 1, m: int = 1):
         self.f = self._check("f", f, integer=True, lo=0)
@@ -43,4 +45,4 @@ class Krum(Strategy):
         # rows are in client-id order, so a stable sort breaks score ties by lower id
         best = np.sort(np.argsort(scores, kind="stable")[: min(self.m, n - self.f)])
         log.debug("krum: kept client(s) %s of %d", [results[i].client_id for i in best], n)
-        return weighted_mean([results[i] for i in best], np.ones(best.size))
+        return weighted_mean([results[i] for i in best], np.ones(best.size), Ring(DEFAULT_SCALE_BITS, best.size))

@@ -12,6 +12,7 @@ class Median(Strategy):
     """
 
     name = "median"
+    decomposable = False
 
     def _combine(self, results):
         return K.median(stack(results))

@@ -14,6 +14,7 @@ class TrimmedMean(Strategy):
     """
 
     name = "trimmed-mean"
+    decomposable = False
 
     def __init__(self, trim: float = 0.1):
         self.trim = self._check("trim", trim, lo=0.0, hi=0.5, hi_open=True)

@@ -1,10 +1,13 @@
 """``weighted``: weighted mean of the deltas, by sample count, training loss or update variance."""
 
+import math
+
 import numpy as np
 
 from fedhpc import kernels as K
 from fedhpc.registry import check_choice
-from fedhpc.strategy.base import Strategy, sample_counts, weighted_mean
+from fedhpc.ring import DEFAULT_SCALE_BITS, Ring
+from fedhpc.strategy.base import Strategy, weighted_mean
 
 BY = ("samples", "loss", "variance")
 
@@ -24,7 +27,9 @@ class Weighted(Strategy):
       coordinates spread widely (a tiny or skewed shard, a too-large local
       step) is trusted less. ``eps`` bounds the weight of a near-constant
       update; note that an all-zero update gets the largest weight, so pair
-      this rule with update validation when clients may be lazy.
+      this rule with update validation when clients may be lazy. This weight
+      depends on the whole update, so this rule is not sum-decomposable: the
+      round's updates are held until it closes.
     """
 
     name = "weighted"
@@ -32,16 +37,16 @@ class Weighted(Strategy):
     def __init__(self, by: str = "samples", eps: float = 1e-12):
         self.by = check_choice(f"strategy '{self.name}'", "by", by, BY)
         self.eps = self._check("eps", eps, lo=0.0, lo_open=True)
+        self.decomposable = self.by != "variance"
+
+    def coefficient(self, num_samples, loss):
+        if self.by == "loss":
+            return float(num_samples) * (float(loss) if np.isfinite(loss) and loss > 0 else 0.0)
+        return float(num_samples)
 
     def _combine(self, results):
-        if self.by == "samples":
-            coefs = sample_counts(results)
-        elif self.by == "loss":
-            loss = np.array([r.loss for r in results], dtype=np.float64)
-            coefs = sample_counts(results) * np.where(np.isfinite(loss) & (loss > 0), loss, 0.0)
-        else:
-            coefs = 1.0 / (np.array([update_variance(r.delta) for r in results]) + self.eps)
-        return weighted_mean(results, coefs)
+        coefs = 1.0 / (np.array([update_variance(r.delta) for r in results]) + self.eps)
+        return weighted_mean(results, coefs / math.fsum(coefs), Ring(DEFAULT_SCALE_BITS, len(results)))
 
 
 def update_variance(delta: np.ndarray) -> float:
