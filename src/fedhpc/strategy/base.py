@@ -22,7 +22,7 @@ Two kinds of rules:
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 import math
 from typing import Any, ClassVar
 
