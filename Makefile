@@ -53,7 +53,7 @@ bench: setup
 clean:
 	rm -rf build $(VENV)
 
-.PHONY: bench-paper bench-overhead bench-peers
+.PHONY: bench-paper bench-overhead bench-peers bench-aggregation
 bench-paper: setup
 	$(BIN)/python benchmarks/paper.py
 
@@ -62,3 +62,6 @@ bench-overhead: setup
 
 bench-peers: setup
 	$(BIN)/python benchmarks/peers/compare.py
+
+bench-aggregation: setup
+	$(BIN)/python benchmarks/aggregation.py

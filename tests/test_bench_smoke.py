@@ -75,3 +75,16 @@ def test_peer_benchmark_gives_flower_exactly_fedhpcs_client_split(tmp_path):
         assert data[f"x_{c['client']}"].shape == (c["samples"], 64)
         assert {str(k): int(v) for k, v in zip(*np.unique(y, return_counts=True))} == c["classes"]
     assert data["x_test"].shape == (359, 64)
+
+
+def test_aggregation_tiny(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- aggregation:begin -->\nOLD\n<!-- aggregation:end -->\n")
+    bench("aggregation.py", "--codecs", "none", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "a.json"),
+          "--readme", str(readme))
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert {(r["version"], r["fold"]) for r in res["memory"]} == {("after", "ranks"), ("after", "rank0")}
+    assert all(r["rank0_peak_rss"] > 0 and r["trainer_peak_rss"] > 0 for r in res["memory"])
+    acc = res["accuracy"]
+    assert acc["ring_max_abs_err"] <= acc["float32_max_abs_err"]
+    assert "OLD" not in readme.read_text() and "| after | ranks |" in readme.read_text()

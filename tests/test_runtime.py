@@ -36,6 +36,29 @@ def test_same_model_whatever_the_number_of_trainer_ranks(tmp_path):
     assert not np.array_equal(models[2], np.zeros_like(models[2]))
 
 
+@pytest.mark.parametrize("strategy, extra", [
+    ("fedavg", ["codec.name=none"]),
+    ("fedprox", ["codec.name=int8", "codec.stochastic=true"]),
+    ("weighted", ["strategy.by=loss", "codec.name=topk", "codec.ratio=0.1", "codec.error_feedback=false"]),
+    ("fedadam", ["codec.name=randk", "codec.ratio=0.2"]),
+    ("fedyogi", ["fed_dropout.rate=0.3", "codec.name=fp16"]),
+])
+def test_sum_decomposable_strategies_give_the_same_bits_folded_on_1_2_4_ranks_or_at_rank_0(tmp_path, strategy,
+                                                                                          extra):
+    """Each rank folds its clients into the exact ring and the sums meet in a reduce-scatter:
+    the model does not depend on how many ranks fold, nor on folding everything at rank 0,
+    with fastest-k (clients folded, then excluded) and dropouts on."""
+    sets = SMALL + ["clock=simulated", "faults.dropout_prob=0.2", "stragglers.fastest_k=5",
+                    "profiles.speed_sigma=0.5", f"strategy.name={strategy}", *extra]
+    models = []
+    for n, fold in ((2, "ranks"), (3, "ranks"), (5, "ranks"), (3, "rank0")):
+        fedhpc_run(n, tmp_path / f"{n}{fold}", *sets, f"aggregation.fold={fold}")
+        models.append(final_weights(tmp_path / f"{n}{fold}").tobytes())
+        m = metrics(tmp_path / f"{n}{fold}")
+        assert all(r["clients_reported"] <= 5 for r in m) and any(r["clients_late"] for r in m)
+    assert models.count(models[0]) == 4
+
+
 def test_default_job_reaches_85_percent_on_non_iid_digits(out):
     proc = fedhpc_run(5, out)
     m = metrics(out)

@@ -45,12 +45,19 @@ class ClientResult:
     client_id: int
     num_samples: int
     loss: float
-    delta: np.ndarray  # dense float32, w_local - w_global
+    delta: np.ndarray | None  # dense float32, w_local - w_global; None once folded into a ring sum
     seconds: float  # completion time on the run's clock
     nbytes: int  # bytes on the wire
     # federated dropout: ascending flat indices the client trained (None = all);
     # delta is zero elsewhere, and averaging rules divide by per-coordinate coverage
     kept: np.ndarray | None = None
+    norm: float | None = None  # L2 norm of delta (None = not yet computed)
+
+    def dense(self) -> np.ndarray:
+        """The delta, for the rules that need every update; raises ValueError if it was folded."""
+        if self.delta is None:
+            raise ValueError(f"client {self.client_id}'s update was folded into a ring sum: it has no delta")
+        return self.delta
 
 
 @dataclass

@@ -128,3 +128,33 @@ def test_updates_received_into_a_pool_reuse_its_memory_round_after_round(comm):
     if comm.rank == 0:
         ok &= addresses[0] == addresses[1]
     agree(comm, ok, "pooled receive buffers reused")
+
+
+def test_the_hosting_ranks_reduce_scatter_their_ring_sums_and_rank_0_gathers_every_shard(comm):
+    """The partial sums of ranks 1..size-1 meet modulo 2**64 (what the ring needs), each
+    keeps its shard, and rank 0 gathers the shards into one vector at the right offsets."""
+    from fedhpc.runtime.transport import gather_shards, hosts_comm, reduce_scatter_sum, shard_bounds
+
+    if comm.size < 2:
+        agree(comm, True, "needs a hosting rank")
+        return
+    n = 5003
+    hosts = hosts_comm(comm, WAIT_S)
+    ok = (hosts is None) == (comm.rank == 0)
+    parts = [np.random.default_rng(r).integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, dtype=np.int64,
+                                               endpoint=True) for r in range(1, comm.size)]
+    with np.errstate(over="ignore"):
+        want = np.sum(parts, axis=0, dtype=np.int64)  # numpy wraps int64 sums modulo 2**64 too
+    bounds = shard_bounds(n, comm.size - 1)
+    out = np.empty(n, np.float32) if comm.rank == 0 else None
+    if hosts is not None:
+        lo, hi = bounds[hosts.rank], bounds[hosts.rank + 1]
+        shard = np.empty(hi - lo, np.int64)
+        reduce_scatter_sum(hosts, parts[comm.rank - 1], shard, bounds, WAIT_S, "the reduction")
+        ok = ok and np.array_equal(shard, want[lo:hi])
+        gather_shards(comm, (shard % 1000).astype(np.float32), None, [0, *bounds], WAIT_S, "the gather")
+        hosts.Free()
+    else:
+        gather_shards(comm, np.empty(0, np.float32), out, [0, *bounds], WAIT_S, "the gather")
+        ok = ok and np.array_equal(out, (want % 1000).astype(np.float32))
+    agree(comm, ok, "reduce-scatter and gather of the shards")

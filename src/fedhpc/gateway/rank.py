@@ -21,7 +21,7 @@ from fedhpc.gateway.server import GatewayServer, Task, fingerprint, load_tokens
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.messages import Done, RoundTask, Workers
 from fedhpc.runtime.rank import HostRank
-from fedhpc.runtime.transport import Tag, isend_chunked
+from fedhpc.runtime.transport import Tag
 from fedhpc.update import Status, failure_update, max_update_bytes
 
 log = logging.getLogger("fedhpc.gateway")
@@ -30,8 +30,8 @@ log = logging.getLogger("fedhpc.gateway")
 class GatewayRank(HostRank):
     """Hosts the remote clients: their training happens in the workers, their state too."""
 
-    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int):
-        super().__init__(comm, ctx, job_id)
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm):
+        super().__init__(comm, ctx, job_id, hosts)
         g = ctx.cfg.gateway
         self.server = GatewayServer(
             job_id=job_id, slots=ctx.remote_clients, config_toml=ctx.cfg.to_toml(),
@@ -80,7 +80,7 @@ class GatewayRank(HostRank):
 
         def send(buf: np.ndarray) -> None:
             nonlocal sent, pending
-            pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
+            pending += self.deliver(buf)
             sent += 1
 
         def fail(cid: int, reason: str) -> None:

@@ -61,7 +61,7 @@ class NormGuard:
         """``outcome`` without the updates out of bounds (they become failures with
         reason ``norm``), the median norm of those accepted (None if none), and every
         result's norm."""
-        norms = [K.l2_norm(res.delta) for res in outcome.results]
+        norms = [res.norm if res.norm is not None else K.l2_norm(res.dense()) for res in outcome.results]
         bound, how = self.bound(norms)
         kept, refused = [], []
         for res, norm in zip(outcome.results, norms):

@@ -19,7 +19,7 @@ from fedhpc.config import RunConfig, save_config
 from fedhpc.errors import ConfigError, FedHPCError
 from fedhpc.runtime import signals
 from fedhpc.runtime.transport import (
-    ABORT_GRACE_S, STARTUP_S, Tag, abort_job, allgather_object, barrier, gather_object, recv_object,
+    ABORT_GRACE_S, STARTUP_S, Tag, abort_job, allgather_object, barrier, gather_object, hosts_comm, recv_object,
 )
 
 log = logging.getLogger("fedhpc")
@@ -104,14 +104,16 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     ctx = collective(comm, lambda: build_context(cfg, list(range(1, gateway or comm.size)), gateway))
     job = job_id_of(cfg)
     hosts = register(comm, ctx)
+    reducers = hosts_comm(comm, STARTUP_S)
     if hosts is None:  # not rank 0
+        assert reducers is not None
         role: HostRank
         if rank == gateway:
             from fedhpc.gateway.rank import GatewayRank
 
-            role = GatewayRank(comm, ctx, job)
+            role = GatewayRank(comm, ctx, job, reducers)
         else:
-            role = TrainerRank(comm, ctx, job)
+            role = TrainerRank(comm, ctx, job, reducers)
         status = role.run()
         gather_object(comm, role.signals_sent, STARTUP_S, "rank 0 to end the job")
         return status

@@ -1,15 +1,18 @@
 """The control messages between rank 0 and the ranks that host clients.
 
 Small, typed and frozen: what a rank may be told (:class:`RoundTask`,
-:class:`SaveState`, :class:`RestoreState`, :class:`Stop`, broadcast by rank
-0; :class:`Close`, sent to each rank) and what it answers (:class:`Done`;
-:class:`Workers` from the gateway before the first round). They are pickled
+:class:`Reduce`, :class:`SaveState`, :class:`RestoreState`, :class:`Stop`,
+broadcast by rank 0; :class:`Close`, sent to each rank) and what it answers
+(:class:`Folded` for each Update it folded, :class:`Done`; :class:`Workers`
+from the gateway before the first round). They are pickled
 by mpi4py; models and Updates never travel in them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from fedhpc.update import UpdateHeader
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,31 @@ class Close:
 
 
 @dataclass(frozen=True)
+class Reduce:
+    """Round ``round`` is decided: keep exactly the ``accepted`` clients in your sum, take
+    part in the reduce-scatter, and send rank 0 your shard of the mean (the sum over
+    ``total``, the accepted clients' coefficients added up)."""
+
+    round: int
+    accepted: tuple[int, ...]
+    total: float
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A hosting rank's account of one Update it folded into its sum instead of sending it:
+    the client's header, the Update's bytes, the norm of the decoded delta, or why the rank
+    refused it (``refused``: a failure reason; ``detail``: the message, or a failed
+    client's own reason)."""
+
+    head: UpdateHeader
+    nbytes: int
+    norm: float = float("nan")
+    refused: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class RemoteProfile:
     """What a remote worker reported of itself when it registered (and in heartbeats)."""
 
@@ -79,4 +107,4 @@ class Workers:
     connected: dict[int, RemoteProfile] = field(default_factory=dict)
 
 
-Command = RoundTask | SaveState | RestoreState | Stop
+Command = RoundTask | Reduce | SaveState | RestoreState | Stop

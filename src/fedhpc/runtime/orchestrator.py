@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from fedhpc import kernels as K
 from fedhpc.checkpoint import Checkpoint, ServerState, write_checkpoint
 from fedhpc.clock import make_clock
 from fedhpc.compress import get_codec
@@ -23,10 +24,15 @@ from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
-from fedhpc.runtime.messages import Close, Command, Done, RemoteProfile, RestoreState, RoundTask, SaveState, Stop
+from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total
+from fedhpc.runtime.messages import (
+    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, RoundTask, SaveState, Stop,
+)
+from fedhpc.runtime.rank import codec_of_client
 from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import (
-    Tag, abort_job, bcast_array, bcast_object, recv_arrays, recv_object, recv_update, send_arrays,
+    Tag, abort_job, bcast_array, bcast_object, gather_shards, recv_arrays, recv_object, recv_update, send_arrays,
+    shard_bounds,
 )
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
@@ -84,6 +90,12 @@ class Orchestrator:
                                 reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
         self.max_update_bytes = max_update_bytes(ctx.layout.size)
         self.updates = BufferPool()  # the round's received Updates; 'none' deltas are views into them
+        # a sum-decomposable strategy is folded where the Updates are: on the hosting ranks, or
+        # here as they arrive (aggregation.fold = "rank0"); the others get every Update at the close
+        self.scale = coefficient_scale(ctx.parts)
+        self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, codec_of_client(ctx), self.feddrop,
+                              self.scale)
+                       if self.strategy.decomposable and cfg.aggregation.fold == "rank0" else None)
 
     def _profiles(self, hosts: dict[int, dict]) -> dict:
         """Client profiles: the configured heterogeneity, plus what registration measured
@@ -233,12 +245,17 @@ class Orchestrator:
         assign: dict[int, list[int]] = {}
         for c in selected:
             assign.setdefault(ctx.host_of(c), []).append(c)
+        if self.folder is not None:
+            self.folder.begin(r, selected)
         self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu))
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
         outcome, norm_median, norms = self.guard.screen(outcome)
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
-        self.weights = self.strategy.aggregate(self.weights, outcome)
+        if self.strategy.decomposable:
+            self.weights = self.fold_round(r, outcome)
+        else:
+            self.weights = self.strategy.aggregate(self.weights, outcome)
         self.selector.update(outcome, self.history, r)
         self.updates.reclaim()  # nothing refers to this round's deltas any more
         accuracy = loss = None
@@ -266,6 +283,28 @@ class Orchestrator:
             "update_norm_median": norm_median,
         }
         return metrics, self._per_client(outcome, got), norms
+
+    def fold_round(self, r: int, outcome: RoundOutcome) -> np.ndarray:
+        """The new weights of a sum-decomposable strategy: the ring sum of exactly the
+        accepted clients, from this rank's folder or reduced over the hosting ranks."""
+        accepted = [res.client_id for res in outcome.results]
+        total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale) for res in outcome.results])
+        if not accepted or total == 0:
+            return self.weights  # nothing counts: the model stays and server state does not advance
+        n = self.ctx.layout.size
+        if self.folder is not None:
+            self.folder.settle(accepted)
+            delta = self.folder.acc.mean(total)
+        else:
+            self.command(Reduce(r, tuple(accepted), total))
+            delta = np.empty(n, dtype=np.float32)
+            bounds = shard_bounds(n, self.comm.size - 1)
+            try:
+                gather_shards(self.comm, np.empty(0, np.float32), delta, [0, *bounds], self.ctx.cfg.stragglers.timeout_s,
+                              f"every hosting rank's shard of round {r}'s mean")
+            except TimeoutError as exc:
+                self.abort(f"{exc}; aborting the job (a rank is stopped, hung or dead)")
+        return self.strategy.step(self.weights, delta)
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(status, bytes up, seconds) per client for the run record."""
@@ -323,6 +362,12 @@ class Orchestrator:
                 got.bytes_up += buf.nbytes
                 # the arrival's clock time is the instant the collector last found the round open
                 self.accept(src, buf, col, elapsed)
+            elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.FOLDED, status=status):
+                src = status.Get_source()
+                received[src] += 1
+                folded: Folded = self.comm.recv(source=src, tag=Tag.FOLDED)
+                got.bytes_up += folded.nbytes
+                self.file_folded(src, folded, col, elapsed)
             elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
                 d: Done = self.comm.recv(source=status.Get_source(), tag=Tag.DONE)
                 done[status.Get_source()] = d
@@ -353,32 +398,21 @@ class Orchestrator:
         return None
 
     def accept(self, src: int, buf: np.ndarray, col: RoundCollector, elapsed: float) -> None:
-        """Validate one Update and file it with the round's collector."""
+        """Validate one Update and file it with the round's collector (folded first, when
+        this rank folds)."""
         r = col.round
         try:
+            if self.folder is not None:
+                self.file_folded(src, self.folder.take(buf), col, elapsed)
+                return
             head, body = unpack_update(buf)
         except CorruptUpdateError as exc:
             log.warning("round %d: update from rank %d rejected: %s", r, src, exc)
             return
+        if not self.admitted(src, head, buf.nbytes, bytes(body).decode("utf-8", "replace")
+                             if head.status != Status.OK else "", col):
+            return
         cid = head.client
-        if head.job != self.job_id:
-            col.stale += 1
-            log.debug("round %d: dropped an update of another job (%d, client %d)", r, head.job, cid)
-            return
-        verdict, why = col.admit(head.round, cid, buf.nbytes, self.claim_problem(src, head))
-        if verdict is Admission.STALE:
-            log.debug("round %d: dropped stale update (round %d client %d)", r, head.round, cid)
-        elif verdict is Admission.REJECTED:
-            log.warning("round %d: update from rank %d rejected: it %s", r, src, why)
-        if verdict is not Admission.OPEN:
-            return
-        if head.status != Status.OK:
-            reason = {Status.DROPOUT: "dropout", Status.ERROR: "error", Status.REJECTED: "rejected"}[head.status]
-            detail = bytes(body).decode("utf-8", "replace")
-            if head.status == Status.REJECTED:
-                log.warning("round %d: the gateway refused client %d's update: %s", r, cid, detail)
-            col.add_failure(ClientFailure(cid, reason, detail))
-            return
         kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
         codec = self.remote_codec if cid >= self.ctx.cfg.clients.total else self.codec
         try:
@@ -392,7 +426,45 @@ class Orchestrator:
             full[kept] = delta
             delta = full
         seconds = col.arrival_time(head.sim_s, elapsed)
-        col.add_result(ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes, kept))
+        col.add_result(ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes, kept,
+                                    K.l2_norm(delta)))
+
+    def file_folded(self, src: int, folded: Folded, col: RoundCollector, elapsed: float) -> None:
+        """File a hosting rank's account of an Update it folded (or refused)."""
+        head = folded.head
+        if not self.admitted(src, head, folded.nbytes, folded.detail, col):
+            return
+        if folded.refused:
+            log.warning("round %d: client %d's update refused: %s", col.round, head.client, folded.detail)
+            col.add_failure(ClientFailure(head.client, folded.refused, folded.detail))
+            return
+        seconds = col.arrival_time(head.sim_s, elapsed)
+        col.add_result(ClientResult(head.client, head.num_samples, head.loss, None, seconds, folded.nbytes,
+                                    norm=folded.norm))
+
+    def admitted(self, src: int, head: UpdateHeader, nbytes: int, detail: str, col: RoundCollector) -> bool:
+        """Whether an Update with ``head`` from rank ``src`` is an OK result of this round to
+        file; its failure (``detail``: the client's reason) is filed here, what is not for
+        the round is counted or logged."""
+        r, cid = col.round, head.client
+        if head.job != self.job_id:
+            col.stale += 1
+            log.debug("round %d: dropped an update of another job (%d, client %d)", r, head.job, cid)
+            return False
+        verdict, why = col.admit(head.round, cid, nbytes, self.claim_problem(src, head))
+        if verdict is Admission.STALE:
+            log.debug("round %d: dropped stale update (round %d client %d)", r, head.round, cid)
+        elif verdict is Admission.REJECTED:
+            log.warning("round %d: update from rank %d rejected: it %s", r, src, why)
+        if verdict is not Admission.OPEN:
+            return False
+        if head.status != Status.OK:
+            reason = {Status.DROPOUT: "dropout", Status.ERROR: "error", Status.REJECTED: "rejected"}[head.status]
+            if head.status == Status.REJECTED:
+                log.warning("round %d: the gateway refused client %d's update: %s", r, cid, detail)
+            col.add_failure(ClientFailure(cid, reason, detail))
+            return False
+        return True
 
     def update_remote(self, connected: dict[int, RemoteProfile]) -> None:
         """Take the gateway's report of connected workers: who can be selected, with what

@@ -12,23 +12,49 @@ subclass's: :class:`~fedhpc.runtime.trainer.TrainerRank` trains them,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 from mpi4py import MPI
 
+from fedhpc.compress import Codec, get_codec
+from fedhpc.ring import ring_mean
 from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
-from fedhpc.runtime.messages import Close, Done, RestoreState, RoundTask, SaveState, Stop
+from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.runtime.fold import Folder, coefficient_scale
+from fedhpc.runtime.messages import Close, Done, Reduce, RestoreState, RoundTask, SaveState, Stop
 from fedhpc.runtime.transport import (
-    Tag, bcast_array, bcast_object, recv_arrays, recv_object, send_arrays, wait_with_deadline,
+    Tag, bcast_array, bcast_object, gather_shards, isend_chunked, recv_arrays, recv_object, reduce_scatter_sum,
+    send_arrays, shard_bounds, wait_with_deadline,
 )
+from fedhpc.strategy import get_strategy
+
+
+def codec_of_client(ctx: Context) -> Callable[[int], Codec]:
+    """The codec each client's frames are in: ``[codec]`` inside the job, the gateway's
+    WAN codec (when set) for remote clients."""
+    cfg = ctx.cfg
+    local = get_codec(cfg.codec.name, **cfg.codec.params)
+    wan = cfg.gateway.codec
+    remote = get_codec(wan.name, **wan.params) if wan.name else local
+    return lambda cid: remote if cid >= cfg.clients.total else local
 
 
 class HostRank(ABC):
-    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int):
-        self.comm, self.ctx, self.job_id = comm, ctx, job_id
+    """``hosts``: the communicator of the ranks that host clients, on which their sums
+    are reduced (see :func:`fedhpc.runtime.transport.hosts_comm`)."""
+
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm):
+        self.comm, self.ctx, self.job_id, self.hosts = comm, ctx, job_id, hosts
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)  # the round's global model
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
+        cfg = ctx.cfg
+        strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
+        # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
+        self.folder = (Folder(cfg, strategy, ctx.layout.size, job_id, codec_of_client(ctx),
+                              FedDropout.for_run(cfg, ctx.model, ctx.layout), coefficient_scale(ctx.parts))
+                       if strategy.decomposable and cfg.aggregation.fold == "ranks" else None)
 
     @abstractmethod
     def train_round(self, task: RoundTask) -> None:
@@ -57,7 +83,11 @@ class HostRank(ABC):
                 self.restore_states(dict(recv_arrays(self.comm, 0, self.ctx.layout.size, timeout)))
             elif isinstance(cmd, RoundTask):
                 bcast_array(self.comm, self.weights, timeout, f"round {cmd.round}'s model")
+                if self.folder is not None:
+                    self.folder.begin(cmd.round, cmd.clients_of(self.comm.rank))
                 self.train_round(cmd)
+            elif isinstance(cmd, Reduce):
+                self.reduce(cmd)
             else:
                 raise RuntimeError(f"rank {self.comm.rank}: unknown command from rank 0: {cmd!r}")
 
@@ -68,6 +98,32 @@ class HostRank(ABC):
         cfg = self.ctx.cfg
         st, g = cfg.stragglers, cfg.gateway
         return 2 * (st.timeout_s + st.close_grace_s) + (g.wait_s if g.enabled else 0.0)
+
+    def deliver(self, buf: np.ndarray) -> list[MPI.Request]:
+        """Start handing one client's sealed Update to rank 0: folded here and accounted
+        for with a :class:`~fedhpc.runtime.messages.Folded`, or sent whole."""
+        if self.folder is None:
+            return isend_chunked(self.comm, buf, 0, Tag.UPDATE)
+        return [self.comm.isend(self.folder.take(buf), dest=0, tag=Tag.FOLDED)]
+
+    def reduce(self, cmd: Reduce) -> None:
+        """Keep only rank 0's accepted clients in this rank's sum, reduce-scatter the sums
+        of the hosting ranks, and gather the mean of this rank's shard at rank 0."""
+        assert self.folder is not None, "rank 0 asked a rank without a folder to reduce"
+        folder, timeout = self.folder, self.ctx.cfg.stragglers.timeout_s
+        folder.settle(cmd.accepted)
+        bounds = shard_bounds(folder.n, self.hosts.size)
+        me = self.hosts.rank
+        lo, hi = bounds[me], bounds[me + 1]
+        what = f"the other hosting ranks to reduce round {cmd.round}"
+        acc = np.empty(hi - lo, dtype=np.int64)
+        reduce_scatter_sum(self.hosts, folder.acc.acc, acc, bounds, timeout, what)
+        cov = None
+        if folder.acc.coverage is not None:
+            cov = np.empty(hi - lo, dtype=np.int64)
+            reduce_scatter_sum(self.hosts, folder.acc.coverage, cov, bounds, timeout, what)
+        mean = ring_mean(acc, cmd.total, folder.acc.ring, np.empty(hi - lo, dtype=np.float32), cov)
+        gather_shards(self.comm, mean, None, [0, *bounds], timeout, f"rank 0 to take round {cmd.round}'s mean")
 
     def round_closed(self) -> bool:
         """Whether rank 0 has closed the round (its Close is waiting)."""

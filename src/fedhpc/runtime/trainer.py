@@ -15,7 +15,6 @@ from fedhpc.runtime.messages import Done, RoundTask
 from fedhpc.runtime.rank import HostRank
 from fedhpc.runtime.step import ClientStep, ClientTask
 from fedhpc.runtime.training import Abandoned
-from fedhpc.runtime.transport import Tag, isend_chunked
 
 log = logging.getLogger("fedhpc.trainer")
 
@@ -23,8 +22,8 @@ log = logging.getLogger("fedhpc.trainer")
 class TrainerRank(HostRank):
     """Trains its share of the clients (``Context.host_of``) with one :class:`ClientStep`."""
 
-    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int):
-        super().__init__(comm, ctx, job_id)
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm):
+        super().__init__(comm, ctx, job_id, hosts)
         cfg = ctx.cfg
         self.profiles = simulated_profiles(cfg)
         self.step = ClientStep(cfg, job_id, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train, cfg.codec,
@@ -51,6 +50,6 @@ class TrainerRank(HostRank):
                                     self.round_closed, start)
             except Abandoned:
                 break
-            pending += isend_chunked(self.comm, buf, 0, Tag.UPDATE)
+            pending += self.deliver(buf)
             sent += 1
         self.finish_round(Done(r, sent, train_s=self.step.train_s), pending)

@@ -31,6 +31,7 @@ class Tag(IntEnum):
     WORKERS = 16  # gateway -> 0 before the first round: messages.Workers, the connected workers
     GATHER = 17  # any -> root: one rank's share of gather_object
     PROBE = 18  # 0 <-> each rank at registration: the link probe
+    FOLDED = 19  # hosting rank -> 0: messages.Folded, its account of an Update it folded
 
 
 def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[MPI.Request]:
@@ -121,6 +122,44 @@ def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
 #: where no config says how long: loading a data set may take minutes on a busy file system.
 STARTUP_S = 600.0
 ABORT_GRACE_S = 0.5
+
+
+def shard_bounds(n: int, parts: int) -> list[int]:
+    """Where each of ``parts`` near-equal contiguous shards of ``n`` values starts (and, last, n)."""
+    return [n * i // parts for i in range(parts + 1)]
+
+
+def hosts_comm(comm: MPI.Comm, timeout_s: float) -> MPI.Comm | None:
+    """The communicator of the ranks that host clients (1 .. size-1), in rank order, on
+    which their partial sums are reduced; None on rank 0.
+
+    MPI has no non-blocking split: a barrier with a deadline first proves that
+    every rank has come this far, so the split that follows cannot wait on a
+    rank that is not there.
+    """
+    barrier(comm, timeout_s, "every rank to set up the aggregation")
+    sub = comm.Split(MPI.UNDEFINED if comm.rank == 0 else 0, comm.rank)
+    return None if sub == MPI.COMM_NULL else sub
+
+
+def reduce_scatter_sum(comm: MPI.Comm, send: np.ndarray, recv: np.ndarray, bounds: list[int], timeout_s: float,
+                       what: str) -> None:
+    """Sum ``send`` (int64, the same length on every rank of ``comm``) over the ranks,
+    modulo 2**64, leaving rank i the shard ``[bounds[i], bounds[i + 1])`` in ``recv``; with
+    a deadline. Integer sums do not depend on the order MPI combines them in."""
+    counts = [b - a for a, b in zip(bounds, bounds[1:])]
+    wait_with_deadline([comm.Ireduce_scatter([send.view(np.uint64), MPI.UINT64_T],
+                                             [recv.view(np.uint64), MPI.UINT64_T], counts, MPI.SUM)],
+                       timeout_s, what)
+
+
+def gather_shards(comm: MPI.Comm, shard: np.ndarray, out: np.ndarray | None, bounds: list[int], timeout_s: float,
+                  what: str, root: int = 0) -> None:
+    """Gather float32 shards into ``out`` on ``root``: rank r's shard lands at
+    ``[bounds[r], bounds[r + 1])`` (``root`` itself sends none); with a deadline."""
+    counts = [b - a for a, b in zip(bounds, bounds[1:])]
+    recv = [out, counts, bounds[:-1], MPI.FLOAT] if comm.rank == root else None
+    wait_with_deadline([comm.Igatherv([shard, MPI.FLOAT], recv, root=root)], timeout_s, what)
 
 
 def barrier(comm: MPI.Comm, timeout_s: float, what: str) -> None:

@@ -122,8 +122,8 @@ def fold_result(acc: Accumulator, result: ClientResult, coef: float) -> float:
     """Fold one dense result into ``acc`` (only where it trained, under federated dropout);
     return its squared norm."""
     if result.kept is None:
-        return acc.fold(result.delta, coef)
-    return acc.fold(np.ascontiguousarray(result.delta[result.kept]), coef, result.kept)
+        return acc.fold(result.dense(), coef)
+    return acc.fold(np.ascontiguousarray(result.dense()[result.kept]), coef, result.kept)
 
 
 def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) -> np.ndarray:
@@ -137,7 +137,7 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) ->
     model where it was).
     """
     coefs = np.asarray(coefs, dtype=np.float64)
-    n = results[0].delta.size
+    n = results[0].dense().size
     acc = Accumulator(ring, n, coverage=any(r.kept is not None for r in results))
     used = []
     for r, c in zip(results, coefs):
@@ -149,4 +149,4 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) ->
 
 def stack(results: list[ClientResult]) -> np.ndarray:
     """The deltas as a C-contiguous (K, n) float32 array, one row per result, for the robust kernels."""
-    return np.stack([r.delta for r in results])
+    return np.stack([r.dense() for r in results])

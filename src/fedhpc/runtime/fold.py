@@ -1,0 +1,154 @@
+"""Folding Updates into the round's ring sum where they are, instead of holding them.
+
+With a sum-decomposable strategy (:attr:`fedhpc.strategy.Strategy.decomposable`)
+every rank that hosts clients keeps a :class:`Folder`: each Update its
+clients produce (a trainer) or its workers push (the gateway) is validated and
+folded into the rank's :class:`~fedhpc.ring.Accumulator` in one pass, and rank
+0 only receives a :class:`~fedhpc.runtime.messages.Folded` account of it
+(header, bytes, norm, or why it was refused). Rank 0 decides, with the same
+close rules and guard as ever, who is in the round; each folder then takes
+out exactly what it folded for anyone else (:meth:`Folder.settle`), and the
+partial sums meet in an MPI reduce-scatter. With ``aggregation.fold =
+"rank0"`` rank 0 keeps the one folder and is sent the Updates.
+
+A folder keeps each folded client's frame until the round is settled, so that
+a client it folded and rank 0 then excluded (late at rank 0, beyond the
+fastest k, refused by the guard, a claim rank 0 rejects) is subtracted
+exactly. The frames are the Updates the rank made or received anyway (their
+buffers live until the next round); nothing dense is kept per client.
+
+This module imports no MPI: the folding ranks and rank 0 both use it, and
+tests drive it in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhpc import kernels as K
+from fedhpc.compress import Codec
+from fedhpc.compress.base import Decoded
+from fedhpc.config import RunConfig
+from fedhpc.errors import CorruptUpdateError
+from fedhpc.ring import Accumulator, FoldError, Ring
+from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.runtime.messages import Folded
+from fedhpc.strategy import Strategy
+from fedhpc.update import Status, unpack_update
+
+log = logging.getLogger("fedhpc.fold")
+
+
+def run_ring(cfg: RunConfig) -> Ring:
+    """The ring of a run: ``aggregation.scale_bits``, at most ``clients.per_round`` terms a round."""
+    return Ring(cfg.aggregation.scale_bits, cfg.clients.per_round)
+
+
+def coefficient_scale(parts: list[np.ndarray]) -> float:
+    """What clients' weights are divided by before they enter the ring: the power of two
+    nearest to the mean shard inside the job, so a typical client's coefficient is about 1
+    and the ring's resolution (2**-scale_bits) is spent where the values are. A run
+    constant, the same on every rank and for any ``clients.per_round``: a client's
+    contribution depends on nobody else's, not even on who else was selected."""
+    mean = float(np.mean([len(p) for p in parts])) if parts else 0.0
+    return float(2.0 ** round(math.log2(mean))) if mean >= 1 else 1.0
+
+
+def coefficient(strategy: Strategy, num_samples: int, loss: float, scale: float) -> float:
+    """A client's coefficient in the round's sum: the strategy's weight over the run's
+    :func:`coefficient_scale`. Every rank computes it the same way, to the bit."""
+    return strategy.coefficient(num_samples, loss) / scale
+
+
+def round_total(coefs: Collection[float]) -> float:
+    """What the sum is divided by: the accepted clients' coefficients added up exactly
+    rounded (``math.fsum``), so the same for any order."""
+    return math.fsum(c for c in coefs if c > 0)
+
+
+@dataclass
+class _Held:
+    body: memoryview  # the client's codec frame, until the round is settled
+    coef: float
+    kept: np.ndarray | None  # federated dropout's coordinates of the client
+
+
+class Folder:
+    """Folds the Updates of one rank's clients (or of every client, at rank 0) into one
+    ring sum over the model's ``n`` values.
+
+    ``codec_of(client)`` is the codec the client's frames are in (the WAN
+    codec for remote clients); ``feddrop`` maps sub-model frames back to the
+    model's coordinates and turns on the per-coordinate coverage.
+    """
+
+    def __init__(self, cfg: RunConfig, strategy: Strategy, n: int, job_id: int, codec_of: Callable[[int], Codec],
+                 feddrop: FedDropout | None, scale: float):
+        self.strategy, self.n, self.job_id, self.codec_of, self.feddrop = strategy, n, job_id, codec_of, feddrop
+        self.scale = scale  # the run's coefficient_scale
+        self.acc = Accumulator(run_ring(cfg), n, coverage=feddrop is not None)
+        self.round = -1
+        self.expected: frozenset[int] = frozenset()
+        self.held: dict[int, _Held] = {}
+
+    def begin(self, round_: int, expected: Collection[int]) -> None:
+        """Start round ``round_``: an empty sum, to which only the ``expected`` clients'
+        Updates of this round and job are folded."""
+        self.acc.clear()
+        self.held.clear()
+        self.round, self.expected = round_, frozenset(expected)
+
+    def take(self, buf: np.ndarray) -> Folded:
+        """Validate one sealed Update and fold it in; return its account for rank 0.
+
+        Raises :class:`~fedhpc.errors.CorruptUpdateError` when not even its
+        header can be read (nobody can be named for it). An Update of another
+        round or job, of a client not expected here, or a second one of a
+        client, is not folded: rank 0 drops or refuses it from its account.
+        """
+        head, body = unpack_update(buf)
+        if head.status != Status.OK:
+            return Folded(head, buf.nbytes, detail=bytes(body).decode("utf-8", "replace"))
+        cid = head.client
+        if head.job != self.job_id or head.round != self.round or cid not in self.expected or cid in self.held:
+            return Folded(head, buf.nbytes)
+        kept = None if self.feddrop is None else self.feddrop.kept(head.round, cid)
+        coef = coefficient(self.strategy, head.num_samples, head.loss, self.scale)
+        try:
+            part = self.codec_of(cid).decode_parts(body, self.n if kept is None else kept.size, check_finite=False)
+            if not coef > 0:  # it does not count: nothing to fold, but the guard still wants its norm
+                return Folded(head, buf.nbytes, norm=_norm(part))
+            sumsq = self.acc.fold(part.vals, coef, _positions(part, kept))
+        except CorruptUpdateError as exc:
+            return Folded(head, buf.nbytes, refused="corrupt", detail=str(exc))
+        except FoldError as exc:
+            return Folded(head, buf.nbytes, refused=exc.reason, detail=str(exc))
+        self.held[cid] = _Held(body, coef, kept)
+        return Folded(head, buf.nbytes, norm=math.sqrt(sumsq))
+
+    def settle(self, accepted: Collection[int]) -> None:
+        """Take out exactly every client folded here that is not in ``accepted`` (rank 0's
+        verdict on the round); the sum is then the round's, and the frames are let go."""
+        keep = set(accepted)
+        for cid, h in sorted(self.held.items()):
+            if cid not in keep:
+                part = self.codec_of(cid).decode_parts(h.body, self.n if h.kept is None else h.kept.size,
+                                                       check_finite=False)
+                self.acc.fold(part.vals, h.coef, _positions(part, h.kept), subtract=True)
+        self.held.clear()
+
+
+def _positions(part: Decoded, kept: np.ndarray | None) -> np.ndarray | None:
+    """The model coordinates of a decoded frame's values (None: all, in order)."""
+    if kept is None:
+        return part.idx
+    return kept if part.idx is None else kept[part.idx]
+
+
+def _norm(part: Decoded) -> float:
+    return K.l2_norm(np.ascontiguousarray(part.vals))
