@@ -38,8 +38,8 @@ def make_deltas(n=N, seed=0):
     return {c: (rng.normal(0, 1, n) * 10.0 ** rng.uniform(-5, -1, n)).astype(np.float32) for c in CLIENTS}
 
 
-def folder(strategy, codec, n=N, feddrop=None, per_round=len(CLIENTS)):
-    cfg = load_config(None, [f"clients.per_round={per_round}"])
+def folder(strategy, codec, n=N, feddrop=None):
+    cfg = load_config(None, [f"clients.per_round={len(CLIENTS)}"])
     f = Folder(cfg, strategy, n, JOB, lambda cid: codec, feddrop, SCALE)
     f.begin(0, CLIENTS)
     return f
