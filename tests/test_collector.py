@@ -148,3 +148,24 @@ def test_bytes_are_counted_for_selected_clients_of_the_round_only():
     col.admit(1, 1, 900)
     col.admit(2, 9, 900)
     assert col.client_bytes == {1: 570}
+
+
+@pytest.mark.parametrize("deadline,k", [(0.0, 0), (0.5, 0), (0.0, 40), (0.5, 40)])
+def test_a_result_said_certain_when_filed_is_in_the_outcome(deadline, k):
+    """What lets a folding rank let a frame go before the close: 'certain' is never wrong,
+    and on the simulated clock without fastest-k it is said of every result in time."""
+    rng = np.random.default_rng(k + int(10 * deadline))
+    expected = frozenset(range(300))
+    col = RoundCollector(1, expected, CloseRules(deadline, k, timeout_s=1e9), SimulatedClock())
+    certain = set()
+    for c in rng.permutation(sorted(expected)):
+        feed(col, int(c), float(rng.exponential(0.3)))
+        if col.certain(col._arrivals[int(c)]):
+            certain.add(int(c))
+    col.close("all accounted for")
+    kept = {res.client_id for res in col.outcome()[0].results}
+    assert certain <= kept
+    assert (certain == kept) == (k == 0)
+    wall = RoundCollector(1, frozenset({1}), CloseRules(fastest_k=1), WallClock())
+    feed(wall, 1, 0.1)
+    assert wall.certain(wall._arrivals[1])

@@ -143,3 +143,23 @@ def test_the_coefficient_scale_is_the_power_of_two_nearest_the_mean_shard():
     parts = [np.arange(k) for k in (100, 140, 150)]
     assert coefficient_scale(parts) == 128.0
     assert coefficient_scale([np.arange(0)]) == 1.0
+
+
+def test_a_verdict_keeps_or_takes_out_at_once_and_lets_the_frame_go():
+    codec = get_codec("topk-int8", ratio=0.1)
+    d = make_deltas()
+    released = []
+    f = folder(get_strategy("fedavg"), codec)
+    for c in (0, 1, 2):
+        f.take(sealed(codec, c, d[c]), lambda c=c: released.append(c))
+    f.verdict(0, 0, keep=True)
+    f.verdict(0, 1, keep=False)
+    assert released == [0, 1] and set(f.held) == {2}
+    f.take(sealed(codec, 1, d[1]), lambda: released.append("again"))  # a second Update of 1: not folded
+    assert released[-1] == "again"
+    f.settle([0, 2])
+    assert released[-1] == 2 and not f.held
+    ref = folder(get_strategy("fedavg"), codec)
+    for c in (2, 0):
+        ref.take(sealed(codec, c, d[c]))
+    assert f.acc.acc.tobytes() == ref.acc.acc.tobytes()

@@ -88,3 +88,16 @@ def test_stop_reasons():
     assert "no longer finite" in stop_reason(w, lines(4), cfg)
     assert stop_reason(np.ones(3, np.float32), lines(*[0] * 100), load_config(None, ["guard.idle_rounds=0"]).guard) \
         is None
+
+
+def test_a_verdict_at_arrival_is_given_only_when_the_round_cannot_change_it_and_agrees_with_screen():
+    rng = np.random.default_rng(3)
+    g = guard()
+    assert g.verdict(1.0) is None  # the first round's bound is its own median
+    g.screen(outcome(0, {c: honest(rng) for c in range(6)}))
+    deltas = {c: honest(rng) for c in range(5)} | {5: honest(rng, scale=1.0)}
+    said = {c: g.verdict(float(np.linalg.norm(d))) for c, d in deltas.items()}
+    out, _, _ = g.screen(outcome(1, deltas))
+    assert said == {c: c in {r.client_id for r in out.results} for c in deltas} and said[5] is False
+    assert guard("guard.norm_multiple=0", "guard.norm_limit=1").verdict(2.0) is False
+    assert guard("guard.norm_multiple=0").verdict(float("nan")) is False

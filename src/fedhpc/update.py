@@ -80,6 +80,14 @@ class BufferPool:
         self.lent.append(buf)
         return buf[:nbytes]
 
+    def release(self, view: np.ndarray) -> None:
+        """Take back the one buffer ``view`` (from :meth:`take`) before the others."""
+        base = view.base if view.base is not None else view
+        for i, buf in enumerate(self.lent):
+            if buf is base:
+                self.free.setdefault(buf.nbytes, []).append(self.lent.pop(i))
+                return
+
     def reclaim(self) -> None:
         """Take every buffer back: nothing handed out since the last call may be used any more."""
         for buf in self.lent:

@@ -158,3 +158,13 @@ def test_the_hosting_ranks_reduce_scatter_their_ring_sums_and_rank_0_gathers_eve
         gather_shards(comm, np.empty(0, np.float32), out, [0, *bounds], WAIT_S, "the gather")
         ok = ok and np.array_equal(out, (want % 1000).astype(np.float32))
     agree(comm, ok, "reduce-scatter and gather of the shards")
+
+
+def test_a_released_buffer_is_handed_out_again_before_the_pool_is_reclaimed(comm):
+    pool = BufferPool()
+    a = pool.take(10_000)
+    b = pool.take(10_000)
+    pool.release(a)
+    c = pool.take(9_000)
+    agree(comm, c.base is a.base and c.base is not b.base and pool.take(10_000).base is not b.base,
+          "release hands one buffer back")

@@ -95,6 +95,7 @@ class GatewayRank(HostRank):
         deadline = time.monotonic() + timeout + self.ctx.cfg.stragglers.close_grace_s
         while not self.round_closed():
             self.forward_signal()
+            self.take_verdicts()
             try:
                 client, rnd, data = self.server.updates.get(timeout=0.002)
                 if rnd == r:

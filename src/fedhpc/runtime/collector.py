@@ -111,6 +111,15 @@ class RoundCollector:
         """
         return self.clock.arrival(sim_s, wall_s)
 
+    def certain(self, result: ClientResult) -> bool:
+        """Whether an admitted result is sure to be in the round's :meth:`outcome`, whatever
+        else arrives: always on the wall clock (arrivals come in clock order); on the
+        simulated clock only without fastest-k (a faster arrival may still push it out)
+        and within any deadline."""
+        if self.clock.live:
+            return True
+        return not self.rules.fastest_k and not (self.rules.deadline_s and result.seconds > self.rules.deadline_s)
+
     def add_result(self, result: ClientResult) -> None:
         """File an admitted (OPEN) client's result; ``result.seconds`` is its :meth:`arrival_time`."""
         self._arrivals[result.client_id] = result

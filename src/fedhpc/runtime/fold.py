@@ -74,8 +74,10 @@ def round_total(coefs: Collection[float]) -> float:
 @dataclass
 class _Held:
     body: memoryview  # the client's codec frame, until the round is settled
+    codec: Codec
     coef: float
     kept: np.ndarray | None  # federated dropout's coordinates of the client
+    release: Callable[[], None] | None  # gives the frame's buffer back to its pool
 
 
 class Folder:
@@ -94,53 +96,82 @@ class Folder:
         self.acc = Accumulator(run_ring(cfg), n, coverage=feddrop is not None)
         self.round = -1
         self.expected: frozenset[int] = frozenset()
-        self.held: dict[int, _Held] = {}
+        self.held: dict[int, _Held] = {}  # folded clients without a verdict yet
+        self.folded: set[int] = set()  # every client folded this round
 
     def begin(self, round_: int, expected: Collection[int]) -> None:
         """Start round ``round_``: an empty sum, to which only the ``expected`` clients'
         Updates of this round and job are folded."""
         self.acc.clear()
         self.held.clear()
+        self.folded.clear()
         self.round, self.expected = round_, frozenset(expected)
 
-    def take(self, buf: np.ndarray) -> Folded:
+    def take(self, buf: np.ndarray, release: Callable[[], None] | None = None) -> Folded:
         """Validate one sealed Update and fold it in; return its account for rank 0.
+        ``release()``, when given, is called once the frame is no longer needed (its
+        buffer can be reused): at once unless it was folded, else at its verdict.
 
         Raises :class:`~fedhpc.errors.CorruptUpdateError` when not even its
         header can be read (nobody can be named for it). An Update of another
         round or job, of a client not expected here, or a second one of a
         client, is not folded: rank 0 drops or refuses it from its account.
         """
+        account, held = self._take(buf, release)
+        if release is not None and not held:
+            release()
+        return account
+
+    def _take(self, buf: np.ndarray, release: Callable[[], None] | None) -> tuple[Folded, bool]:
+        """(the account, whether the frame is held)."""
         head, body = unpack_update(buf)
         if head.status != Status.OK:
-            return Folded(head, buf.nbytes, detail=bytes(body).decode("utf-8", "replace"))
+            return Folded(head, buf.nbytes, detail=bytes(body).decode("utf-8", "replace")), False
         cid = head.client
-        if head.job != self.job_id or head.round != self.round or cid not in self.expected or cid in self.held:
-            return Folded(head, buf.nbytes)
+        if head.job != self.job_id or head.round != self.round or cid not in self.expected or cid in self.folded:
+            return Folded(head, buf.nbytes), False
         kept = None if self.feddrop is None else self.feddrop.kept(head.round, cid)
         coef = coefficient(self.strategy, head.num_samples, head.loss, self.scale)
+        codec = self.codec_of(cid)
         try:
-            part = self.codec_of(cid).decode_parts(body, self.n if kept is None else kept.size, check_finite=False)
+            part = codec.decode_parts(body, self.n if kept is None else kept.size, check_finite=False)
             if not coef > 0:  # it does not count: nothing to fold, but the guard still wants its norm
-                return Folded(head, buf.nbytes, norm=_norm(part))
+                return Folded(head, buf.nbytes, norm=_norm(part)), False
             sumsq = self.acc.fold(part.vals, coef, _positions(part, kept))
         except CorruptUpdateError as exc:
-            return Folded(head, buf.nbytes, refused="corrupt", detail=str(exc))
+            return Folded(head, buf.nbytes, refused="corrupt", detail=str(exc)), False
         except FoldError as exc:
-            return Folded(head, buf.nbytes, refused=exc.reason, detail=str(exc))
-        self.held[cid] = _Held(body, coef, kept)
-        return Folded(head, buf.nbytes, norm=math.sqrt(sumsq))
+            return Folded(head, buf.nbytes, refused=exc.reason, detail=str(exc)), False
+        self.held[cid] = _Held(body, codec, coef, kept, release)
+        self.folded.add(cid)
+        return Folded(head, buf.nbytes, norm=math.sqrt(sumsq)), True
+
+    def verdict(self, round_: int, client: int, keep: bool) -> None:
+        """Rank 0's final word on a folded client: keep it, or take it out now; its frame
+        is let go either way."""
+        h = self.held.pop(client, None) if round_ == self.round else None
+        if h is None:
+            return
+        if not keep:
+            self._take_out(h)
+        if h.release is not None:
+            h.release()
 
     def settle(self, accepted: Collection[int]) -> None:
-        """Take out exactly every client folded here that is not in ``accepted`` (rank 0's
-        verdict on the round); the sum is then the round's, and the frames are let go."""
+        """Take out exactly every client still held here that is not in ``accepted`` (rank
+        0's verdict on the round); the sum is then the round's, and the frames are let go."""
         keep = set(accepted)
         for cid, h in sorted(self.held.items()):
             if cid not in keep:
-                part = self.codec_of(cid).decode_parts(h.body, self.n if h.kept is None else h.kept.size,
-                                                       check_finite=False)
-                self.acc.fold(part.vals, h.coef, _positions(part, h.kept), subtract=True)
+                self._take_out(h)
+            if h.release is not None:
+                h.release()
         self.held.clear()
+
+    def _take_out(self, h: _Held) -> None:
+        """Subtract exactly what folding ``h`` added."""
+        part = h.codec.decode_parts(h.body, self.n if h.kept is None else h.kept.size, check_finite=False)
+        self.acc.fold(part.vals, h.coef, _positions(part, h.kept), subtract=True)
 
 
 def _positions(part: Decoded, kept: np.ndarray | None) -> np.ndarray | None:

@@ -57,6 +57,15 @@ class NormGuard:
             bound, how = cfg.norm_limit, "guard.norm_limit"
         return bound, how
 
+    def verdict(self, norm: float) -> bool | None:
+        """Whether :meth:`screen` will accept an update of L2 norm ``norm`` this round, when that
+        no longer depends on the round's other updates (a history of medians, or no relative
+        bound); None while it does (the first round)."""
+        if self.cfg.norm_multiple and not self.medians:
+            return None
+        bound, _ = self.bound([])
+        return bool(np.isfinite(norm) and norm <= bound)
+
     def screen(self, outcome: RoundOutcome) -> tuple[RoundOutcome, float | None, list[float]]:
         """``outcome`` without the updates out of bounds (they become failures with
         reason ``norm``), the median norm of those accepted (None if none), and every

@@ -2,7 +2,7 @@
 
 Small, typed and frozen: what a rank may be told (:class:`RoundTask`,
 :class:`Reduce`, :class:`SaveState`, :class:`RestoreState`, :class:`Stop`,
-broadcast by rank 0; :class:`Close`, sent to each rank) and what it answers
+broadcast by rank 0; :class:`Close` and :class:`Verdict`, sent to each rank) and what it answers
 (:class:`Folded` for each Update it folded, :class:`Done`; :class:`Workers`
 from the gateway before the first round). They are pickled
 by mpi4py; models and Updates never travel in them.
@@ -47,9 +47,22 @@ class Stop:
 
 @dataclass(frozen=True)
 class Close:
-    """Round ``round`` is closed: stop working on it and account for it with :class:`Done`."""
+    """Round ``round`` is closed: stop working on it, take the ``verdicts`` rank 0 sent you
+    in it, and account for it with :class:`Done`."""
 
     round: int
+    verdicts: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Rank 0's final word on a client a rank folded, given as soon as nothing that arrives
+    later can change it: ``keep`` it in the round's sum, or take it out now. Either way
+    the rank can let the client's frame go before the round closes."""
+
+    round: int
+    client: int
+    keep: bool
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ fastest k, aggregate through the strategy, evaluate, record."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
 from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total
 from fedhpc.runtime.messages import (
-    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, RoundTask, SaveState, Stop,
+    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, RoundTask, SaveState, Stop, Verdict,
 )
 from fedhpc.runtime.rank import codec_of_client
 from fedhpc.runtime.training import evaluate
@@ -327,6 +328,7 @@ class Orchestrator:
         what the ranks still had in flight."""
         timeout, grace = self.ctx.cfg.stragglers.timeout_s, self.ctx.cfg.stragglers.close_grace_s
         got = _Collected(RoundCollector(r, frozenset(selected), self.rules, self.clock))
+        self.verdicts: Counter = Counter()  # Verdict messages sent to each rank this round
         col, trainers = got.collector, self.ctx.trainers
         done: dict[int, Done] = {}
         received: Counter = Counter()
@@ -343,7 +345,7 @@ class Orchestrator:
                     col.close(reason)
                     log.debug("round %d closed after %.3fs: %s", r, elapsed, reason)
                     for rank in trainers:
-                        self.comm.send(Close(r), dest=rank, tag=Tag.CLOSE)
+                        self.comm.send(Close(r, self.verdicts[rank]), dest=rank, tag=Tag.CLOSE)
             elif len(done) == len(trainers) and all(received[k] >= done[k].sent for k in trainers):
                 break
             elif elapsed > timeout + grace:
@@ -403,7 +405,8 @@ class Orchestrator:
         r = col.round
         try:
             if self.folder is not None:
-                self.file_folded(src, self.folder.take(buf), col, elapsed)
+                self.file_folded(src, self.folder.take(buf, functools.partial(self.updates.release, buf)), col,
+                                 elapsed)
                 return
             head, body = unpack_update(buf)
         except CorruptUpdateError as exc:
@@ -439,8 +442,16 @@ class Orchestrator:
             col.add_failure(ClientFailure(head.client, folded.refused, folded.detail))
             return
         seconds = col.arrival_time(head.sim_s, elapsed)
-        col.add_result(ClientResult(head.client, head.num_samples, head.loss, None, seconds, folded.nbytes,
-                                    norm=folded.norm))
+        result = ClientResult(head.client, head.num_samples, head.loss, None, seconds, folded.nbytes, norm=folded.norm)
+        col.add_result(result)
+        keep = self.guard.verdict(folded.norm) if col.certain(result) else None
+        if keep is None:
+            return  # decided at the close: the folder keeps the frame until then
+        if self.folder is not None:
+            self.folder.verdict(col.round, head.client, keep)
+        else:
+            self.comm.send(Verdict(col.round, head.client, keep), dest=src, tag=Tag.VERDICT)
+            self.verdicts[src] += 1
 
     def admitted(self, src: int, head: UpdateHeader, nbytes: int, detail: str, col: RoundCollector) -> bool:
         """Whether an Update with ``head`` from rank ``src`` is an OK result of this round to

@@ -23,10 +23,10 @@ from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import Folder, coefficient_scale
-from fedhpc.runtime.messages import Close, Done, Reduce, RestoreState, RoundTask, SaveState, Stop
+from fedhpc.runtime.messages import Close, Done, Reduce, RestoreState, RoundTask, SaveState, Stop, Verdict
 from fedhpc.runtime.transport import (
-    Tag, bcast_array, bcast_object, gather_shards, isend_chunked, recv_arrays, recv_object, reduce_scatter_sum,
-    send_arrays, shard_bounds, wait_with_deadline,
+    Tag, bcast_array, bcast_object, gather_shards, isend_chunked, poll, recv_arrays, recv_object,
+    reduce_scatter_sum, send_arrays, shard_bounds, wait_with_deadline,
 )
 from fedhpc.strategy import get_strategy
 
@@ -49,6 +49,7 @@ class HostRank(ABC):
         self.comm, self.ctx, self.job_id, self.hosts = comm, ctx, job_id, hosts
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)  # the round's global model
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
+        self.verdicts = 0  # Verdict messages received this round
         cfg = ctx.cfg
         strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
@@ -85,6 +86,7 @@ class HostRank(ABC):
                 bcast_array(self.comm, self.weights, timeout, f"round {cmd.round}'s model")
                 if self.folder is not None:
                     self.folder.begin(cmd.round, cmd.clients_of(self.comm.rank))
+                    self.verdicts = 0
                 self.train_round(cmd)
             elif isinstance(cmd, Reduce):
                 self.reduce(cmd)
@@ -99,12 +101,27 @@ class HostRank(ABC):
         st, g = cfg.stragglers, cfg.gateway
         return 2 * (st.timeout_s + st.close_grace_s) + (g.wait_s if g.enabled else 0.0)
 
-    def deliver(self, buf: np.ndarray) -> list[MPI.Request]:
+    def deliver(self, buf: np.ndarray, release: Callable[[], None] | None = None) -> list[MPI.Request]:
         """Start handing one client's sealed Update to rank 0: folded here and accounted
-        for with a :class:`~fedhpc.runtime.messages.Folded`, or sent whole."""
+        for with a :class:`~fedhpc.runtime.messages.Folded` (``release()`` when its frame
+        is no longer needed), or sent whole."""
         if self.folder is None:
             return isend_chunked(self.comm, buf, 0, Tag.UPDATE)
-        return [self.comm.isend(self.folder.take(buf), dest=0, tag=Tag.FOLDED)]
+        return [self.comm.isend(self.folder.take(buf, release), dest=0, tag=Tag.FOLDED)]
+
+    def take_verdicts(self, until: int | None = None, timeout_s: float = 0.0) -> None:
+        """Apply rank 0's verdicts that have come (none come without a folder); with ``until``,
+        wait (at most ``timeout_s``) until this round's count reaches it."""
+        while self.folder is not None:
+            if self.comm.Iprobe(source=0, tag=Tag.VERDICT):
+                v: Verdict = self.comm.recv(source=0, tag=Tag.VERDICT)
+                self.verdicts += 1
+                assert self.folder is not None, "rank 0 sent a verdict to a rank without a folder"
+                self.folder.verdict(v.round, v.client, v.keep)
+            elif until is None or self.verdicts >= until:
+                return
+            else:
+                poll(lambda: self.comm.Iprobe(source=0, tag=Tag.VERDICT), timeout_s, "rank 0's verdicts")
 
     def reduce(self, cmd: Reduce) -> None:
         """Keep only rank 0's accepted clients in this rank's sum, reduce-scatter the sums
@@ -144,5 +161,7 @@ class HostRank(ABC):
                                    f"rank 0 to close round {done.round}")
         if close.round != done.round:
             raise RuntimeError(f"rank {self.comm.rank}: rank 0 closed round {close.round} while in round {done.round}")
+        if close.verdicts:
+            self.take_verdicts(close.verdicts, st.timeout_s)
         self.comm.send(done, dest=0, tag=Tag.DONE)
         wait_with_deadline(pending, st.timeout_s, f"rank 0 to receive round {done.round}'s updates")

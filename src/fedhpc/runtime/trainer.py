@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -43,6 +44,7 @@ class TrainerRank(HostRank):
             raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
         for cid in task.clients_of(self.comm.rank):
             self.forward_signal()
+            self.take_verdicts()  # frames rank 0 has decided on are free for this client's Update
             if self.round_closed():
                 break
             try:
@@ -50,6 +52,6 @@ class TrainerRank(HostRank):
                                     self.round_closed, start)
             except Abandoned:
                 break
-            pending += self.deliver(buf)
+            pending += self.deliver(buf, functools.partial(self.step.frames.release, buf))
             sent += 1
         self.finish_round(Done(r, sent, train_s=self.step.train_s), pending)

@@ -32,6 +32,7 @@ class Tag(IntEnum):
     GATHER = 17  # any -> root: one rank's share of gather_object
     PROBE = 18  # 0 <-> each rank at registration: the link probe
     FOLDED = 19  # hosting rank -> 0: messages.Folded, its account of an Update it folded
+    VERDICT = 20  # 0 -> hosting rank: messages.Verdict, keep or take out a client it folded
 
 
 def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[MPI.Request]:
