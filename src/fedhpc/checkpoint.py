@@ -53,6 +53,7 @@ from fedhpc.types import ClientHistory, ClientProfile
 
 SCHEMA_VERSION = 2  # 2: the whole content is covered by content_sha256
 DIGEST_ATTR = "content_sha256"
+DIGEST_CHUNK_BYTES = 8 << 20
 RNG_SCHEME = "numpy SeedSequence([seed, round, client, purpose]); partition SeedSequence([seed, purpose])"
 _NAME = re.compile(r"^ckpt-(\d{6,})\.h5$")
 
@@ -94,7 +95,14 @@ def content_digest(f: h5py.File) -> str:
         attrs(obj)
         if isinstance(obj, h5py.Dataset):
             h.update(f"#{name}:{obj.dtype.str}:{obj.shape}:".encode())
-            h.update(np.ascontiguousarray(obj[()]).tobytes())
+            if obj.ndim == 0:
+                h.update(np.ascontiguousarray(obj[()]).tobytes())
+                continue
+            # a few MB at a time: a whole layer of a big model read (and copied) at once
+            # would double rank 0's memory for a moment
+            rows = max(1, DIGEST_CHUNK_BYTES // max(1, obj.dtype.itemsize * (obj.size // max(obj.shape[0], 1))))
+            for a in range(0, obj.shape[0], rows):
+                h.update(memoryview(np.ascontiguousarray(obj[a : a + rows])).cast("B"))
     return h.hexdigest()
 
 

@@ -96,9 +96,10 @@ class Strategy(ABC):
         raise NotImplementedError(f"strategy '{self.name}' is sum-decomposable: it aggregates in the ring")
 
     def step(self, weights: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """The new weights from the round's aggregate delta; plain strategies use a server
-        learning rate of 1."""
-        return weights + delta
+        """The new weights from the round's aggregate delta, which it may overwrite (the
+        runtime hands over a buffer of its own: no third model-sized array at rank 0);
+        plain strategies use a server learning rate of 1."""
+        return np.add(weights, delta, out=delta)
 
     def client_mu(self) -> float:
         """The FedProx proximal coefficient clients add to their local loss (0 = none)."""
