@@ -199,3 +199,22 @@ def test_decode_rejects_hostile_sizes_before_allocating():
     struct.pack_into("<I", buf, wire.HEADER.size, 0)  # block = 0
     with pytest.raises(CorruptUpdateError, match="block"):
         get_codec("int8").decode(refresh_crc(buf))
+
+
+@pytest.mark.parametrize("name, params", [("none", {}), ("fp16", {}), ("bf16", {}), ("int8", {"block": 256}),
+                                          ("int8", {"block": 7}), ("int4", {"block": 5}), ("int4", {"block": 256}),
+                                          ("topk", {"ratio": 0.1}), ("topk-int8", {"ratio": 0.1}),
+                                          ("randk", {"ratio": 0.1})])
+def test_an_opened_frame_decodes_any_range_to_the_bits_of_the_whole_decode(name, params):
+    """What the robust strategies read block by block instead of holding dense copies."""
+    codec = get_codec(name, **params)
+    rng = np.random.default_rng(0)
+    for n in (1, 13, 70001):
+        frame = codec.encode(rng.normal(0, 1, n).astype(np.float32), seed=1)
+        whole, opened = codec.decode(frame), codec.open(frame, expected_n=n)
+        for lo, hi in ((0, n), (0, min(n, 3)), (n // 3, n), (n // 5, n // 2 + 1), (n - 1, n)):
+            if lo < hi:
+                assert opened.range(lo, hi).tobytes() == whole[lo:hi].tobytes(), (n, lo, hi)
+        assert opened.norm == K.l2_norm(whole) or opened.norm == pytest.approx(K.l2_norm(whole), rel=1e-12)
+    with pytest.raises(CorruptUpdateError):
+        codec.open(frame, expected_n=n + 1)

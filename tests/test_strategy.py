@@ -282,3 +282,22 @@ def test_clients_of_zero_weight_do_not_count_and_alone_leave_the_model_unchanged
     for r in out.results:
         r.num_samples = 0
     assert get_strategy("fedavg").aggregate(w, out).tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "krum", "weighted"])
+@pytest.mark.parametrize("codec_name", ["none", "int8", "topk-int8"])
+def test_rules_that_need_every_update_read_compressed_frames_block_by_block(name, codec_name):
+    """The same bits from frames kept compressed as from their dense decodes, over several blocks."""
+    from fedhpc.compress import get_codec
+    from fedhpc.strategy.base import BLOCK
+
+    codec = get_codec(codec_name, **({"ratio": 0.05} if codec_name == "topk-int8" else {}))
+    n = 2 * BLOCK + 123
+    w, out = make_round(k=7, n=n, seed=5)
+    frames = [codec.encode(r.delta) for r in out.results]
+    dense = RoundOutcome(0, [make_result(r.client_id, codec.decode(f), r.num_samples, r.loss)
+                             for r, f in zip(out.results, frames)])
+    kept = RoundOutcome(0, [ClientResult(r.client_id, r.num_samples, r.loss, None, 1.0, 0, frame=codec.open(f))
+                            for r, f in zip(out.results, frames)])
+    params = {"by": "variance"} if name == "weighted" else {}
+    assert same_bits(get_strategy(name, **params).aggregate(w, kept), get_strategy(name, **params).aggregate(w, dense))

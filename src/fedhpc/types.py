@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+
+
+class Frame(Protocol):
+    """An update kept as it came, compressed (:class:`fedhpc.compress.base.Opened`)."""
+
+    n: int
+    norm: float
+
+    def range(self, lo: int, hi: int) -> np.ndarray: ...
+
+    def dense(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -45,19 +57,26 @@ class ClientResult:
     client_id: int
     num_samples: int
     loss: float
-    delta: np.ndarray | None  # dense float32, w_local - w_global; None once folded into a ring sum
+    delta: np.ndarray | None  # dense float32, w_local - w_global; None when folded or kept as a frame
     seconds: float  # completion time on the run's clock
     nbytes: int  # bytes on the wire
     # federated dropout: ascending flat indices the client trained (None = all);
     # delta is zero elsewhere, and averaging rules divide by per-coordinate coverage
     kept: np.ndarray | None = None
     norm: float | None = None  # L2 norm of delta (None = not yet computed)
+    frame: Frame | None = None  # the update kept compressed, instead of delta
 
     def dense(self) -> np.ndarray:
-        """The delta, for the rules that need every update; raises ValueError if it was folded."""
-        if self.delta is None:
+        """The delta (decoded from the frame when kept as one); raises ValueError if it was folded."""
+        if self.delta is not None:
+            return self.delta
+        if self.frame is None:
             raise ValueError(f"client {self.client_id}'s update was folded into a ring sum: it has no delta")
-        return self.delta
+        return self.frame.dense()
+
+    def row(self, lo: int, hi: int) -> np.ndarray:
+        """Values ``[lo, hi)`` of the delta, decoded from the frame when kept as one."""
+        return self.dense()[lo:hi] if self.frame is None else self.frame.range(lo, hi)
 
 
 @dataclass

@@ -56,6 +56,18 @@ class BlockwiseCodec(DenseCodec):
         expect_body(self, body, 4 * nblocks + code_bytes(n, self.bits))
         return decode_blocks(self.name, body, n, self.bits, block)
 
+    def _decode_range(self, n, params, body, lo, hi):
+        (block,) = params
+        first = lo // block
+        if self.bits == 4 and first * block % 2:  # int4 codes are two to a byte: start on a whole byte
+            first -= 1
+        start, nblocks = first * block, -(-n // block)
+        count = min(n, -(-hi // block) * block) - start
+        scales = np.frombuffer(body, dtype=np.float32, count=-(-count // block), offset=4 * first)
+        codes = np.frombuffer(body, dtype=np.uint8, count=code_bytes(count, self.bits),
+                              offset=4 * nblocks + code_bytes(start, self.bits))
+        return K.dequantize(codes, scales, count, self.bits, block)[lo - start : hi - start]
+
     def _body_size(self, n):
         return 4 * -(-n // self.block) + code_bytes(n, self.bits)
 

@@ -20,5 +20,8 @@ class HalfCodec(DenseCodec):
         expect_body(self, body, 2 * n)
         return self._from(np.frombuffer(body, dtype=np.uint16))
 
+    def _decode_range(self, n, params, body, lo, hi):
+        return self._from(np.frombuffer(body, dtype=np.uint16, count=hi - lo, offset=2 * lo))
+
     def _body_size(self, n):
         return 2 * n

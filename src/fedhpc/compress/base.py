@@ -100,6 +100,18 @@ class Codec(ABC):
         part = self.decode_parts(data, expected_n)
         return part.vals if part.idx is None else _scatter(part.n, part.idx, part.vals)
 
+    def open(self, data, expected_n: int | None = None) -> Opened:
+        """Verify a frame once and keep it as it came (compressed), to be decoded later
+        range by range (:meth:`Opened.range`): what the rules that need every update of a
+        round hold instead of dense copies. Raises like :meth:`decode`; its norm is
+        computed here, from a decode that is let go at once."""
+        part = self.decode_parts(data, expected_n)
+        norm = K.l2_norm(np.ascontiguousarray(part.vals))
+        if part.idx is not None:
+            return Opened(self, part.n, norm, part)
+        frame = wire.unpack(data, self.max_n)  # the checksum was verified just now: only the views are kept
+        return Opened(self, part.n, norm, None, self.params.unpack(frame.params), frame.body)
+
     def decode_parts(self, data, expected_n: int | None = None, check_finite: bool = True) -> Decoded:
         """Decode a frame into what it carries without densifying it: the values and,
         for a sparsifier, their ascending positions (see :class:`Decoded`).
@@ -148,6 +160,33 @@ class Codec(ABC):
         return f"max_n={self.max_n}"
 
 
+class Opened:
+    """A verified frame of ``n`` values, kept compressed; ``norm`` is its L2 norm.
+
+    A sparsifier's values and positions are decoded at once (they are small);
+    a dense codec's frame is decoded range by range on demand."""
+
+    def __init__(self, codec: Codec, n: int, norm: float, part: Decoded | None, params: tuple = (),
+                 body: memoryview | None = None):
+        self.codec, self.n, self.norm, self.part, self.params, self.body = codec, n, norm, part, params, body
+
+    def range(self, lo: int, hi: int) -> np.ndarray:
+        """Values ``[lo, hi)`` as float32 (possibly a view of the frame)."""
+        if self.part is None:
+            assert isinstance(self.codec, DenseCodec) and self.body is not None
+            return self.codec._decode_range(self.n, self.params, self.body, lo, hi)
+        idx, vals = self.part.idx, self.part.vals
+        assert idx is not None
+        a, b = np.searchsorted(idx, [lo, hi])
+        out = np.zeros(hi - lo, dtype=np.float32)
+        out[idx[a:b] - lo] = vals[a:b]
+        return out
+
+    def dense(self) -> np.ndarray:
+        """Every value, as a new (or, for ``none``, a view) float32 vector."""
+        return self.range(0, self.n)
+
+
 class DenseCodec(Codec):
     """A codec that transforms every element; error feedback keeps the rounding error."""
 
@@ -169,6 +208,10 @@ class DenseCodec(Codec):
     @abstractmethod
     def _decode(self, n: int, params: tuple, body: memoryview) -> np.ndarray:
         """Decode a verified frame body; raise CorruptUpdateError on inconsistency."""
+
+    @abstractmethod
+    def _decode_range(self, n: int, params: tuple, body: memoryview, lo: int, hi: int) -> np.ndarray:
+        """Values ``[lo, hi)`` of a body :meth:`_decode` has already accepted."""
 
 
 def _scatter(n: int, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:

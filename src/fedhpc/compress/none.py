@@ -19,5 +19,8 @@ class NoCompression(DenseCodec):
         expect_body(self, body, 4 * n)
         return np.frombuffer(body, dtype=np.float32)
 
+    def _decode_range(self, n, params, body, lo, hi):
+        return np.frombuffer(body, dtype=np.float32, count=hi - lo, offset=4 * lo)
+
     def _body_size(self, n):
         return 4 * n

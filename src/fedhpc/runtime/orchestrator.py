@@ -418,17 +418,20 @@ class Orchestrator:
         cid = head.client
         kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
         codec = self.remote_codec if cid >= self.ctx.cfg.clients.total else self.codec
+        seconds = col.arrival_time(head.sim_s, elapsed)
         try:
-            delta = codec.decode(body, expected_n=self.ctx.layout.size if kept is None else kept.size)
+            if kept is None:  # kept compressed (its buffer is the round's) and decoded block by block
+                frame = codec.open(body, expected_n=self.ctx.layout.size)
+                col.add_result(ClientResult(cid, head.num_samples, head.loss, None, seconds, buf.nbytes,
+                                            norm=frame.norm, frame=frame))
+                return
+            sub = codec.decode(body, expected_n=kept.size)
         except CorruptUpdateError as exc:
             log.warning("round %d: client %d sent a corrupt update: %s", r, cid, exc)
             col.add_failure(ClientFailure(cid, "corrupt", str(exc)))
             return
-        if kept is not None:
-            full = np.zeros(self.ctx.layout.size, dtype=np.float32)
-            full[kept] = delta
-            delta = full
-        seconds = col.arrival_time(head.sim_s, elapsed)
+        delta = np.zeros(self.ctx.layout.size, dtype=np.float32)  # a sub-model: where it trained
+        delta[kept] = sub
         col.add_result(ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes, kept,
                                     K.l2_norm(delta)))
 

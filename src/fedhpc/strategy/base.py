@@ -79,6 +79,8 @@ class Strategy(ABC):
                 raise ValueError(f"strategy '{self.name}': client {r.client_id} has two results in round {outcome.round}")
         for r in results:
             d = r.delta
+            if r.frame is not None and d is None and r.frame.n == w.size:
+                continue
             if not (isinstance(d, np.ndarray) and d.dtype == np.float32 and d.shape == w.shape and d.flags.c_contiguous):
                 raise ValueError(
                     f"strategy '{self.name}': delta of client {r.client_id} must be a C-contiguous float32 vector "
@@ -138,7 +140,7 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) ->
     model where it was).
     """
     coefs = np.asarray(coefs, dtype=np.float64)
-    n = results[0].dense().size
+    n = results[0].frame.n if results[0].frame is not None else results[0].dense().size
     acc = Accumulator(ring, n, coverage=any(r.kept is not None for r in results))
     used = []
     for r, c in zip(results, coefs):
@@ -148,6 +150,27 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) ->
     return acc.mean(math.fsum(used)) if used else np.zeros(n, dtype=np.float32)
 
 
-def stack(results: list[ClientResult]) -> np.ndarray:
-    """The deltas as a C-contiguous (K, n) float32 array, one row per result, for the robust kernels."""
-    return np.stack([r.dense() for r in results])
+#: Coordinates per block of the rules that need every update: a (K, BLOCK) float32 stack at a time.
+BLOCK = 1 << 16
+
+
+def blocks(results: list[ClientResult], block: int = BLOCK):
+    """Yield ``(lo, hi, rows)`` over the model: ``rows`` the C-contiguous (K, hi - lo) float32
+    stack of the results' values ``[lo, hi)``, decoded from their frames block by block, so
+    the robust rules hold the frames and one block per client, never K dense updates."""
+    n = results[0].frame.n if results[0].frame is not None else results[0].dense().size
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        rows = np.empty((len(results), hi - lo), dtype=np.float32)
+        for i, r in enumerate(results):
+            rows[i] = r.row(lo, hi)
+        yield lo, hi, rows
+
+
+def columnwise(results: list[ClientResult], reduce) -> np.ndarray:
+    """``reduce(rows)`` of every block of coordinates (see :func:`blocks`), as one vector."""
+    parts = [(lo, hi, reduce(rows)) for lo, hi, rows in blocks(results)]
+    out = np.empty(parts[-1][1], dtype=np.float32)
+    for lo, hi, part in parts:
+        out[lo:hi] = part
+    return out

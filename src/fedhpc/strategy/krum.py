@@ -6,7 +6,7 @@ import numpy as np
 
 from fedhpc import kernels as K
 from fedhpc.ring import DEFAULT_SCALE_BITS, Ring
-from fedhpc.strategy.base import Strategy, stack, weighted_mean
+from fedhpc.strategy.base import Strategy, blocks, columnwise, weighted_mean
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,16 @@ class Krum(Strategy):
 
     def _combine(self, results):
         n = len(results)
-        rows = stack(results)
         if n <= 2 * self.f + 2:
             log.warning(
                 "krum: %d update(s) are too few to tolerate f=%d Byzantine clients (need more than %d); "
                 "using the coordinate median this round",
                 n, self.f, 2 * self.f + 2,
             )
-            return K.median(rows)
-        dists = K.sq_dists(rows)
+            return columnwise(results, K.median)
+        dists = np.zeros((n, n))
+        for _, _, rows in blocks(results):  # squared distances add up over blocks of coordinates
+            dists += K.sq_dists(rows)
         others = dists[~np.eye(n, dtype=bool)].reshape(n, n - 1)  # drop each update's distance to itself
         scores = np.sort(others, axis=1)[:, : n - self.f - 2].sum(axis=1)
         # rows are in client-id order, so a stable sort breaks score ties by lower id

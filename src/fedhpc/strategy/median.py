@@ -1,7 +1,7 @@
 """``median``: coordinate-wise median of the deltas (Yin et al. 2018)."""
 
 from fedhpc import kernels as K
-from fedhpc.strategy.base import Strategy, stack
+from fedhpc.strategy.base import Strategy, columnwise
 
 
 class Median(Strategy):
@@ -15,4 +15,4 @@ class Median(Strategy):
     decomposable = False
 
     def _combine(self, results):
-        return K.median(stack(results))
+        return columnwise(results, K.median)

@@ -3,7 +3,7 @@
 import math
 
 from fedhpc import kernels as K
-from fedhpc.strategy.base import Strategy, stack
+from fedhpc.strategy.base import Strategy, columnwise
 
 
 class TrimmedMean(Strategy):
@@ -20,4 +20,5 @@ class TrimmedMean(Strategy):
         self.trim = self._check("trim", trim, lo=0.0, hi=0.5, hi_open=True)
 
     def _combine(self, results):
-        return K.trimmed_mean(stack(results), math.floor(self.trim * len(results)))
+        trim = math.floor(self.trim * len(results))
+        return columnwise(results, lambda rows: K.trimmed_mean(rows, trim))

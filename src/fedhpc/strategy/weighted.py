@@ -45,7 +45,7 @@ class Weighted(Strategy):
         return float(num_samples)
 
     def _combine(self, results):
-        coefs = 1.0 / (np.array([update_variance(r.delta) for r in results]) + self.eps)
+        coefs = 1.0 / (np.array([update_variance(r.dense()) for r in results]) + self.eps)
         return weighted_mean(results, coefs / math.fsum(coefs), Ring(DEFAULT_SCALE_BITS, len(results)))
 
 
