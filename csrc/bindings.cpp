@@ -444,7 +444,7 @@ py::array sq_dists(const py::array& stack) {
 // ---- the fixed-point ring -------------------------------------------------------
 
 py::tuple ring_fold(py::array acc, const py::array& vals, double factor, double limit, const py::object& idx_obj,
-                    bool subtract) {
+                    bool subtract, bool assign) {
   check_array(acc, "acc", {kInt64}, 1, true);
   check_array(vals, "vals", {kFloat32});
   check_no_overlap(acc, "acc", vals, "vals", false);
@@ -467,12 +467,13 @@ py::tuple ring_fold(py::array acc, const py::array& vals, double factor, double 
     check_no_overlap(acc, "acc", idx_arr, "idx", false);
     check_indices(idx_arr, "idx", length(acc), true);
     idx = data_of<uint32_t>(idx_arr);
+    if (assign) fail("assign is for a dense fold (idx None)");
   }
   fedhpc::RingFold r;
   {
     py::gil_scoped_release nogil;
     r = fedhpc::ring_fold(mutable_data_of<int64_t>(acc), data_of<float>(vals), length(vals), idx, factor, limit,
-                          subtract);
+                          subtract, assign);
   }
   return py::make_tuple(r.kind, r.index, r.sumsq);
 }
@@ -571,7 +572,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("sq_dists", &sq_dists, py::arg("stack"));
 
   m.def("ring_fold", &ring_fold, py::arg("acc"), py::arg("vals"), py::arg("factor"), py::arg("limit"),
-        py::arg("idx") = py::none(), py::arg("subtract") = false);
+        py::arg("idx") = py::none(), py::arg("subtract") = false, py::arg("assign") = false);
   m.def("ring_mean", &ring_mean, py::arg("acc"), py::arg("out"), py::arg("inv"), py::arg("coverage") = py::none());
 
   m.def("crc32c", &crc32c, py::arg("data"), py::arg("crc") = 0);

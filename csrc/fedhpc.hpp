@@ -262,9 +262,11 @@ struct RingFold {
   double sumsq;  // sum of vals[i]^2 in l2_norm's order (when folded)
 };
 // acc[pos] += (or -=) nearbyint(vals[i] * factor) modulo 2^64, pos = idx[i]
-// (idx strictly ascending) or i when idx is null.
+// (idx strictly ascending) or i when idx is null. With assign (dense only)
+// acc[i] = (-)q: the first fold into a sum that is empty, without reading it;
+// on failure acc then holds garbage the caller must treat as empty.
 RingFold ring_fold(int64_t* acc, const float* vals, size_t n, const uint32_t* idx, double factor, double limit,
-                   bool subtract);
+                   bool subtract, bool assign);
 // out = acc * inv, or acc / coverage where coverage > 0 (0 elsewhere), in double, rounded to float32.
 void ring_mean(const int64_t* acc, const int64_t* coverage, size_t n, double inv, float* out);
 

@@ -41,7 +41,8 @@ FEDHPC_INLINE void add_fixed(int64_t* acc, const float* vals, size_t lo, size_t 
 }
 
 template <class Pos>
-RingFold fold(int64_t* acc, const float* vals, size_t n, const Pos& pos, double factor, double limit, bool subtract) {
+RingFold fold(int64_t* acc, const float* vals, size_t n, const Pos& pos, double factor, double limit, bool subtract,
+              bool assign) {
   const size_t nchunks = (n + kRingChunk - 1) / kRingChunk;
   std::vector<size_t> stop(nchunks);
   std::vector<int> kind(nchunks, 0);
@@ -58,7 +59,8 @@ RingFold fold(int64_t* acc, const float* vals, size_t n, const Pos& pos, double 
         break;
       }
       uint64_t& a = reinterpret_cast<uint64_t&>(acc[pos(i)]);
-      a = subtract ? a - static_cast<uint64_t>(q) : a + static_cast<uint64_t>(q);
+      const uint64_t base = assign ? 0 : a;
+      a = subtract ? base - static_cast<uint64_t>(q) : base + static_cast<uint64_t>(q);
       lane[(i - lo) % 8] += static_cast<double>(vals[i]) * static_cast<double>(vals[i]);
     }
     stop[c] = i;
@@ -72,7 +74,8 @@ RingFold fold(int64_t* acc, const float* vals, size_t n, const Pos& pos, double 
     }
     out.sumsq += sums[c];
   }
-  if (out.kind) {  // leave acc as it was: take out what every chunk had added
+  if (out.kind && !assign) {  // leave acc as it was: take out what every chunk had added (an assigned acc
+                              // held nothing the caller keeps)
     parallel_chunks(n, kRingChunk, [&](size_t lo, size_t) {
       add_fixed(acc, vals, lo, stop[lo / kRingChunk], pos, factor, !subtract);
     });
@@ -83,9 +86,10 @@ RingFold fold(int64_t* acc, const float* vals, size_t n, const Pos& pos, double 
 }  // namespace
 
 RingFold ring_fold(int64_t* acc, const float* vals, size_t n, const uint32_t* idx, double factor, double limit,
-                   bool subtract) {
-  if (idx == nullptr) return fold(acc, vals, n, [](size_t i) { return i; }, factor, limit, subtract);
-  return fold(acc, vals, n, [idx](size_t i) { return static_cast<size_t>(idx[i]); }, factor, limit, subtract);
+                   bool subtract, bool assign) {
+  if (idx == nullptr) return fold(acc, vals, n, [](size_t i) { return i; }, factor, limit, subtract, assign);
+  return fold(acc, vals, n, [idx](size_t i) { return static_cast<size_t>(idx[i]); }, factor, limit, subtract,
+              false);
 }
 
 void ring_mean(const int64_t* acc, const int64_t* coverage, size_t n, double inv, float* out) {

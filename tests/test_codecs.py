@@ -218,3 +218,20 @@ def test_an_opened_frame_decodes_any_range_to_the_bits_of_the_whole_decode(name,
         assert opened.norm == K.l2_norm(whole) or opened.norm == pytest.approx(K.l2_norm(whole), rel=1e-12)
     with pytest.raises(CorruptUpdateError):
         codec.open(frame, expected_n=n + 1)
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_codec_refuses_a_non_finite_delta_and_leaves_its_error_feedback_as_it_was(name, bad):
+    """Some codecs find NaN/Inf in the pass their kernel makes anyway (the quantizer's block
+    scales, the top-k's largest magnitudes): the refusal must be the same, state untouched."""
+    codec = get_codec(name, **({"ratio": 0.01} if name in ("topk", "randk", "topk-int8") else {}))
+    for n, at in ((1, 0), (1000, 999), (70001, 31337)):
+        x = vec(n, seed=n)
+        x[at] = bad
+        for state in (None, ErrorFeedback(n, vec(n, seed=1) * np.float32(0.01))):
+            before = None if state is None else state.residual.copy()
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                codec.encode(x, state)
+            if state is not None:
+                assert state.residual.tobytes() == before.tobytes()

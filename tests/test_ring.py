@@ -173,3 +173,27 @@ def test_values_beyond_the_range_or_not_finite_are_refused_and_not_folded():
     for _ in range(10):
         full.fold(np.array([bound], np.float32) * np.float32(0.9999), 1.0 / 2)
     assert full.mean(1.0)[0] == pytest.approx(10 * 0.5 * bound * 0.9999, rel=1e-6)
+
+
+def test_the_first_dense_fold_writes_the_sum_without_reading_it_and_a_refused_one_leaves_it_empty():
+    rng = np.random.default_rng(9)
+    vals = rng.normal(0, 1, 70_000).astype(np.float32)
+    garbage = rng.integers(-(1 << 62), 1 << 62, vals.size, dtype=np.int64)
+    got = garbage.copy()
+    assert K.ring_fold(got, vals, FACTOR, 1e18, None, False, True)[0] == 0
+    np.testing.assert_array_equal(got, ref.ring_fold(np.zeros(vals.size, np.int64), vals, FACTOR, 1e18)[2])
+    with pytest.raises(ValueError, match="assign is for a dense fold"):
+        K.ring_fold(got, vals[:2], FACTOR, 1e18, np.array([0, 1], np.uint32), False, True)
+    ring = Ring(40, 4)
+    acc = Accumulator(ring, vals.size, coverage=True)
+    bad = vals.copy()
+    bad[66_000] = np.nan
+    with pytest.raises(FoldError):
+        acc.fold(bad, 0.5)  # the first fold, refused part-way: the sum is still empty
+    acc.fold(vals, 0.5)
+    fresh = Accumulator(ring, vals.size, coverage=True)
+    fresh._materialize()  # zeros, then added to: what the assigning fold must equal
+    fresh.fold(vals, 0.5)
+    assert acc.acc.tobytes() == fresh.acc.tobytes() and acc.coverage.tobytes() == fresh.coverage.tobytes()
+    acc.clear()
+    assert not acc.acc.any() and not acc.coverage.any()  # an empty sum reads as zeros

@@ -202,14 +202,18 @@ def sq_dists(stack: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 
 # ---- integrity --------------------------------------------------------------
 def ring_fold(acc: npt.NDArray[np.int64], vals: npt.NDArray[np.float32], factor: float, limit: float,
-              idx: npt.NDArray[np.uint32] | None = None, subtract: bool = False) -> tuple[int, int, float]:
+              idx: npt.NDArray[np.uint32] | None = None, subtract: bool = False,
+              assign: bool = False) -> tuple[int, int, float]:
     """acc[pos] += nearbyint(vals[i] * factor) modulo 2**64 in place (``subtract``: -=),
     pos = idx[i] (strictly ascending, < len(acc)) or i when idx is None (then
-    len(vals) == len(acc)); ties round to even.
+    len(vals) == len(acc)); ties round to even. ``assign`` (idx None only):
+    acc[i] = (-)q without reading acc, the first fold into an empty sum; a
+    refused assigning fold leaves acc undefined (still to be treated as empty).
 
     Returns (kind, index, sumsq): kind 0 = folded, sumsq = sum of vals[i]**2 in
     ``l2_norm``'s order; kind 1 = vals[index] is NaN/Inf; kind 2 =
-    |vals[index] * factor| > limit. On kind 1 or 2 acc is left unchanged.
+    |vals[index] * factor| > limit. On kind 1 or 2 acc is left unchanged
+    (unless ``assign``).
     factor must be finite and > 0, limit in (0, 9.2e18]. Same bits for any
     thread count."""
 def ring_mean(acc: npt.NDArray[np.int64], out: npt.NDArray[np.float32], inv: float,

@@ -79,14 +79,37 @@ class Accumulator:
 
     def __init__(self, ring: Ring, n: int, coverage: bool = False):
         self.ring, self.n = ring, n
-        self.acc = np.zeros(n, dtype=np.int64)
-        self.coverage = np.zeros(n, dtype=np.int64) if coverage else None
+        self._acc = np.empty(n, dtype=np.int64)
+        self._coverage = np.empty(n, dtype=np.int64) if coverage else None
         self._ones = np.ones(0, dtype=np.float32)
+        # nothing folded yet: the arrays hold garbage, and the first dense fold writes them
+        # without reading (a pass fewer over 8 bytes per value every round)
+        self._empty = True
 
     def clear(self) -> None:
-        self.acc.fill(0)
-        if self.coverage is not None:
-            self.coverage.fill(0)
+        """Start an empty sum (no pass over the arrays: see :meth:`fold`)."""
+        self._empty = True
+
+    def _materialize(self) -> None:
+        if self._empty:
+            self._acc.fill(0)
+            if self._coverage is not None:
+                self._coverage.fill(0)
+            self._empty = False
+
+    @property
+    def acc(self) -> np.ndarray:
+        """The int64 sum (modulo 2**64)."""
+        self._materialize()
+        return self._acc
+
+    @property
+    def coverage(self) -> np.ndarray | None:
+        """Under federated dropout, each coordinate's sum of the coefficients that trained it."""
+        if self._coverage is None:
+            return None
+        self._materialize()
+        return self._coverage
 
     def fold(self, vals: np.ndarray, coef: float, idx: np.ndarray | None = None, subtract: bool = False) -> float:
         """Add (``subtract``: take out) ``coef * vals`` at positions ``idx`` (ascending
@@ -100,18 +123,22 @@ class Accumulator:
         if not (np.isfinite(coef) and coef > 0):
             raise ValueError(f"aggregation coefficient must be finite and > 0, got {coef}")
         ring = self.ring
-        kind, at, sumsq = K.ring_fold(self.acc, vals, ring.factor * coef, ring.limit, idx, subtract)
+        assign = self._empty and idx is None  # the first dense fold of a sum writes it outright
+        if not assign:
+            self._materialize()
+        kind, at, sumsq = K.ring_fold(self._acc, vals, ring.factor * coef, ring.limit, idx, subtract, assign)
         if kind == 1:
             raise FoldError("nonfinite", f"value {at} is {vals[at]}: NaN or infinite")
         if kind == 2:
             raise FoldError("overflow", f"value {at} is {vals[at]:.6g}, beyond the aggregation range "
                                         f"+-{ring.bound(coef):.6g} for this client (aggregation.scale_bits="
                                         f"{ring.scale_bits}, {ring.max_terms} clients per round)")
-        if self.coverage is not None:
+        if self._coverage is not None:
             m = self.n if idx is None else idx.size
             if self._ones.size < m:
                 self._ones = np.ones(m, dtype=np.float32)
-            K.ring_fold(self.coverage, self._ones[:m], ring.factor * coef, ring.limit, idx, subtract)
+            K.ring_fold(self._coverage, self._ones[:m], ring.factor * coef, ring.limit, idx, subtract, assign)
+        self._empty = False
         return sumsq
 
     def mean(self, total: float, out: np.ndarray | None = None) -> np.ndarray:

@@ -23,11 +23,12 @@ from collections.abc import Callable
 import numpy as np
 
 from fedhpc import kernels as K
+from fedhpc.compress import get_codec
 
 DEFAULT_SIZES = (1 << 20, 1 << 24, 1 << 26)
 KERNELS = (
     "fp16", "bf16", "int8", "int4", "dequant-int8", "topk", "topk-ef", "axpy",
-    "sparse-axpy", "median", "trimmed-mean", "crc32c",
+    "sparse-axpy", "median", "trimmed-mean", "crc32c", "encode-topk", "encode-int8",
 )
 QBLOCK = 256
 TOPK_RATIO = 0.01
@@ -113,6 +114,13 @@ def cases(n: int, rng: np.random.Generator):
     yield ("trimmed-mean", lambda: K.trimmed_mean(stack, 1), "torch sort+mean",
            lambda: tstack.sort(dim=0).values[1:-1].mean(dim=0), 4 * n + 4 * n // ROBUST_K)
     yield "crc32c", lambda: K.crc32c(raw), "zlib.crc32", lambda: zlib.crc32(raw), 4 * n
+    # a codec's whole encode, as a client step runs it: the kernel, its refusal of NaN/Inf,
+    # the frame and its checksum
+    topk_codec, int8_codec = get_codec("topk", ratio=TOPK_RATIO), get_codec("int8", block=QBLOCK)
+    yield "encode-topk", lambda: topk_codec.encode(x), "torch.topk", lambda: torch.topk(t.abs(), k, sorted=False), 4 * n
+    yield ("encode-topk", lambda: topk_codec.encode(x), "numpy.argpartition",
+           lambda: np.argpartition(np.abs(x), n - k)[n - k:], 4 * n)
+    yield "encode-int8", lambda: int8_codec.encode(x), "torch ops", lambda: _torch_quant(t, 8), 5 * n
 
 
 def run(sizes, kernels, threads: int, repeats: int, progress=print) -> list[Record]:

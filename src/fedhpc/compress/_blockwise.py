@@ -5,7 +5,7 @@ import struct
 import numpy as np
 
 from fedhpc import kernels as K
-from fedhpc.compress.base import DEFAULT_MAX_N, DenseCodec, expect_body
+from fedhpc.compress.base import DEFAULT_MAX_N, DenseCodec, expect_body, refuse_nonfinite
 from fedhpc.errors import CorruptUpdateError
 
 
@@ -46,7 +46,12 @@ class BlockwiseCodec(DenseCodec):
 
     def _encode_dense(self, x, seed):
         codes, scales = K.quantize(x, self.bits, self.block, self.stochastic, seed)
+        if np.isnan(scales).any():  # the kernel gives a block with NaN/Inf a NaN scale
+            refuse_nonfinite(self)
         return (self.block,), [scales, codes]
+
+    def _checks_finite(self, state):
+        return True
 
     def _decode(self, n, params, body):
         (block,) = params

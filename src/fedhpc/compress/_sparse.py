@@ -3,7 +3,7 @@
 import numpy as np
 
 from fedhpc import kernels as K
-from fedhpc.compress.base import DEFAULT_MAX_N, Codec, check_ratio_k
+from fedhpc.compress.base import DEFAULT_MAX_N, Codec, check_ratio_k, refuse_nonfinite
 from fedhpc.errors import CorruptUpdateError
 
 
@@ -26,11 +26,16 @@ class SparseCodec(Codec):
 
 
 
-def select_topk(x: np.ndarray, state, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of x, or of residual + x with error feedback (fused kernel)."""
-    if state is None:
-        return K.topk(x, k)
-    return K.topk_ef(x, state.residual, k)
+def select_topk(codec: Codec, x: np.ndarray, state, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of x, or of residual + x with error feedback (fused kernel). Without error
+    feedback it refuses a non-finite x: NaN and Inf rank above every finite magnitude, so
+    one is among the k kept values if x holds any (``k`` >= 1)."""
+    if state is not None:
+        return K.topk_ef(x, state.residual, k)
+    idx, vals = K.topk(x, k)
+    if not np.isfinite(vals).all() or (k == 0 and x.size and not np.isfinite(K.l2_norm(x))):
+        refuse_nonfinite(codec)
+    return idx, vals
 
 
 def decode_indices(name: str, rice: memoryview, k: int, n: int, b: int) -> np.ndarray:

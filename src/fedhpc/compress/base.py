@@ -82,8 +82,8 @@ class Codec(ABC):
         x = K.as_f32(delta)
         if x.size > self.max_n:
             raise ValueError(f"codec '{self.name}': delta has {x.size} elements, more than max_n={self.max_n}")
-        if not np.isfinite(K.l2_norm(x)):
-            raise ValueError(f"codec '{self.name}': delta contains NaN or Inf; refusing to encode a diverged update")
+        if not self._checks_finite(state) and not np.isfinite(K.l2_norm(x)):
+            refuse_nonfinite(self)
         if state is not None and state.n != x.size:
             raise ValueError(f"codec '{self.name}': error-feedback state has {state.n} elements, delta has {x.size}")
         params, body = self._encode(x, state, seed & 0xFFFFFFFFFFFFFFFF)
@@ -145,6 +145,12 @@ class Codec(ABC):
     def _encode(self, x: np.ndarray, state: ErrorFeedback | None, seed: int) -> tuple[tuple, list]:
         """Return (parameter tuple for ``params``, list of body buffers)."""
 
+    def _checks_finite(self, state: ErrorFeedback | None) -> bool:
+        """Whether :meth:`_encode` itself refuses a non-finite delta (with :func:`refuse_nonfinite`)
+        before touching ``state``, in the pass it makes anyway: then :meth:`encode` makes no
+        pass of its own for it."""
+        return False
+
     def wire_size(self, n: int) -> int:
         """Bytes of the frame for an n-element delta (upper bound for variable-size coding)."""
         return wire.HEADER.size + self.params.size + self._body_size(n)
@@ -194,7 +200,7 @@ class DenseCodec(Codec):
         if state is None:
             return self._encode_dense(x, seed)
         target = x + state.residual
-        params, body = self._encode_dense(target, seed)
+        params, body = self._encode_dense(target, seed)  # refuses a non-finite target when _checks_finite
         # residual = what the receiver will not reconstruct
         np.subtract(target, self._decode(x.size, params, _join(body)), out=state.residual)
         return params, body
@@ -222,6 +228,11 @@ def _scatter(n: int, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 def _join(body: list) -> memoryview:
     return memoryview(b"".join(memoryview(b).cast("B") for b in body))
+
+
+def refuse_nonfinite(codec: Codec) -> None:
+    """Raise the ValueError of a delta with NaN or Inf."""
+    raise ValueError(f"codec '{codec.name}': delta contains NaN or Inf; refusing to encode a diverged update")
 
 
 def expect_body(codec: Codec, body: memoryview, expected: int) -> None:

@@ -18,7 +18,7 @@ class TopK(SparseCodec):
 
     def _encode(self, x, state, seed):
         k = self.k_for(x.size)
-        idx, vals = select_topk(x, state, k)
+        idx, vals = select_topk(self, x, state, k)
         b = K.rice_param(x.size, k)
         return (k, b), [vals, K.rice_encode(idx, b)]
 
@@ -28,6 +28,9 @@ class TopK(SparseCodec):
             raise CorruptUpdateError(f"'topk' values truncated: {body.nbytes} bytes for k={k}")
         idx = decode_indices(self.name, body[4 * k :], k, n, b)
         return idx, np.frombuffer(body, dtype=np.float32, count=k)
+
+    def _checks_finite(self, state):
+        return state is None  # the error-feedback kernel updates the residual as it selects
 
     def _body_size(self, n):
         k = self.k_for(n)

@@ -25,7 +25,7 @@ class TopKInt8(SparseCodec):
 
     def _encode(self, x, state, seed):
         k = self.k_for(x.size)
-        idx, vals = select_topk(x, state, k)
+        idx, vals = select_topk(self, x, state, k)
         codes, scales = K.quantize(vals, 8, self.block, self.stochastic, seed)
         if state is not None:
             sent = K.dequantize(codes, scales, k, 8, self.block)
@@ -42,6 +42,9 @@ class TopKInt8(SparseCodec):
         vals = decode_blocks(self.name, body, k, 8, block)
         idx = decode_indices(self.name, body[4 * -(-k // block) + code_bytes(k, 8) :], k, n, b)
         return idx, vals
+
+    def _checks_finite(self, state):
+        return state is None  # the error-feedback kernel updates the residual as it selects
 
     def _body_size(self, n):
         k = self.k_for(n)
