@@ -80,8 +80,9 @@ class GatewayRank(HostRank):
 
         def send(buf: np.ndarray) -> None:
             nonlocal sent, pending
-            pending += self.deliver(buf)
-            sent += 1
+            reqs = self.deliver(buf)
+            pending += reqs
+            sent += bool(reqs)
 
         def fail(cid: int, reason: str) -> None:
             send(failure_update(Status.ERROR, self.job_id, r, cid, reason))

@@ -11,6 +11,7 @@ subclass's: :class:`~fedhpc.runtime.trainer.TrainerRank` trains them,
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fedhpc.compress import Codec, get_codec
+from fedhpc.errors import CorruptUpdateError
 from fedhpc.ring import ring_mean
 from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
@@ -29,6 +31,8 @@ from fedhpc.runtime.transport import (
     reduce_scatter_sum, send_arrays, shard_bounds, wait_with_deadline,
 )
 from fedhpc.strategy import get_strategy
+
+log = logging.getLogger("fedhpc.rank")
 
 
 def codec_of_client(ctx: Context) -> Callable[[int], Codec]:
@@ -104,10 +108,16 @@ class HostRank(ABC):
     def deliver(self, buf: np.ndarray, release: Callable[[], None] | None = None) -> list[MPI.Request]:
         """Start handing one client's sealed Update to rank 0: folded here and accounted
         for with a :class:`~fedhpc.runtime.messages.Folded` (``release()`` when its frame
-        is no longer needed), or sent whole."""
+        is no longer needed), or sent whole. No request means nothing was sent: an Update
+        whose header cannot be read names no client to account for."""
         if self.folder is None:
             return isend_chunked(self.comm, buf, 0, Tag.UPDATE)
-        return [self.comm.isend(self.folder.take(buf, release), dest=0, tag=Tag.FOLDED)]
+        try:
+            account = self.folder.take(buf, release)
+        except CorruptUpdateError as exc:
+            log.warning("rank %d: an Update whose header cannot be read was dropped: %s", self.comm.rank, exc)
+            return []
+        return [self.comm.isend(account, dest=0, tag=Tag.FOLDED)]
 
     def take_verdicts(self, until: int | None = None, timeout_s: float = 0.0) -> None:
         """Apply rank 0's verdicts that have come (none come without a folder); with ``until``,
@@ -116,7 +126,6 @@ class HostRank(ABC):
             if self.comm.Iprobe(source=0, tag=Tag.VERDICT):
                 v: Verdict = self.comm.recv(source=0, tag=Tag.VERDICT)
                 self.verdicts += 1
-                assert self.folder is not None, "rank 0 sent a verdict to a rank without a folder"
                 self.folder.verdict(v.round, v.client, v.keep)
             elif until is None or self.verdicts >= until:
                 return

@@ -39,12 +39,15 @@ class TrainerRank(HostRank):
     def train_round(self, task: RoundTask) -> None:
         start = time.monotonic()  # the model just arrived: the round's origin for partial work
         r, sent, pending = task.round, 0, []
+        in_flight: list[tuple[list[MPI.Request], np.ndarray]] = []  # Updates sent whole, and their frames
         self.step.begin_round()
         if self.comm.rank in self.ctx.cfg.faults.crash_ranks:
             raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes in round {r}")
         for cid in task.clients_of(self.comm.rank):
             self.forward_signal()
-            self.take_verdicts()  # frames rank 0 has decided on are free for this client's Update
+            # the frames rank 0 has decided on, or received whole, are free for this client's Update
+            self.take_verdicts()
+            in_flight = [(reqs, frame) for reqs, frame in in_flight if not self._let_go(reqs, frame)]
             if self.round_closed():
                 break
             try:
@@ -52,6 +55,16 @@ class TrainerRank(HostRank):
                                     self.round_closed, start)
             except Abandoned:
                 break
-            pending += self.deliver(buf, functools.partial(self.step.frames.release, buf))
-            sent += 1
+            reqs = self.deliver(buf, functools.partial(self.step.frames.release, buf))
+            pending += reqs
+            sent += bool(reqs)
+            if self.folder is None:
+                in_flight.append((reqs, buf))
         self.finish_round(Done(r, sent, train_s=self.step.train_s), pending)
+
+    def _let_go(self, requests: list[MPI.Request], frame: np.ndarray) -> bool:
+        """Give ``frame`` back to the pool if its sends have completed; say whether they had."""
+        if not MPI.Request.Testall(requests):
+            return False
+        self.step.frames.release(frame)
+        return True
