@@ -46,6 +46,7 @@ log = logging.getLogger("fedhpc.orchestrator")
 
 SIGNAL_CHECK_S = 0.01  # how often the receive loop looks for a second stop signal
 PROGRESS_S = 5.0  # how often long work (a checkpoint) says how far it got
+VERDICT_MIN_BYTES = 1 << 20  # a folding rank is told early to let go of frames of at least this size
 
 
 @dataclass
@@ -452,7 +453,7 @@ class Orchestrator:
             return  # decided at the close: the folder keeps the frame until then
         if self.folder is not None:
             self.folder.verdict(col.round, head.client, keep)
-        else:
+        elif folded.nbytes >= VERDICT_MIN_BYTES:  # a small frame is cheaper to hold than to message about
             self.comm.send(Verdict(col.round, head.client, keep), dest=src, tag=Tag.VERDICT)
             self.verdicts[src] += 1
 
