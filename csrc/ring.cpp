@@ -19,6 +19,11 @@ namespace {
 // elements per work item; the same chunking and lanes as l2_norm, so the sum
 // of squares of a dense fold is the one l2_norm computes
 constexpr size_t kRingChunk = size_t{1} << 16;
+// Adding 1.5 * 2^52 to a double y with |y| < 2^51 rounds it to an integer
+// (ties to even, as nearbyint), which is then the difference of the bit
+// patterns: a rounding that vectorizes, unlike the conversion to int64.
+constexpr double kMagic = 6755399441055744.0;
+constexpr double kMagicRange = 2251799813685248.0;  // 2^51
 
 // q for one value, or the failure: 1 = not finite, 2 = beyond the limit
 FEDHPC_INLINE int to_fixed(float x, double factor, double limit, int64_t& q) {
@@ -51,7 +56,32 @@ RingFold fold(int64_t* acc, const float* vals, size_t n, const Pos& pos, double 
     const size_t c = lo / kRingChunk;
     double lane[8] = {};
     size_t i = lo;
-    for (; i < hi; ++i) {
+    dispatch_simd([&]() FEDHPC_SIMD_BODY {
+      // the chunk's largest |value| (as bits, NaN and Inf above every finite one) says whether
+      // every value can take the fast rounding; the chunk is then in cache for the fold
+      uint32_t amax = 0;
+      for (size_t j = lo; j < hi; ++j) amax = std::max(amax, float_bits(vals[j]) & 0x7fffffffu);
+      const double ymax = static_cast<double>(bits_float(amax)) * factor;
+      if (amax >= 0x7f800000u || !(ymax <= limit) || !(ymax < kMagicRange)) return;
+      int64_t magic_bits;
+      std::memcpy(&magic_bits, &kMagic, sizeof magic_bits);
+      const auto add = [&](size_t j) FEDHPC_SIMD_BODY {
+        const double v = static_cast<double>(vals[j]);
+        const double r = v * factor + kMagic;
+        int64_t bits;
+        std::memcpy(&bits, &r, sizeof bits);
+        const uint64_t q = static_cast<uint64_t>(bits - magic_bits);
+        uint64_t& a = reinterpret_cast<uint64_t&>(acc[pos(j)]);
+        const uint64_t base = assign ? 0 : a;
+        a = subtract ? base - q : base + q;
+        return v * v;
+      };
+      for (; i + 8 <= hi; i += 8) {
+        for (size_t l = 0; l < 8; ++l) lane[l] += add(i + l);
+      }
+      for (; i < hi; ++i) lane[(i - lo) % 8] += add(i);
+    });
+    for (; i < hi; ++i) {  // the general path: from the first value the fast one did not take
       int64_t q;
       const int bad = to_fixed(vals[i], factor, limit, q);
       if (bad) {
