@@ -16,9 +16,10 @@ decoded sum is never a wrapped value; masks added on top of it (secure
 aggregation) may wrap freely and cancel, because the ring is modular.
 
 Accuracy: each contribution is off by at most ``2**-(scale_bits + 1)`` in
-units of the weighted value; with the default 40 bits that is 4.5e-13 per
-client, against float32's relative 6e-8 of every partial sum (measured in
-``benchmarks/aggregation.py``).
+units of the weighted value (4.5e-13 with the default 40 bits), where a
+float32 sum loses a relative 6e-8 at every partial sum. For the mean of 100
+updates of 1M values, against float64: max error 4.7e-10 against float32's
+7.0e-9 (``benchmarks/aggregation.py``).
 
 MPI-free: the folding ranks, rank 0 and the tests all use this module.
 """
@@ -74,8 +75,8 @@ class Ring:
 
 
 class Accumulator:
-    """One ring sum of ``n`` values (optionally a slice ``[lo, lo + n)`` of the model),
-    with the per-coordinate coverage that federated dropout averages by."""
+    """One ring sum of ``n`` values, with the per-coordinate coverage that federated
+    dropout averages by (``coverage``)."""
 
     def __init__(self, ring: Ring, n: int, coverage: bool = False):
         self.ring, self.n = ring, n

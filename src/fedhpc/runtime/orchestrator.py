@@ -17,7 +17,6 @@ from mpi4py import MPI
 from fedhpc import kernels as K
 from fedhpc.checkpoint import Checkpoint, ServerState, write_checkpoint
 from fedhpc.clock import make_clock
-from fedhpc.compress import get_codec
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
@@ -63,9 +62,7 @@ class Orchestrator:
     def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, out: Path, hosts: dict[int, dict]):
         self.comm, self.ctx, self.job_id, self.out = comm, ctx, job_id, out
         cfg = ctx.cfg
-        self.codec = get_codec(cfg.codec.name, **cfg.codec.params)
-        wan = cfg.gateway.codec
-        self.remote_codec = get_codec(wan.name, **wan.params) if wan.name else self.codec
+        self.codec_of = codec_of_client(ctx)  # the codec of each client's frames
         self.remote_workers: dict[int, RemoteProfile] = {}  # remote client -> its worker, as of the last round
         self.strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         self.selector = get_selector(cfg.selection.name, **cfg.selection.params)
@@ -88,15 +85,15 @@ class Orchestrator:
         self.forwarded_signals = 0  # the highest stop-signal count a trainer reported
         self.signal_messages = 0  # SIGNAL messages received
         mean_samples = float(np.mean([len(p) for p in ctx.parts]))
-        self.selector.set_costs(down_bytes=self.model_bytes, up_bytes=self.codec.wire_size(ctx.layout.size),
+        self.selector.set_costs(down_bytes=self.model_bytes, up_bytes=self.codec_of(0).wire_size(ctx.layout.size),
                                 reference_cost=mean_samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s)
         self.max_update_bytes = max_update_bytes(ctx.layout.size)
         self.updates = BufferPool()  # the round's received Updates; 'none' deltas are views into them
+        self.verdicts: Counter = Counter()  # Verdict messages sent to each rank in the current round
         # a sum-decomposable strategy is folded where the Updates are: on the hosting ranks, or
         # here as they arrive (aggregation.fold = "rank0"); the others get every Update at the close
         self.scale = coefficient_scale(ctx.parts)
-        self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, codec_of_client(ctx), self.feddrop,
-                              self.scale)
+        self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, self.codec_of, self.feddrop, self.scale)
                        if self.strategy.decomposable and cfg.aggregation.fold == "rank0" else None)
 
     def _profiles(self, hosts: dict[int, dict]) -> dict:
@@ -329,7 +326,7 @@ class Orchestrator:
         what the ranks still had in flight."""
         timeout, grace = self.ctx.cfg.stragglers.timeout_s, self.ctx.cfg.stragglers.close_grace_s
         got = _Collected(RoundCollector(r, frozenset(selected), self.rules, self.clock))
-        self.verdicts: Counter = Counter()  # Verdict messages sent to each rank this round
+        self.verdicts.clear()
         col, trainers = got.collector, self.ctx.trainers
         done: dict[int, Done] = {}
         received: Counter = Counter()
@@ -418,7 +415,7 @@ class Orchestrator:
             return
         cid = head.client
         kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
-        codec = self.remote_codec if cid >= self.ctx.cfg.clients.total else self.codec
+        codec = self.codec_of(cid)
         seconds = col.arrival_time(head.sim_s, elapsed)
         try:
             if kept is None:  # kept compressed (its buffer is the round's) and decoded block by block
