@@ -150,11 +150,15 @@ def test_a_verdict_keeps_or_takes_out_at_once_and_lets_the_frame_go():
     d = make_deltas()
     released = []
     f = folder(get_strategy("fedavg"), codec)
+    sizes = []
     for c in (0, 1, 2):
-        f.take(sealed(codec, c, d[c]), lambda c=c: released.append(c))
+        buf = sealed(codec, c, d[c])
+        sizes.append(buf.nbytes - HEADER.size)
+        f.take(buf, lambda c=c: released.append(c))
+    assert f.held_bytes == sum(sizes)
     f.verdict(0, 0, keep=True)
     f.verdict(0, 1, keep=False)
-    assert released == [0, 1] and set(f.held) == {2}
+    assert released == [0, 1] and set(f.held) == {2} and f.held_bytes == sizes[2]
     f.take(sealed(codec, 1, d[1]), lambda: released.append("again"))  # a second Update of 1: not folded
     assert released[-1] == "again"
     f.settle([0, 2])

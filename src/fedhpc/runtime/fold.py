@@ -146,6 +146,11 @@ class Folder:
         self.folded.add(cid)
         return Folded(head, buf.nbytes, norm=math.sqrt(sumsq)), True
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the frames kept for rank 0's verdict."""
+        return sum(h.body.nbytes for h in self.held.values())
+
     def verdict(self, round_: int, client: int, keep: bool) -> None:
         """Rank 0's final word on a folded client: keep it, or take it out now; its frame
         is let go either way."""

@@ -26,6 +26,7 @@ from fedhpc.runtime.context import Context
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import Folder, coefficient_scale
 from fedhpc.runtime.messages import Close, Done, Reduce, RestoreState, RoundTask, SaveState, Stop, Verdict
+from fedhpc.runtime.training import host_memory_gb
 from fedhpc.runtime.transport import (
     Tag, bcast_array, bcast_object, gather_shards, isend_chunked, poll, recv_arrays, recv_object,
     reduce_scatter_sum, send_arrays, shard_bounds, wait_with_deadline,
@@ -33,6 +34,8 @@ from fedhpc.runtime.transport import (
 from fedhpc.strategy import get_strategy
 
 log = logging.getLogger("fedhpc.rank")
+
+HELD_WARN_FRACTION = 0.25  # of the host's memory held in frames awaiting rank 0's verdict: say so
 
 
 def codec_of_client(ctx: Context) -> Callable[[int], Codec]:
@@ -54,6 +57,8 @@ class HostRank(ABC):
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)  # the round's global model
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
         self.verdicts = 0  # Verdict messages received this round
+        self.memory_bytes = host_memory_gb() * 2**30
+        self.warned_round = -1  # the round it last warned of the frames it holds
         cfg = ctx.cfg
         strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
@@ -117,6 +122,13 @@ class HostRank(ABC):
         except CorruptUpdateError as exc:
             log.warning("rank %d: an Update whose header cannot be read was dropped: %s", self.comm.rank, exc)
             return []
+        held = self.folder.held_bytes
+        if held > HELD_WARN_FRACTION * self.memory_bytes and self.warned_round != account.head.round:
+            self.warned_round = account.head.round
+            log.warning("rank %d holds %.1f GB of frames until rank 0 decides round %d: with the default guard the "
+                        "first round's bound is its own median, and fastest-k on the simulated clock decides at the "
+                        "close; a compressing codec, fewer clients per rank or guard.norm_multiple = 0 hold less",
+                        self.comm.rank, held / 1e9, account.head.round)
         return [self.comm.isend(account, dest=0, tag=Tag.FOLDED)]
 
     def take_verdicts(self, until: int | None = None, timeout_s: float = 0.0) -> None:
