@@ -56,8 +56,8 @@ def job(python: str, out: Path, width: int, per_round: int, codec: str, fold: st
     sets = [f"model.hidden=[{width},{width}]", "clients.total=100", f"clients.per_round={per_round}",
             "local.epochs=1", "codec.error_feedback=false", f"codec.name={codec}", f"rounds={rounds}",
             "eval.max_samples=100", "tracking.tensorboard=false",
-            # the first round's guard bound is its own median, so its verdicts wait for the close and the
-            # folding ranks would hold that round's frames (dense with codec none): only the absolute bound
+            # the first round's guard bound is its own median, so verdicts wait until about half the round
+            # has arrived and the folding ranks hold those frames (dense with codec none): only the absolute bound
             "guard.norm_multiple=0"]
     if codec == "topk-int8":
         sets.append("codec.ratio=0.01")

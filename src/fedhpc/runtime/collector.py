@@ -120,6 +120,10 @@ class RoundCollector:
             return True
         return not self.rules.fastest_k and not (self.rules.deadline_s and result.seconds > self.rules.deadline_s)
 
+    def norms(self) -> list[float]:
+        """The norms of the results filed so far (what a first round's guard bound is made of)."""
+        return [float(res.norm) for res in self._arrivals.values() if res.norm is not None]
+
     def add_result(self, result: ClientResult) -> None:
         """File an admitted (OPEN) client's result; ``result.seconds`` is its :meth:`arrival_time`."""
         self._arrivals[result.client_id] = result

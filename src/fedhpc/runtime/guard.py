@@ -57,14 +57,26 @@ class NormGuard:
             bound, how = cfg.norm_limit, "guard.norm_limit"
         return bound, how
 
-    def verdict(self, norm: float) -> bool | None:
-        """Whether :meth:`screen` will accept an update of L2 norm ``norm`` this round, when that
-        no longer depends on the round's other updates (a history of medians, or no relative
-        bound); None while it does (the first round)."""
-        if self.cfg.norm_multiple and not self.medians:
-            return None
-        bound, _ = self.bound([])
-        return bool(np.isfinite(norm) and norm <= bound)
+    def verdict(self, norm: float, arrived: list[float], expected: int) -> bool | None:
+        """Whether :meth:`screen` will accept an update of L2 norm ``norm`` this round, or None
+        while that still depends on updates to come. ``arrived``: the norms of the round's
+        results so far (this one's included); ``expected``: how many clients were selected.
+
+        With a history of medians (or no relative bound) the bound is known. In the first
+        round it is a multiple of the median of the round's own norms, which the ones to come
+        can only move within limits: the median is at least that of ``arrived`` with zeros
+        for the missing, and at most that with infinities, so an update under the least
+        possible bound is in and one over the greatest is out, whatever comes."""
+        if not np.isfinite(norm):
+            return False
+        if not self.cfg.norm_multiple or self.medians:
+            return bool(norm <= self.bound([])[0])
+        missing = max(expected - len(arrived), 0)
+        least, _ = self.bound(arrived + [0.0] * missing)
+        if norm <= least:
+            return True
+        greatest, _ = self.bound(arrived + [np.inf] * missing)
+        return False if norm > greatest else None
 
     def screen(self, outcome: RoundOutcome) -> tuple[RoundOutcome, float | None, list[float]]:
         """``outcome`` without the updates out of bounds (they become failures with

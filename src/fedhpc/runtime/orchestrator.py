@@ -445,12 +445,14 @@ class Orchestrator:
         seconds = col.arrival_time(head.sim_s, elapsed)
         result = ClientResult(head.client, head.num_samples, head.loss, None, seconds, folded.nbytes, norm=folded.norm)
         col.add_result(result)
-        keep = self.guard.verdict(folded.norm) if col.certain(result) else None
+        if self.folder is None and folded.nbytes < VERDICT_MIN_BYTES:
+            return  # a small frame is cheaper to hold until the close than to message about
+        keep = self.guard.verdict(folded.norm, col.norms(), len(col.expected)) if col.certain(result) else None
         if keep is None:
             return  # decided at the close: the folder keeps the frame until then
         if self.folder is not None:
             self.folder.verdict(col.round, head.client, keep)
-        elif folded.nbytes >= VERDICT_MIN_BYTES:  # a small frame is cheaper to hold than to message about
+        else:
             self.comm.send(Verdict(col.round, head.client, keep), dest=src, tag=Tag.VERDICT)
             self.verdicts[src] += 1
 
