@@ -29,7 +29,7 @@ Three measurements, all inside MPI jobs on this machine (wall clock):
   sum-decomposable strategy: each trainer encodes and folds its update into
   its int64 ring sum (``Folder.take``), sends rank 0 its account, the sums
   are reduce-scattered over the trainers and the float32 mean gathered at
-  rank 0 (``reduce_scatter_sum``, ``ring_mean``, ``gather_shards``).
+  rank 0 (``reduce_mean``, ``gather_mean``), as in a job.
 
 Targets (issue 8): data plane within 1.25x of raw buffers; overhead with
 1,000 clients and realistic training under 5% of the round.
@@ -187,11 +187,9 @@ def dataplane(comm, params: int, repeats: int) -> dict | None:
 
     from fedhpc.compress import get_codec
     from fedhpc.config import load_config
-    from fedhpc.ring import ring_mean
     from fedhpc.runtime.fold import Folder
     from fedhpc.runtime.transport import (
-        Tag, bcast_array, gather_shards, hosts_comm, isend_chunked, recv_object, recv_update, reduce_scatter_sum,
-        shard_bounds,
+        Tag, bcast_array, gather_mean, hosts_comm, isend_chunked, recv_object, recv_update, reduce_mean,
     )
     from fedhpc.strategy import get_strategy
     from fedhpc.update import HEADER, BufferPool, Status, UpdateHeader, seal_update, unpack_update
@@ -233,8 +231,6 @@ def dataplane(comm, params: int, repeats: int) -> dict | None:
     hosts = hosts_comm(comm, 600)
     folder = Folder(load_config(None, [f"clients.per_round={trainers}"]), get_strategy("fedavg"), params, 1,
                     lambda cid: codec, None, 1.0)
-    bounds = shard_bounds(params, trainers)
-    mean = np.empty(params, np.float32) if rank == 0 else None
 
     def fold_path():
         # what a round of a sum-decomposable strategy moves: the model down, each trainer's update
@@ -247,16 +243,12 @@ def dataplane(comm, params: int, repeats: int) -> dict | None:
             comm.send(folder.take(seal_update(head, codec.encode(delta, headroom=HEADER.size, alloc=pool.take))),
                       dest=0, tag=Tag.FOLDED)
             stage["encode_s"] = time.perf_counter() - t0
-            lo, hi = bounds[hosts.rank], bounds[hosts.rank + 1]
-            shard = np.empty(hi - lo, np.int64)
-            reduce_scatter_sum(hosts, folder.acc.acc, shard, bounds, 600, "the reduction")
-            part = ring_mean(shard, float(trainers), folder.acc.ring, np.empty(hi - lo, np.float32))
-            gather_shards(comm, part, None, [0, *bounds], 600, "the mean")
+            reduce_mean(comm, hosts, folder.acc, float(trainers), 600, "the mean")
             pool.reclaim()
             return
         for src in range(1, comm.size):
             recv_object(comm, src, Tag.FOLDED, 600, "an account")
-        gather_shards(comm, np.empty(0, np.float32), mean, [0, *bounds], 600, "the mean")
+        gather_mean(comm, params, 600, "the mean")
 
     counts = [0] + [params] * trainers
     recv = np.empty(params * trainers, np.float32) if rank == 0 else None

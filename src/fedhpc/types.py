@@ -66,6 +66,11 @@ class ClientResult:
     norm: float | None = None  # L2 norm of delta (None = not yet computed)
     frame: Frame | None = None  # the update kept compressed, instead of delta
 
+    @property
+    def size(self) -> int:
+        """How many values the delta has."""
+        return self.frame.n if self.frame is not None else self.dense().size
+
     def dense(self) -> np.ndarray:
         """The delta (decoded from the frame when kept as one); raises ValueError if it was folded."""
         if self.delta is not None:

@@ -30,6 +30,10 @@ class Decoded(NamedTuple):
     idx: np.ndarray | None
     vals: np.ndarray
 
+    def norm(self) -> float:
+        """The L2 norm of the update (NaN or Inf when a value is)."""
+        return K.l2_norm(np.ascontiguousarray(self.vals))
+
 
 class ErrorFeedback:
     """Per-client error-feedback residual: what compression has not sent yet.
@@ -105,12 +109,12 @@ class Codec(ABC):
         range by range (:meth:`Opened.range`): what the rules that need every update of a
         round hold instead of dense copies. Raises like :meth:`decode`; its norm is
         computed here, from a decode that is let go at once."""
-        part = self.decode_parts(data, expected_n)
-        norm = K.l2_norm(np.ascontiguousarray(part.vals))
+        frame, params = self._verified(data, expected_n)
+        part = self._parts(frame, params)
+        norm = self._finite_norm(part)
         if part.idx is not None:
             return Opened(self, part.n, norm, part)
-        frame = wire.unpack(data, self.max_n)  # the checksum was verified just now: only the views are kept
-        return Opened(self, part.n, norm, None, self.params.unpack(frame.params), frame.body)
+        return Opened(self, part.n, norm, None, params, frame.body)
 
     def decode_parts(self, data, expected_n: int | None = None, check_finite: bool = True) -> Decoded:
         """Decode a frame into what it carries without densifying it: the values and,
@@ -119,6 +123,13 @@ class Codec(ABC):
         Raises like :meth:`decode`; ``check_finite=False`` leaves the NaN/Inf check to
         the caller (the ring fold does it in the same pass as the sum).
         """
+        part = self._parts(*self._verified(data, expected_n))
+        if check_finite:
+            self._finite_norm(part)
+        return part
+
+    def _verified(self, data, expected_n: int | None) -> tuple[wire.Frame, tuple]:
+        """The checksum-verified frame of this codec and ``expected_n`` values, and its parameters."""
         frame = wire.unpack(data, self.max_n)
         if frame.codec_id != self.codec_id:
             raise CorruptUpdateError(f"update was encoded with codec id {frame.codec_id}, expected '{self.name}' (id {self.codec_id})")
@@ -126,15 +137,23 @@ class Codec(ABC):
             raise CorruptUpdateError(f"update has {frame.n} elements, the model has {expected_n}")
         if frame.params.nbytes != self.params.size:
             raise CorruptUpdateError(f"'{self.name}' parameter block is {frame.params.nbytes} bytes, expected {self.params.size}")
+        return frame, self.params.unpack(frame.params)
+
+    def _parts(self, frame: wire.Frame, params: tuple) -> Decoded:
         try:
-            idx, vals = self._decode_parts(frame.n, self.params.unpack(frame.params), frame.body)
+            idx, vals = self._decode_parts(frame.n, params, frame.body)
         except CorruptUpdateError:
             raise
         except ValueError as exc:  # a kernel's argument check caught an inconsistency
             raise CorruptUpdateError(f"'{self.name}' update is malformed: {exc}") from exc
-        if check_finite and not np.isfinite(K.l2_norm(vals)):
-            raise CorruptUpdateError(f"'{self.name}' update decodes to NaN or Inf values")
         return Decoded(frame.n, idx, vals)
+
+    def _finite_norm(self, part: Decoded) -> float:
+        """The decoded values' L2 norm; CorruptUpdateError if any is NaN or Inf."""
+        norm = part.norm()
+        if not np.isfinite(norm):
+            raise CorruptUpdateError(f"'{self.name}' update decodes to NaN or Inf values")
+        return norm
 
     @abstractmethod
     def _decode_parts(self, n: int, params: tuple, body: memoryview) -> tuple[np.ndarray | None, np.ndarray]:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedhpc import kernels as K
 from fedhpc.compress import Codec
 from fedhpc.compress.base import Decoded
 from fedhpc.config import RunConfig
@@ -77,7 +76,7 @@ class _Held:
     codec: Codec
     coef: float
     kept: np.ndarray | None  # federated dropout's coordinates of the client
-    release: Callable[[], None] | None  # gives the frame's buffer back to its pool
+    release: Callable[[], None]  # gives the frame's buffer back to its pool
 
 
 class Folder:
@@ -97,6 +96,7 @@ class Folder:
         self.round = -1
         self.expected: frozenset[int] = frozenset()
         self.held: dict[int, _Held] = {}  # folded clients without a verdict yet
+        self.held_bytes = 0  # their frames' bytes (kept up to date: it is read after every Update)
         self.folded: set[int] = set()  # every client folded this round
 
     def begin(self, round_: int, expected: Collection[int]) -> None:
@@ -104,6 +104,7 @@ class Folder:
         Updates of this round and job are folded."""
         self.acc.clear()
         self.held.clear()
+        self.held_bytes = 0
         self.folded.clear()
         self.round, self.expected = round_, frozenset(expected)
 
@@ -117,12 +118,13 @@ class Folder:
         round or job, of a client not expected here, or a second one of a
         client, is not folded: rank 0 drops or refuses it from its account.
         """
+        release = release or _keep_nothing
         account, held = self._take(buf, release)
-        if release is not None and not held:
+        if not held:
             release()
         return account
 
-    def _take(self, buf: np.ndarray, release: Callable[[], None] | None) -> tuple[Folded, bool]:
+    def _take(self, buf: np.ndarray, release: Callable[[], None]) -> tuple[Folded, bool]:
         """(the account, whether the frame is held)."""
         head, body = unpack_update(buf)
         if head.status != Status.OK:
@@ -136,20 +138,16 @@ class Folder:
         try:
             part = codec.decode_parts(body, self.n if kept is None else kept.size, check_finite=False)
             if not coef > 0:  # it does not count: nothing to fold, but the guard still wants its norm
-                return Folded(head, buf.nbytes, norm=_norm(part)), False
+                return Folded(head, buf.nbytes, norm=part.norm()), False
             sumsq = self.acc.fold(part.vals, coef, _positions(part, kept))
         except CorruptUpdateError as exc:
             return Folded(head, buf.nbytes, refused="corrupt", detail=str(exc)), False
         except FoldError as exc:
             return Folded(head, buf.nbytes, refused=exc.reason, detail=str(exc)), False
         self.held[cid] = _Held(body, codec, coef, kept, release)
+        self.held_bytes += body.nbytes
         self.folded.add(cid)
         return Folded(head, buf.nbytes, norm=math.sqrt(sumsq)), True
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of the frames kept for rank 0's verdict."""
-        return sum(h.body.nbytes for h in self.held.values())
 
     def verdict(self, round_: int, client: int, keep: bool) -> None:
         """Rank 0's final word on a folded client: keep it, or take it out now; its frame
@@ -157,10 +155,10 @@ class Folder:
         h = self.held.pop(client, None) if round_ == self.round else None
         if h is None:
             return
+        self.held_bytes -= h.body.nbytes
         if not keep:
             self._take_out(h)
-        if h.release is not None:
-            h.release()
+        h.release()
 
     def settle(self, accepted: Collection[int]) -> None:
         """Take out exactly every client still held here that is not in ``accepted`` (rank
@@ -169,14 +167,18 @@ class Folder:
         for cid, h in sorted(self.held.items()):
             if cid not in keep:
                 self._take_out(h)
-            if h.release is not None:
-                h.release()
+            h.release()
         self.held.clear()
+        self.held_bytes = 0
 
     def _take_out(self, h: _Held) -> None:
         """Subtract exactly what folding ``h`` added."""
         part = h.codec.decode_parts(h.body, self.n if h.kept is None else h.kept.size, check_finite=False)
         self.acc.fold(part.vals, h.coef, _positions(part, h.kept), subtract=True)
+
+
+def _keep_nothing() -> None:
+    """The release of a frame whose buffer belongs to no pool."""
 
 
 def _positions(part: Decoded, kept: np.ndarray | None) -> np.ndarray | None:
@@ -185,6 +187,3 @@ def _positions(part: Decoded, kept: np.ndarray | None) -> np.ndarray | None:
         return part.idx
     return kept if part.idx is None else kept[part.idx]
 
-
-def _norm(part: Decoded) -> float:
-    return K.l2_norm(np.ascontiguousarray(part.vals))

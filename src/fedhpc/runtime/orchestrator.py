@@ -31,8 +31,7 @@ from fedhpc.runtime.messages import (
 from fedhpc.runtime.rank import codec_of_client
 from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import (
-    Tag, abort_job, bcast_array, bcast_object, gather_shards, recv_arrays, recv_object, recv_update, send_arrays,
-    shard_bounds,
+    Tag, abort_job, bcast_array, bcast_object, gather_mean, recv_arrays, recv_object, recv_update, send_arrays,
 )
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
@@ -290,17 +289,14 @@ class Orchestrator:
         total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale) for res in outcome.results])
         if not accepted or total == 0:
             return self.weights  # nothing counts: the model stays and server state does not advance
-        n = self.ctx.layout.size
         if self.folder is not None:
             self.folder.settle(accepted)
             delta = self.folder.acc.mean(total)
         else:
             self.command(Reduce(r, tuple(accepted), total))
-            delta = np.empty(n, dtype=np.float32)
-            bounds = shard_bounds(n, self.comm.size - 1)
             try:
-                gather_shards(self.comm, np.empty(0, np.float32), delta, [0, *bounds], self.ctx.cfg.stragglers.timeout_s,
-                              f"every hosting rank's shard of round {r}'s mean")
+                delta = gather_mean(self.comm, self.ctx.layout.size, self.ctx.cfg.stragglers.timeout_s,
+                                    f"every hosting rank's shard of round {r}'s mean")
             except TimeoutError as exc:
                 self.abort(f"{exc}; aborting the job (a rank is stopped, hung or dead)")
         return self.strategy.step(self.weights, delta)

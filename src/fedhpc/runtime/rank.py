@@ -20,7 +20,6 @@ from mpi4py import MPI
 
 from fedhpc.compress import Codec, get_codec
 from fedhpc.errors import CorruptUpdateError
-from fedhpc.ring import ring_mean
 from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.feddropout import FedDropout
@@ -28,8 +27,8 @@ from fedhpc.runtime.fold import Folder, coefficient_scale
 from fedhpc.runtime.messages import Close, Done, Reduce, RestoreState, RoundTask, SaveState, Stop, Verdict
 from fedhpc.runtime.training import host_memory_gb
 from fedhpc.runtime.transport import (
-    Tag, bcast_array, bcast_object, gather_shards, isend_chunked, poll, recv_arrays, recv_object,
-    reduce_scatter_sum, send_arrays, shard_bounds, wait_with_deadline,
+    Tag, bcast_array, bcast_object, isend_chunked, poll, recv_arrays, recv_object, reduce_mean, send_arrays,
+    wait_with_deadline,
 )
 from fedhpc.strategy import get_strategy
 
@@ -145,23 +144,12 @@ class HostRank(ABC):
                 poll(lambda: self.comm.Iprobe(source=0, tag=Tag.VERDICT), timeout_s, "rank 0's verdicts")
 
     def reduce(self, cmd: Reduce) -> None:
-        """Keep only rank 0's accepted clients in this rank's sum, reduce-scatter the sums
-        of the hosting ranks, and gather the mean of this rank's shard at rank 0."""
+        """Keep only rank 0's accepted clients in this rank's sum, and take part in the
+        reduction of the round's mean (:func:`~fedhpc.runtime.transport.reduce_mean`)."""
         assert self.folder is not None, "rank 0 asked a rank without a folder to reduce"
-        folder, timeout = self.folder, self.ctx.cfg.stragglers.timeout_s
-        folder.settle(cmd.accepted)
-        bounds = shard_bounds(folder.n, self.hosts.size)
-        me = self.hosts.rank
-        lo, hi = bounds[me], bounds[me + 1]
-        what = f"the other hosting ranks to reduce round {cmd.round}"
-        acc = np.empty(hi - lo, dtype=np.int64)
-        reduce_scatter_sum(self.hosts, folder.acc.acc, acc, bounds, timeout, what)
-        cov = None
-        if folder.acc.coverage is not None:
-            cov = np.empty(hi - lo, dtype=np.int64)
-            reduce_scatter_sum(self.hosts, folder.acc.coverage, cov, bounds, timeout, what)
-        mean = ring_mean(acc, cmd.total, folder.acc.ring, np.empty(hi - lo, dtype=np.float32), cov)
-        gather_shards(self.comm, mean, None, [0, *bounds], timeout, f"rank 0 to take round {cmd.round}'s mean")
+        self.folder.settle(cmd.accepted)
+        reduce_mean(self.comm, self.hosts, self.folder.acc, cmd.total, self.ctx.cfg.stragglers.timeout_s,
+                    f"the hosting ranks to reduce round {cmd.round} and rank 0 to take its mean")
 
     def round_closed(self) -> bool:
         """Whether rank 0 has closed the round (its Close is waiting)."""

@@ -19,6 +19,7 @@ from mpi4py import MPI
 
 from fedhpc import env
 from fedhpc.errors import CorruptUpdateError
+from fedhpc.ring import Accumulator, ring_mean
 from fedhpc.update import BufferPool, total_length
 
 
@@ -161,6 +162,31 @@ def gather_shards(comm: MPI.Comm, shard: np.ndarray, out: np.ndarray | None, bou
     counts = [b - a for a, b in zip(bounds, bounds[1:])]
     recv = [out, counts, bounds[:-1], MPI.FLOAT] if comm.rank == root else None
     wait_with_deadline([comm.Igatherv([shard, MPI.FLOAT], recv, root=root)], timeout_s, what)
+
+
+def reduce_mean(comm: MPI.Comm, hosts: MPI.Comm, acc: Accumulator, total: float, timeout_s: float,
+                what: str) -> None:
+    """A hosting rank's part of a round's mean: reduce-scatter the ring sums (and coverage)
+    of the ranks of ``hosts``, turn this rank's shard into the mean (the sum over ``total``)
+    and gather it at rank 0 of ``comm`` (:func:`gather_mean`); every wait with a deadline."""
+    bounds = shard_bounds(acc.n, hosts.size)
+    lo, hi = bounds[hosts.rank], bounds[hosts.rank + 1]
+    shard = np.empty(hi - lo, dtype=np.int64)
+    reduce_scatter_sum(hosts, acc.acc, shard, bounds, timeout_s, what)
+    cov = None
+    if acc.coverage is not None:
+        cov = np.empty(hi - lo, dtype=np.int64)
+        reduce_scatter_sum(hosts, acc.coverage, cov, bounds, timeout_s, what)
+    mean = ring_mean(shard, total, acc.ring, np.empty(hi - lo, dtype=np.float32), cov)
+    gather_shards(comm, mean, None, [0, *bounds], timeout_s, what)
+
+
+def gather_mean(comm: MPI.Comm, n: int, timeout_s: float, what: str) -> np.ndarray:
+    """Rank 0's part of :func:`reduce_mean`: the ``n`` values of the mean, from the shards
+    of ranks 1 .. size-1 (raises TimeoutError naming ``what``)."""
+    out = np.empty(n, dtype=np.float32)
+    gather_shards(comm, np.empty(0, np.float32), out, [0, *shard_bounds(n, comm.size - 1)], timeout_s, what)
+    return out
 
 
 def barrier(comm: MPI.Comm, timeout_s: float, what: str) -> None:

@@ -121,12 +121,12 @@ class Strategy(ABC):
         return check_number(f"strategy '{self.name}'", param, value, **rule)
 
 
-def fold_result(acc: Accumulator, result: ClientResult, coef: float) -> float:
-    """Fold one dense result into ``acc`` (only where it trained, under federated dropout);
-    return its squared norm."""
+def fold_result(acc: Accumulator, result: ClientResult, coef: float) -> None:
+    """Fold one result into ``acc`` (only where it trained, under federated dropout)."""
     if result.kept is None:
-        return acc.fold(result.dense(), coef)
-    return acc.fold(np.ascontiguousarray(result.dense()[result.kept]), coef, result.kept)
+        acc.fold(result.dense(), coef)
+    else:
+        acc.fold(np.ascontiguousarray(result.dense()[result.kept]), coef, result.kept)
 
 
 def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) -> np.ndarray:
@@ -140,7 +140,7 @@ def weighted_mean(results: list[ClientResult], coefs: np.ndarray, ring: Ring) ->
     model where it was).
     """
     coefs = np.asarray(coefs, dtype=np.float64)
-    n = results[0].frame.n if results[0].frame is not None else results[0].dense().size
+    n = results[0].size
     acc = Accumulator(ring, n, coverage=any(r.kept is not None for r in results))
     used = []
     for r, c in zip(results, coefs):
@@ -158,7 +158,7 @@ def blocks(results: list[ClientResult], block: int = BLOCK):
     """Yield ``(lo, hi, rows)`` over the model: ``rows`` the C-contiguous (K, hi - lo) float32
     stack of the results' values ``[lo, hi)``, decoded from their frames block by block, so
     the robust rules hold the frames and one block per client, never K dense updates."""
-    n = results[0].frame.n if results[0].frame is not None else results[0].dense().size
+    n = results[0].size
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         rows = np.empty((len(results), hi - lo), dtype=np.float32)
