@@ -171,19 +171,20 @@ def test_inspect_and_report(straight):
     assert bad.returncode == 2 and "not a readable HDF5 file" in bad.stderr
 
 
-@pytest.mark.parametrize("edit", ["round attribute", "history", "metrics line", "residual", "no digest",
-                                  "strategy key", "profile"])
+@pytest.mark.parametrize("edit", ["round attribute", "history", "metrics line", "residual", "shard index",
+                                  "shard missing", "manifest", "no digest", "strategy key", "profile"])
 def test_any_edit_of_what_resume_reads_is_refused_and_falls_back(straight, tmp_path, edit):
     """The newest checkpoint edited in any way resume relies on is refused naming why, and the
     previous one is used: the resumed run ends with the uninterrupted run's model."""
     import json as _json
 
-    from fedhpc.checkpoint import DIGEST_ATTR, content_digest
+    from fedhpc.checkpoint import DIGEST_ATTR, content_digest, shard_directory
 
     out = tmp_path / "run"
     fedhpc_run(3, out, *FULL, "rounds=4", "checkpoint.every=1", "checkpoint.keep=2")
     newest = list_checkpoints(out / "checkpoints")[0]
-    with h5py.File(newest, "a") as f:
+    shard = shard_directory(newest) / "rank-0002.h5"
+    with h5py.File(newest if edit not in ("residual", "shard index") else shard, "a") as f:
         if edit == "round attribute":
             f.attrs["round"] = 5
         elif edit == "history":
@@ -192,9 +193,14 @@ def test_any_edit_of_what_resume_reads_is_refused_and_falls_back(straight, tmp_p
             lines = str(f["metrics"].attrs["jsonl"]).split("\n")
             lines[-1] = _json.dumps(_json.loads(lines[-1]) | {"accuracy": 0.99})
             f["metrics"].attrs["jsonl"] = "\n".join(lines)
-        elif edit == "residual":
-            ds = next(iter(f["clients/residual"].values()))
-            ds[0] = np.float32(ds[0]) + np.float32(1e-3)
+        elif edit == "residual":  # found by the rank that restores that client
+            f["residual"][1, 0] = np.float32(f["residual"][1, 0]) + np.float32(1e-3)
+        elif edit == "shard index":  # a client's state given to another client
+            f["ids"][0] = f["ids"][0] + 100
+        elif edit == "shard missing":
+            shard.unlink()
+        elif edit == "manifest":
+            f["states/clients"][0] += 1
         elif edit == "no digest":
             del f.attrs[DIGEST_ATTR]
         else:  # self-consistent, digest recomputed: what only a full validation catches
@@ -204,7 +210,9 @@ def test_any_edit_of_what_resume_reads_is_refused_and_falls_back(straight, tmp_p
                 f["clients/profile/speed"][0] = np.nan
             f.attrs[DIGEST_ATTR] = content_digest(f)
     expected = {"no digest": "has no content_sha256", "strategy key": "strategy state refused",
-                "profile": "profile"}.get(edit, "content digest mismatch")
+                "profile": "profile", "residual": "does not match its digest",
+                "shard index": "does not match its checkpoint's manifest",
+                "shard missing": "rank-0002.h5 is missing"}.get(edit, "content digest mismatch")
     proc = resume(3, out, "rounds=6")
     assert "refusing checkpoint" in proc.stderr and expected in proc.stderr, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and "ckpt-000003.h5" in proc.stderr

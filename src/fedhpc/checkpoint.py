@@ -1,6 +1,12 @@
 """HDF5 checkpoints: one file per checkpoint, written atomically, validated on read.
 
-Schema (``SCHEMA_VERSION`` 2), documented in the README:
+A checkpoint is rank 0's file ``ckpt-NNNNNN.h5`` and, beside it, the directory
+``ckpt-NNNNNN.states/`` of client-state shards: each hosting rank writes its own
+clients' error-feedback residuals to ``rank-RRRR.h5``, all ranks in parallel,
+and rank 0's file lists them (the manifest). The file is renamed into place
+last, so a checkpoint exists only once every shard is complete.
+
+Schema (``SCHEMA_VERSION`` 3), documented in the README:
 
 ``/`` attributes
     ``schema_version``, ``fedhpc_version``, ``round`` (rounds completed),
@@ -17,8 +23,17 @@ Schema (``SCHEMA_VERSION`` 2), documented in the README:
     server state: one dataset per array entry, scalars as attributes.
 ``/clients/profile/<field>``, ``/clients/history/<field>``
     one array per field, indexed by client id (``None`` stored as NaN / -1).
-``/clients/residual/<id>``
-    each client's error-feedback residual (float32, attribute ``crc32c``).
+``/states``
+    the manifest: attributes ``size`` (values per residual) and ``residual_dtype``
+    (``float32``, or ``bf16`` stored as uint16 bits); datasets ``names`` (each
+    shard's file name in the ``.states`` directory), ``clients`` (how many each
+    holds) and ``sha256`` (each shard's index digest, :func:`index_digest`).
+
+A shard holds ``ids`` (ascending client ids), ``sha256`` (the SHA-256 of each
+client's residual bytes, one row of 32 bytes each) and ``residual`` (one row
+per client). Its index digest covers the ids and the row digests, and each row
+is checked against its digest when read, so the chain from rank 0's
+``content_sha256`` reaches every byte of every shard that resume reads.
 ``/metrics``
     attribute ``jsonl``: the metrics lines so far.
 
@@ -36,10 +51,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -51,7 +67,7 @@ from fedhpc.errors import FedHPCError
 from fedhpc.models import Layout
 from fedhpc.types import ClientHistory, ClientProfile
 
-SCHEMA_VERSION = 2  # 2: the whole content is covered by content_sha256
+SCHEMA_VERSION = 3  # 2: the whole content is covered by content_sha256; 3: client states in shards
 DIGEST_ATTR = "content_sha256"
 DIGEST_CHUNK_BYTES = 8 << 20
 RNG_SCHEME = "numpy SeedSequence([seed, round, client, purpose]); partition SeedSequence([seed, purpose])"
@@ -60,6 +76,17 @@ _NAME = re.compile(r"^ckpt-(\d{6,})\.h5$")
 
 class CheckpointError(FedHPCError):
     """A checkpoint is truncated, corrupt, of another schema, or of another run."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One hosting rank's client-state shard of a checkpoint, as it reports it to rank 0
+    (``error``: why it could not write it; then the checkpoint is not written)."""
+
+    name: str  # file name in the checkpoint's .states directory
+    clients: int
+    sha256: str  # index digest (hex)
+    error: str = ""
 
 
 @dataclass
@@ -171,34 +198,119 @@ def _check_records(path: Path, what: str, records: list) -> None:
                                       f"field {f.name} is {v}, not a valid value")
 
 
+def shard_directory(checkpoint: Path) -> Path:
+    """The directory of the client-state shards of the checkpoint file ``checkpoint``."""
+    return checkpoint.with_suffix(".states")
+
+
+def shard_name(rank: int) -> str:
+    return f"rank-{rank:04d}.h5"
+
+
+def index_digest(size: int, dtype: str, ids: np.ndarray, digests: np.ndarray) -> str:
+    """SHA-256 over a shard's residual size and dtype, its client ids and its row digests."""
+    h = hashlib.sha256(f"{size}:{dtype}:".encode())
+    h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(digests, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def write_shard(directory: Path, rank: int, size: int, dtype: str,
+                states: Iterable[tuple[int, np.ndarray]]) -> Shard:
+    """Write one rank's client states (``states``: (client, stored residual) in ascending
+    client order, read one at a time) to its shard in ``directory``, atomically."""
+    final = directory / shard_name(rank)
+    tmp = final.with_name(f".{final.name}.tmp")
+    ids: list[int] = []
+    digests: list[bytes] = []
+    directory.mkdir(parents=True, exist_ok=True)
+    with h5py.File(tmp, "w") as f:
+        rows = f.create_dataset("residual", shape=(0, size), maxshape=(None, size), chunks=(1, size),
+                                dtype=np.float32 if dtype == "float32" else "<u2")
+        for cid, stored in states:
+            if len(ids) == rows.shape[0]:
+                rows.resize(max(64, 2 * len(ids)), axis=0)
+            rows.write_direct(np.ascontiguousarray(stored), dest_sel=np.s_[len(ids)])
+            ids.append(cid)
+            digests.append(hashlib.sha256(memoryview(stored).cast("B")).digest())
+        rows.resize(len(ids), axis=0)
+        index = np.array(ids, dtype=np.int64), np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32)
+        f.create_dataset("ids", data=index[0])
+        f.create_dataset("sha256", data=index[1])
+        f.attrs.update({"size": size, "residual_dtype": dtype})
+        f.flush()
+        os.fsync(f.id.get_vfd_handle())
+    os.replace(tmp, final)
+    return Shard(final.name, len(ids), index_digest(size, dtype, *index))
+
+
+def read_shard(path: Path, shard: Shard, size: int, dtype: str, wanted: Callable[[int], bool]
+               ) -> Iterator[tuple[int, np.ndarray]]:
+    """(client, stored residual) of the ``wanted`` clients in the shard file ``path``, each
+    verified: the shard's index against the manifest's ``shard``, each row against its digest."""
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise CheckpointError(f"client-state shard {path} is missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"client-state shard {path} is truncated or not an HDF5 file ({exc})") from None
+    with f:
+        ids, digests, rows = _shard_index(f, path, shard, size, dtype)
+        for i in np.flatnonzero([wanted(int(c)) for c in ids]):
+            row = np.empty(size, dtype=rows.dtype)
+            rows.read_direct(row, source_sel=np.s_[i])
+            if hashlib.sha256(memoryview(row).cast("B")).digest() != digests[i].tobytes():
+                raise CheckpointError(f"client-state shard {path}: client {ids[i]}'s residual does not match its "
+                                      f"digest (corrupt or edited); resume from an older checkpoint with "
+                                      f"`fedhpc run --resume FILE`")
+            yield int(ids[i]), row
+
+
+def _shard_index(f: h5py.File, path: Path, shard: Shard, size: int, dtype: str):
+    """The ids, row digests and row dataset of an open shard, checked against the manifest."""
+    try:
+        ids, digests, rows = f["ids"][()], f["sha256"][()], f["residual"]
+    except (KeyError, OSError) as exc:
+        raise CheckpointError(f"client-state shard {path} is not a fedhpc shard ({exc})") from None
+    want = np.dtype(np.float32 if dtype == "float32" else "<u2")
+    if (ids.shape != (shard.clients,) or digests.shape != (shard.clients, 32) or rows.shape != (shard.clients, size)
+            or rows.dtype != want or index_digest(size, dtype, ids, digests) != shard.sha256):
+        raise CheckpointError(f"client-state shard {path} does not match its checkpoint's manifest (corrupt, "
+                              f"edited or from another checkpoint)")
+    return ids, digests, rows
+
+
 def write_checkpoint(directory: Path, cfg: RunConfig, layout: Layout, state: ServerState,
-                     residuals: Iterable[tuple[int, np.ndarray]]) -> Path:
+                     shards: Callable[[], list[Shard]]) -> Path:
     """Write the checkpoint of ``state`` atomically and keep the newest ``cfg.checkpoint.keep``.
 
-    ``residuals`` may be a generator (they are gathered from the trainer ranks
-    one at a time and written as they come, so rank 0 never holds them all).
-    The file appears under its final name only once complete and fsynced.
+    ``shards()`` waits for the hosting ranks' client-state shards (written in
+    parallel meanwhile into :func:`shard_directory`) and returns their reports,
+    which become the manifest. The file appears under its final name only once
+    it and every shard are complete and fsynced.
     """
     final = checkpoint_path(directory, state.round)
     tmp = final.with_name(f".{final.name}.tmp")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write(tmp, cfg, layout, state, residuals)
+        _write(tmp, cfg, layout, state, shards)
         os.replace(tmp, final)
         _fsync_dir(directory)
-    except OSError as exc:
+    except (OSError, CheckpointError) as exc:
         if tmp.parent.is_dir():
             tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write the checkpoint of round {state.round} to {directory} "
-                              f"({exc.strerror or exc}); the checkpoints already there are kept: resume from them "
-                              f"with `fedhpc run --resume {directory.parent}` once the directory is writable") from None
+        shutil.rmtree(shard_directory(final), ignore_errors=True)
+        why = exc.strerror or exc if isinstance(exc, OSError) else exc
+        raise CheckpointError(f"cannot write the checkpoint of round {state.round} to {directory} ({why}); the "
+                              f"checkpoints already there are kept: resume from them with `fedhpc run --resume "
+                              f"{directory.parent}` once the directory is writable") from None
     for old in list_checkpoints(directory)[cfg.checkpoint.keep :]:
         old.unlink()
+        shutil.rmtree(shard_directory(old), ignore_errors=True)
     return final
 
 
-def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState,
-           residuals: Iterable[tuple[int, np.ndarray]]) -> None:
+def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState, shards: Callable[[], list[Shard]]) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs.update({
             "schema_version": SCHEMA_VERSION, "fedhpc_version": fedhpc.__version__, "round": state.round,
@@ -220,10 +332,18 @@ def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState,
         ids = sorted(state.profiles)
         _fields_to_group(clients.create_group("profile"), [state.profiles[c] for c in ids], ClientProfile)
         _fields_to_group(clients.create_group("history"), [state.history[c] for c in ids], ClientHistory)
-        res = clients.create_group("residual")
-        for cid, r in residuals:
-            res.create_dataset(str(cid), data=r).attrs["crc32c"] = _crc(r)
         f.create_group("metrics").attrs["jsonl"] = "\n".join(state.metrics)
+        f.flush()
+        reports = shards()
+        failed = [s.error for s in reports if s.error]
+        if failed:
+            raise CheckpointError(f"{len(failed)} client-state shard(s) could not be written: {failed[0]}")
+        manifest = f.create_group("states")
+        manifest.attrs.update({"size": layout.size, "residual_dtype": cfg.codec.residual_dtype})
+        # fixed-length strings: the digest reads their bytes (variable-length ones read as pointers)
+        manifest.create_dataset("names", data=np.array([s.name.encode() for s in reports], dtype="S"))
+        manifest.create_dataset("clients", data=np.array([s.clients for s in reports], dtype=np.int64))
+        manifest.create_dataset("sha256", data=np.array([s.sha256.encode() for s in reports], dtype="S64"))
         f.flush()
         f.attrs[DIGEST_ATTR] = content_digest(f)
         f.flush()
@@ -282,7 +402,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path}: content unreadable ({exc})") from None
         if actual != str(digest):
             raise CheckpointError(f"checkpoint {self.path}: content digest mismatch (corrupt or edited file)")
-        for group in ("model", "strategy", "clients/profile", "clients/history", "clients/residual", "metrics"):
+        for group in ("model", "strategy", "clients/profile", "clients/history", "states", "metrics"):
             if group not in self.file:
                 raise CheckpointError(f"checkpoint {self.path} lacks the group /{group}")
         if cfg is not None and int(a["identity_crc"]) != identity_crc(cfg):
@@ -293,6 +413,16 @@ class Checkpoint:
         if layout is not None and int(self.file["model"].attrs["size"]) != layout.size:
             raise CheckpointError(f"checkpoint {self.path} holds a model of {self.file['model'].attrs['size']} "
                                   f"parameters, the configured model has {layout.size}")
+        if self.state_size != int(self.file["model"].attrs["size"]):
+            raise CheckpointError(f"checkpoint {self.path}: its client states have {self.state_size} values each, "
+                                  f"its model {self.file['model'].attrs['size']}")
+        for shard in self.shards():  # every shard is there and its index is the manifest's
+            try:
+                with h5py.File(self.shard_path(shard), "r") as f:
+                    _shard_index(f, self.shard_path(shard), shard, self.state_size, self.residual_dtype)
+            except OSError as exc:
+                raise CheckpointError(f"checkpoint {self.path}: client-state shard {shard.name} is missing or "
+                                      f"unreadable ({exc})") from None
         state = self.server_state()  # everything resume reads must parse and make sense ...
         _check_records(self.path, "profile", list(state.profiles.values()))
         _check_records(self.path, "history", list(state.history.values()))
@@ -339,27 +469,44 @@ class Checkpoint:
                                   dict(enumerate(history)), [ln for ln in lines.split("\n") if ln])
         return self._state
 
-    def residuals(self, clients: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """(client, residual) for those of ``clients`` that have one, verified."""
-        group = self.file["clients/residual"]
-        for cid in clients:
-            if str(cid) in group:
-                ds = group[str(cid)]
-                r = ds[()]
-                if _crc(r) != int(ds.attrs["crc32c"]):
-                    raise CheckpointError(f"checkpoint {self.path}: residual of client {cid} is corrupt")
-                yield cid, r
+    @property
+    def state_size(self) -> int:
+        return int(self.file["states"].attrs["size"])
+
+    @property
+    def residual_dtype(self) -> str:
+        return str(self.file["states"].attrs["residual_dtype"])
+
+    def shards(self) -> list[Shard]:
+        """The manifest: every client-state shard of this checkpoint."""
+        m = self.file["states"]
+        return [Shard(n.decode(), int(c), d.decode()) for n, c, d in zip(m["names"][()], m["clients"][()],
+                                                                        m["sha256"][()])]
+
+    def shard_path(self, shard: Shard) -> Path:
+        if Path(shard.name).name != shard.name:  # a name is a file in the .states directory, nothing else
+            raise CheckpointError(f"checkpoint {self.path}: manifest names a shard outside its directory: "
+                                  f"{shard.name!r}")
+        return shard_directory(self.path) / shard.name
 
 
-def open_latest(directory: Path, cfg: RunConfig, layout: Layout, log) -> Checkpoint:
-    """The newest checkpoint in ``directory`` that validates; older ones are tried
-    in turn, saying why each newer one was refused."""
-    candidates = list_checkpoints(directory)
+def resume_from(path: Path, cfg: RunConfig, layout: Layout, restore: Callable[[Checkpoint], None], log) -> None:
+    """Open the checkpoint ``path`` and ``restore(it)``; for a directory of checkpoints,
+    the newest one that validates and restores, older ones tried in turn, saying why
+    each newer one was refused (a shard row that fails its digest is found by the
+    hosting ranks as they restore, so restoring is part of the trial)."""
+    if not path.is_dir():
+        with Checkpoint(path, cfg, layout) as ckpt:
+            restore(ckpt)
+        return
+    candidates = list_checkpoints(path)
     if not candidates:
-        raise CheckpointError(f"no checkpoint (ckpt-NNNNNN.h5) in {directory}")
-    for path in candidates:
+        raise CheckpointError(f"no checkpoint (ckpt-NNNNNN.h5) in {path}")
+    for candidate in candidates:
         try:
-            return Checkpoint(path, cfg, layout)
+            with Checkpoint(candidate, cfg, layout) as ckpt:
+                restore(ckpt)
+            return
         except CheckpointError as exc:
             log.warning("refusing checkpoint: %s; falling back to an older one", exc)
-    raise CheckpointError(f"no valid checkpoint in {directory} (tried {len(candidates)}; see the warnings above)")
+    raise CheckpointError(f"no valid checkpoint in {path} (tried {len(candidates)}; see the warnings above)")

@@ -30,10 +30,15 @@ from fedhpc.ring import DEFAULT_SCALE_BITS
 class ClientsConfig:
     total: int = 20
     per_round: int = 10
+    # RAM for the error-feedback residuals each hosting rank keeps (0 = no limit); the least
+    # recently used beyond it are spilled to state_dir and read back when selected again
+    state_memory_mb: float = 0.0
+    state_dir: str = ""  # where to spill; "" = node-local scratch ($SLURM_TMPDIR, $TMPDIR), else the run directory
 
     def check(self, key):
         _require(self.total >= 1, f"{key}.total", "must be >= 1")
         _require(self.per_round >= 1, f"{key}.per_round", "must be >= 1")
+        _require(self.state_memory_mb >= 0, f"{key}.state_memory_mb", "must be >= 0 (0 = no limit)")
 
 
 @dataclass
@@ -121,6 +126,9 @@ class StrategyConfig(PluginConfig):
 class CodecConfig(PluginConfig):
     name: str = "none"
     error_feedback: bool = True
+    # how error-feedback residuals are stored: bf16 halves their memory and disk, and rounds
+    # each residual to bfloat16 after every encode (see the README for what it costs)
+    residual_dtype: Literal["float32", "bf16"] = "float32"
 
 
 @dataclass
@@ -361,6 +369,8 @@ class RunConfig:
         for key in ("rounds", "checkpoint", "eval", "tracking"):
             d.pop(key, None)
         d["stragglers"].pop("timeout_s", None)
+        d["clients"].pop("state_memory_mb", None)  # where state is kept, not what it is
+        d["clients"].pop("state_dir", None)
         d["stragglers"].pop("close_grace_s", None)
         for key in ("listen", "token_file", "tls_cert", "tls_key", "client_ca", "calls_per_second", "heartbeat_s",
                     "min_workers", "wait_s", "stream_idle_s"):

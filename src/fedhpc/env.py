@@ -6,6 +6,10 @@
 * ``FEDHPC_MPIEXEC``: the ``mpiexec`` that ``fedhpc run`` started without a launcher
   uses (default: the one next to the Python interpreter, else the first on ``PATH``).
 
+Two standard variables name the node-local scratch directory where a rank
+spills client state by default (``clients.state_dir``): ``SLURM_TMPDIR``
+(the job-local directory some SLURM sites create), else ``TMPDIR``.
+
 The MPI launchers' own variables (``PMI_*``, ``PMIX_*``, ``OMPI_COMM_WORLD_*``)
 are read too, only to tell whether this process is a rank of a launched job
 (:func:`launched`).
@@ -22,6 +26,7 @@ import os
 MPI_CHUNK_BYTES = int(os.environ.get("FEDHPC_MPI_CHUNK_BYTES", 1 << 30))
 LOG_LEVEL = os.environ.get("FEDHPC_LOG_LEVEL")
 MPIEXEC = os.environ.get("FEDHPC_MPIEXEC")
+NODE_SCRATCH = os.environ.get("SLURM_TMPDIR") or os.environ.get("TMPDIR") or None
 
 
 def launched() -> bool:

@@ -41,7 +41,8 @@ def _inspect_checkpoint(path: Path) -> str:
             + (f"last {acc[-1]:.4f}, best {max(acc):.4f}" if acc else "not evaluated"),
             f"  model {cfg.model.name}: {st.weights.size:,} parameters ({len(ck.file['model']) } tensors)",
             f"  clients: {len(st.profiles)} ({reported} reports so far), "
-            f"{len(ck.file['clients/residual'])} error-feedback residuals",
+            f"{sum(s.clients for s in ck.shards())} error-feedback residuals ({ck.residual_dtype}) in "
+            f"{len(ck.shards())} shards",
             f"  strategy {cfg.strategy.name} (state: {', '.join(st.strategy) or 'none'}), codec {cfg.codec.name}, "
             f"selection {cfg.selection.name}, clock {cfg.clock}, seed {cfg.seed}",
             "  config:",

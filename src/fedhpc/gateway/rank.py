@@ -61,12 +61,6 @@ class GatewayRank(HostRank):
                         wait_s)
         self.comm.send(Workers(connected), dest=0, tag=Tag.WORKERS)
 
-    def client_states(self) -> dict[int, np.ndarray]:
-        return {}  # a remote client's residual lives in its worker
-
-    def restore_states(self, states: dict[int, np.ndarray]) -> None:
-        pass  # nothing of the remote clients is checkpointed here (see client_states)
-
     def run(self) -> int:
         try:
             return super().run()

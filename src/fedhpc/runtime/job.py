@@ -75,12 +75,13 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     ``resume``: a checkpoint file, or a directory of checkpoints (the newest
     valid one is used, older ones are fallen back to with a warning).
     """
-    from fedhpc.checkpoint import Checkpoint, open_latest
+    from fedhpc.checkpoint import resume_from
     from fedhpc.data.partition import write_summary
     from fedhpc.runtime.context import build_context
     from fedhpc.runtime.orchestrator import Orchestrator
     from fedhpc.runtime.registration import register
     from fedhpc.runtime.rank import HostRank
+    from fedhpc.runtime.state import ClientStates, spill_warning
     from fedhpc.runtime.trainer import TrainerRank
 
     gateway = comm.size - 1 if cfg.gateway.enabled else None
@@ -103,6 +104,11 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     K.set_num_threads(cfg.local.threads)
     ctx = collective(comm, lambda: build_context(cfg, list(range(1, gateway or comm.size)), gateway))
     job = job_id_of(cfg)
+    # each trainer's client-state store, its spill file on its node's disk (errors said once, by rank 0)
+    states = collective(comm, lambda: ClientStates.for_run(cfg, ctx.layout.size, rank, job, out)
+                        if rank in ctx.mpi_trainers else None)
+    if rank == 0 and (warning := spill_warning(cfg, out)):
+        log.warning(warning)
     hosts = register(comm, ctx)
     reducers = hosts_comm(comm, STARTUP_S)
     if hosts is None:  # not rank 0
@@ -113,7 +119,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
 
             role = GatewayRank(comm, ctx, job, reducers)
         else:
-            role = TrainerRank(comm, ctx, job, reducers)
+            role = TrainerRank(comm, ctx, job, reducers, states)
         status = role.run()
         gather_object(comm, role.signals_sent, STARTUP_S, "rank 0 to end the job")
         return status
@@ -127,9 +133,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
         workers = recv_object(comm, gateway, Tag.WORKERS, g.wait_s + cfg.stragglers.timeout_s, "the gateway to start")
         orchestrator.update_remote(workers.connected)
     if resume is not None:
-        opened = open_latest(resume, cfg, ctx.layout, log) if resume.is_dir() else Checkpoint(resume, cfg, ctx.layout)
-        with opened as ckpt:
-            orchestrator.restore(ckpt)
+        resume_from(resume, cfg, ctx.layout, orchestrator.restore, log)
     t0 = time.monotonic()
     last, status = orchestrator.run()
     if last is not None and status == 0:

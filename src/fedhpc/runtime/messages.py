@@ -3,8 +3,9 @@
 Small, typed and frozen: what a rank may be told (:class:`RoundTask`,
 :class:`Reduce`, :class:`SaveState`, :class:`RestoreState`, :class:`Stop`,
 broadcast by rank 0; :class:`Close` and :class:`Verdict`, sent to each rank) and what it answers
-(:class:`Folded` for each Update it folded, :class:`Done`; :class:`Workers`
-from the gateway before the first round). They are pickled
+(:class:`Folded` for each Update it folded, :class:`Done`; a
+:class:`~fedhpc.checkpoint.Shard` or :class:`Restored` for a checkpoint;
+:class:`Workers` from the gateway before the first round). They are pickled
 by mpi4py; models and Updates never travel in them.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedhpc.checkpoint import Shard
 from fedhpc.update import UpdateHeader
 
 
@@ -30,12 +32,27 @@ class RoundTask:
 
 @dataclass(frozen=True)
 class SaveState:
-    """Send rank 0 every hosted client's state (for a checkpoint)."""
+    """Write every hosted client's state to your shard in ``directory`` (a checkpoint's
+    ``.states`` directory) and tell rank 0 with a :class:`~fedhpc.checkpoint.Shard`."""
+
+    directory: str
 
 
 @dataclass(frozen=True)
 class RestoreState:
-    """Receive your clients' state from rank 0 (resuming from a checkpoint)."""
+    """Take the state of the clients you host from the ``shards`` in ``directory``
+    (resuming from a checkpoint, on any number of ranks) and tell rank 0 with :class:`Restored`."""
+
+    directory: str
+    shards: tuple[Shard, ...]
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A rank took back ``clients`` clients' state; ``error``: why it could not."""
+
+    clients: int
+    error: str = ""
 
 
 @dataclass(frozen=True)

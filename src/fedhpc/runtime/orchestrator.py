@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ import numpy as np
 from mpi4py import MPI
 
 from fedhpc import kernels as K
-from fedhpc.checkpoint import Checkpoint, ServerState, write_checkpoint
+from fedhpc.checkpoint import (
+    Checkpoint, CheckpointError, ServerState, Shard, checkpoint_path, shard_directory, write_checkpoint,
+)
 from fedhpc.clock import make_clock
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.record import STATUS, RunRecord
@@ -26,12 +29,12 @@ from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
 from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total
 from fedhpc.runtime.messages import (
-    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, RoundTask, SaveState, Stop, Verdict,
+    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, Restored, RoundTask, SaveState, Stop, Verdict,
 )
 from fedhpc.runtime.rank import codec_of_client
 from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import (
-    Tag, abort_job, bcast_array, bcast_object, gather_mean, recv_arrays, recv_object, recv_update, send_arrays,
+    Tag, abort_job, bcast_array, bcast_object, gather_mean, recv_object, recv_update,
 )
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
@@ -115,40 +118,67 @@ class Orchestrator:
 
     # -- the run ------------------------------------------------------------
     def restore(self, ckpt: Checkpoint) -> None:
-        """Continue from a validated checkpoint: server state here, residuals to their trainers."""
+        """Continue from a validated checkpoint: server state here; each hosting rank takes
+        its clients' state from the checkpoint's shards (whichever ranks wrote them)."""
         st = ckpt.server_state()
         self.weights, self.first_round, self.lines = st.weights, st.round, st.metrics
         self.strategy.load_state_dict(st.strategy)
         self.profiles, self.history = st.profiles, st.history
         self.guard.restore(st.metrics)
-        self.command(RestoreState())
-        for rank in self.ctx.trainers:
-            send_arrays(self.comm, dict(ckpt.residuals(self.ctx.clients_of(rank))), rank,
-                        self.ctx.cfg.stragglers.timeout_s)
-        log.info("resumed from %s after round %d", ckpt.path, st.round)
+        t0 = time.monotonic()
+        self.command(RestoreState(str(shard_directory(ckpt.path)), tuple(ckpt.shards())))
+        reports: list[Restored] = self.reports(f"restoring the client states of {ckpt.path}")
+        failed = [r.error for r in reports if r.error]
+        if failed:
+            raise CheckpointError(f"checkpoint {ckpt.path}: {failed[0]}")
+        log.info("resumed from %s after round %d (%d client states in %.1fs)", ckpt.path, st.round,
+                 sum(r.clients for r in reports), time.monotonic() - t0)
 
     def checkpoint(self, rounds_done: int) -> Path:
-        """Gather every client's residual from the trainers and write a checkpoint, saying how
-        it goes every ``PROGRESS_S`` while it takes long (big models, many clients)."""
-        self.command(SaveState())
-        timeout, n = self.ctx.cfg.stragglers.timeout_s, self.ctx.layout.size
-        t0 = last = time.monotonic()
-
-        def residuals():
-            nonlocal last
-            for i, item in enumerate((item for rank in self.ctx.trainers
-                                      for item in recv_arrays(self.comm, rank, n, timeout)), 1):
-                if time.monotonic() - last >= PROGRESS_S:
-                    last = time.monotonic()
-                    log.info("checkpoint of round %d: %d client states written (%.1f MB each), %.0fs so far",
-                             rounds_done, i, 4 * n / 1e6, last - t0)
-                yield item
-
+        """Write a checkpoint: this file here while every hosting rank writes its clients'
+        state to its own shard, in parallel."""
+        directory = self.out / "checkpoints"
+        shards = shard_directory(checkpoint_path(directory, rounds_done))
+        shutil.rmtree(shards, ignore_errors=True)  # what an interrupted write of this round left
+        t0 = time.monotonic()
+        self.command(SaveState(str(shards)))
         state = ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
                             self.lines)
-        path = write_checkpoint(self.out / "checkpoints", self.ctx.cfg, self.ctx.layout, state, residuals())
-        log.info("checkpoint written: %s (%.1f MB in %.1fs)", path, path.stat().st_size / 1e6, time.monotonic() - t0)
+        written: list[Shard] = []
+
+        def gather() -> list[Shard]:
+            written.extend(self.reports(f"the checkpoint of round {rounds_done}"))
+            return written
+
+        path = write_checkpoint(directory, self.ctx.cfg, self.ctx.layout, state, gather)
+        size = path.stat().st_size + sum(p.stat().st_size for p in shards.iterdir())
+        log.info("checkpoint written: %s (%.1f MB in %.1fs: %d client states in %d shards)", path, size / 1e6,
+                 time.monotonic() - t0, sum(s.clients for s in written), len(written))
         return path
+
+    def reports(self, what: str) -> list:
+        """The STATE report of every hosting rank (a checkpoint shard written, or client states
+        restored), in rank order; says every ``PROGRESS_S`` how many have come. A rank silent
+        for ``stragglers.timeout_s`` aborts the job."""
+        timeout, ranks = self.ctx.cfg.stragglers.timeout_s, self.ctx.trainers
+        got: dict[int, object] = {}
+        status = MPI.Status()
+        t0 = last = heard = time.monotonic()
+        while len(got) < len(ranks):
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.STATE, status=status):
+                src = status.Get_source()
+                got[src] = self.comm.recv(source=src, tag=Tag.STATE)
+                heard = time.monotonic()
+                continue
+            now = time.monotonic()
+            if now - heard > timeout:
+                self.abort(f"{what}: rank(s) {sorted(set(ranks) - set(got))} did not report within {timeout:.0f}s; "
+                           f"aborting the job (the checkpoints already written are kept)")
+            if now - last >= PROGRESS_S:
+                last = now
+                log.info("%s: %d of %d ranks done, %.0fs so far", what, len(got), len(ranks), now - t0)
+            time.sleep(SIGNAL_CHECK_S / 10)
+        return [got[r] for r in ranks]
 
     def command(self, cmd: Command) -> None:
         """Broadcast ``cmd`` (and a round's model with a RoundTask) to every rank, or abort the

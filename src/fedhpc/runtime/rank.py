@@ -3,7 +3,8 @@
 A :class:`HostRank` receives rank 0's broadcast commands
 (:mod:`fedhpc.runtime.messages`), the round's model with each
 :class:`~fedhpc.runtime.messages.RoundTask`, hands its clients' state over for
-checkpoints, tells rank 0 once about a stop signal, and accounts for every
+checkpoints (each rank writes its own shard) and takes them back on resume,
+tells rank 0 once about a stop signal, and accounts for every
 round when rank 0 closes it. What it does with a round's clients is its
 subclass's: :class:`~fedhpc.runtime.trainer.TrainerRank` trains them,
 :class:`~fedhpc.gateway.rank.GatewayRank` relays them to remote workers.
@@ -14,21 +15,25 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
+from fedhpc.checkpoint import CheckpointError, Shard, read_shard, shard_name, write_shard
 from fedhpc.compress import Codec, get_codec
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import Folder, coefficient_scale
-from fedhpc.runtime.messages import Close, Done, Reduce, RestoreState, RoundTask, SaveState, Stop, Verdict
+from fedhpc.runtime.messages import (
+    Close, Done, Reduce, RestoreState, Restored, RoundTask, SaveState, Stop, Verdict,
+)
+from fedhpc.runtime.state import ClientStates, StateError
 from fedhpc.runtime.training import host_memory_gb
 from fedhpc.runtime.transport import (
-    Tag, bcast_array, bcast_object, isend_chunked, poll, recv_arrays, recv_object, reduce_mean, send_arrays,
-    wait_with_deadline,
+    Tag, bcast_array, bcast_object, isend_chunked, poll, recv_object, reduce_mean, wait_with_deadline,
 )
 from fedhpc.strategy import get_strategy
 
@@ -49,10 +54,13 @@ def codec_of_client(ctx: Context) -> Callable[[int], Codec]:
 
 class HostRank(ABC):
     """``hosts``: the communicator of the ranks that host clients, on which their sums
-    are reduced (see :func:`fedhpc.runtime.transport.hosts_comm`)."""
+    are reduced (see :func:`fedhpc.runtime.transport.hosts_comm`); ``states``: the hosted
+    clients' state (none kept by default: the gateway's clients keep theirs in their workers)."""
 
-    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm):
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm,
+                 states: ClientStates | None = None):
         self.comm, self.ctx, self.job_id, self.hosts = comm, ctx, job_id, hosts
+        self.states = states if states is not None else ClientStates(ctx.layout.size, ctx.cfg.codec.residual_dtype)
         self.weights = np.empty(ctx.layout.size, dtype=np.float32)  # the round's global model
         self.signals_sent = 0  # SIGNAL messages sent to rank 0 (at most one)
         self.verdicts = 0  # Verdict messages received this round
@@ -69,16 +77,39 @@ class HostRank(ABC):
     def train_round(self, task: RoundTask) -> None:
         """Work on the clients ``task`` assigns to this rank; end with :meth:`finish_round`."""
 
-    @abstractmethod
-    def client_states(self) -> dict[int, np.ndarray]:
-        """Each hosted client's error-feedback residual, for a checkpoint."""
+    def save_states(self, cmd: SaveState) -> Shard:
+        """Write this rank's shard of a checkpoint; a failure is reported, not raised, so
+        that rank 0 says it once and keeps the checkpoints already written."""
+        st, rank = self.states, self.comm.rank
+        try:
+            return write_shard(Path(cmd.directory), rank, st.n, st.dtype, st.items())
+        except (OSError, StateError) as exc:
+            why = exc.strerror or exc if isinstance(exc, OSError) else exc
+            return Shard(shard_name(rank), 0, "", error=f"rank {rank} writing {cmd.directory}: {why}")
 
-    @abstractmethod
-    def restore_states(self, states: dict[int, np.ndarray]) -> None:
-        """Take the residuals of a checkpoint back."""
+    def restore_states(self, cmd: RestoreState) -> Restored:
+        """Take back the state of every client this rank hosts now, from whichever shards hold them
+        (what it held is dropped first: a refused checkpoint may have been tried before)."""
+        me, taken = self.comm.rank, 0
+        self.states.clear()
+        try:
+            for shard in cmd.shards:
+                for cid, stored in read_shard(Path(cmd.directory) / shard.name, shard, self.states.n,
+                                              self.states.dtype, lambda c: self.ctx.host_of(c) == me):
+                    self.states.put(cid, stored)
+                    taken += 1
+        except (CheckpointError, StateError) as exc:
+            return Restored(taken, f"rank {me}: {exc}")
+        return Restored(taken)
 
     def run(self) -> int:
         """Serve rank 0's commands until it says stop; return the exit status it asks for."""
+        try:
+            return self._serve()
+        finally:
+            self.states.close()
+
+    def _serve(self) -> int:
         timeout = self.ctx.cfg.stragglers.timeout_s
         while True:
             self.forward_signal()
@@ -87,9 +118,9 @@ class HostRank(ABC):
             if isinstance(cmd, Stop):
                 return cmd.exit
             if isinstance(cmd, SaveState):
-                send_arrays(self.comm, self.client_states(), 0, timeout)
+                self.comm.send(self.save_states(cmd), dest=0, tag=Tag.STATE)
             elif isinstance(cmd, RestoreState):
-                self.restore_states(dict(recv_arrays(self.comm, 0, self.ctx.layout.size, timeout)))
+                self.comm.send(self.restore_states(cmd), dest=0, tag=Tag.STATE)
             elif isinstance(cmd, RoundTask):
                 bcast_array(self.comm, self.weights, timeout, f"round {cmd.round}'s model")
                 if self.folder is not None:

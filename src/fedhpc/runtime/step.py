@@ -25,6 +25,7 @@ from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.config import CodecConfig, RunConfig
 from fedhpc.models import Layout
 from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.training import Abandoned, LocalTrainer
 from fedhpc.seeds import SEED_CODEC, SEED_DROPOUT, derive_seed
 from fedhpc.types import ClientProfile
@@ -47,18 +48,19 @@ class ClientStep:
 
     One object serves every client its rank or worker hosts: the trainer,
     the optimizer, the delta buffer and the frame pool are reused, while each
-    client keeps its own error-feedback residual in :attr:`states`.
+    client keeps its own error-feedback residual in :attr:`states` (by default
+    all in RAM; a trainer rank passes its budgeted store).
     ``codec`` is the tier's codec config (``[codec]`` inside the job, the
     gateway's on the WAN). ``train_s`` adds up the seconds spent in local
     training since :meth:`begin_round`.
     """
 
     def __init__(self, cfg: RunConfig, job_id: int, model: nn.Module, layout: Layout, x: np.ndarray,
-                 y: np.ndarray, codec: CodecConfig, clock: Clock):
+                 y: np.ndarray, codec: CodecConfig, clock: Clock, states: ClientStates | None = None):
         self.cfg, self.job_id, self.layout, self.clock = cfg, job_id, layout, clock
         self.codec = get_codec(codec.name, **codec.params)
         self.use_ef = codec.error_feedback and not self.codec.lossless
-        self.states: dict[int, ErrorFeedback] = {}
+        self.states = states if states is not None else ClientStates(layout.size, codec.residual_dtype)
         self.local = LocalTrainer(cfg, model, layout, x, y)
         self.feddrop = FedDropout.for_run(cfg, model, layout)
         self.delta = np.empty(layout.size, dtype=np.float32)  # reused by every client
@@ -137,16 +139,18 @@ class ClientStep:
         dropout) with its error-feedback state, which always spans the full model,
         leaving room for the Update header in front of the frame."""
         seed = derive_seed(self.cfg.seed, r, cid, SEED_CODEC)
-        state = self.states.setdefault(cid, ErrorFeedback(delta.size)) if self.use_ef else None
 
         def encode(x: np.ndarray, ef: ErrorFeedback | None) -> np.ndarray:
             return self.codec.encode(x, ef, seed=seed, headroom=HEADER.size, alloc=self.frames.take)
 
+        if not self.use_ef:
+            return encode(delta if kept is None else delta[kept], None)
+        residual = self.states.checkout(cid)
         if kept is None:
-            return encode(delta, state)
-        if state is None:
-            return encode(delta[kept], None)
-        sub = ErrorFeedback(kept.size, state.residual[kept])
-        payload = encode(delta[kept], sub)
-        state.residual[kept] = sub.residual
+            payload = encode(delta, ErrorFeedback(delta.size, residual))
+        else:
+            sub = ErrorFeedback(kept.size, residual[kept])
+            payload = encode(delta[kept], sub)
+            residual[kept] = sub.residual
+        self.states.commit(cid, residual)
         return payload

@@ -10,10 +10,10 @@ import numpy as np
 from mpi4py import MPI
 
 from fedhpc.clock import make_clock
-from fedhpc.compress import ErrorFeedback
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.messages import Done, RoundTask
 from fedhpc.runtime.rank import HostRank
+from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.step import ClientStep, ClientTask
 from fedhpc.runtime.training import Abandoned
 
@@ -23,18 +23,12 @@ log = logging.getLogger("fedhpc.trainer")
 class TrainerRank(HostRank):
     """Trains its share of the clients (``Context.host_of``) with one :class:`ClientStep`."""
 
-    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm):
-        super().__init__(comm, ctx, job_id, hosts)
+    def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm, states: ClientStates):
+        super().__init__(comm, ctx, job_id, hosts, states)
         cfg = ctx.cfg
         self.profiles = simulated_profiles(cfg)
         self.step = ClientStep(cfg, job_id, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train, cfg.codec,
-                               make_clock(cfg.clock))
-
-    def client_states(self) -> dict[int, np.ndarray]:
-        return {c: s.residual for c, s in self.step.states.items()}
-
-    def restore_states(self, states: dict[int, np.ndarray]) -> None:
-        self.step.states = {c: ErrorFeedback(r.size, r) for c, r in states.items()}
+                               make_clock(cfg.clock), states)
 
     def train_round(self, task: RoundTask) -> None:
         start = time.monotonic()  # the model just arrived: the round's origin for partial work

@@ -28,7 +28,7 @@ class Tag(IntEnum):
     CLOSE = 12  # 0 -> trainer: messages.Close, stop working on that round
     DONE = 13  # trainer -> 0: messages.Done, its accounting of the round
     SIGNAL = 14  # trainer -> 0: this rank received a stop signal (the count)
-    STATE = 15  # either way: client ids, then their error-feedback residuals (checkpoint / restore)
+    STATE = 15  # hosting rank -> 0: its checkpoint shard written (checkpoint.Shard) or states restored (Restored)
     WORKERS = 16  # gateway -> 0 before the first round: messages.Workers, the connected workers
     GATHER = 17  # any -> root: one rank's share of gather_object
     PROBE = 18  # 0 <-> each rank at registration: the link probe
@@ -99,25 +99,6 @@ def bcast_object(comm: MPI.Comm, obj, timeout_s: float, what: str, root: int = 0
     buf = np.frombuffer(data, dtype=np.uint8).copy() if comm.rank == root else np.empty(int(size[0]), np.uint8)
     wait_with_deadline([comm.Ibcast(buf, root=root)], deadline - time.monotonic(), what, while_waiting)
     return obj if comm.rank == root else pickle.loads(buf.tobytes())
-
-
-def send_arrays(comm: MPI.Comm, arrays: dict[int, np.ndarray], dest: int, timeout_s: float) -> None:
-    """Send {client id: float32 array}: the ids first, then each array in chunks."""
-    comm.send(sorted(arrays), dest=dest, tag=Tag.STATE)
-    for cid in sorted(arrays):
-        wait_with_deadline(isend_chunked(comm, arrays[cid], dest, Tag.STATE), timeout_s, f"rank {dest} to take state")
-
-
-def recv_arrays(comm: MPI.Comm, source: int, n: int, timeout_s: float):
-    """Yield (client id, float32 array of n) as sent by :func:`send_arrays`."""
-    ids = recv_object(comm, source, Tag.STATE, timeout_s, f"state from rank {source}")
-    step = env.MPI_CHUNK_BYTES
-    for cid in ids:
-        out = np.empty(n, dtype=np.float32)
-        raw = out.view(np.uint8)
-        reqs = [comm.Irecv(raw[a : a + step], source=source, tag=Tag.STATE) for a in range(0, max(raw.nbytes, 1), step)]
-        wait_with_deadline(reqs, timeout_s, f"state from rank {source}")
-        yield cid, out
 
 
 #: How long a rank waits for the others while the job starts and ends (config, data, registration),
