@@ -119,6 +119,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
 
             role = GatewayRank(comm, ctx, job, reducers)
         else:
+            assert states is not None  # every MPI trainer built its store
             role = TrainerRank(comm, ctx, job, reducers, states)
         status = role.run()
         gather_object(comm, role.signals_sent, STARTUP_S, "rank 0 to end the job")
