@@ -501,6 +501,15 @@ void ring_mean(const py::array& acc, py::array out, double inv, const py::object
   fedhpc::ring_mean(data_of<int64_t>(acc), cov, length(acc), inv, mutable_data_of<float>(out));
 }
 
+// ---- seeds ---------------------------------------------------------------------
+
+uint64_t seed_sequence(const py::sequence& parts) {
+  std::vector<uint64_t> values;
+  values.reserve(parts.size());
+  for (const py::handle p : parts) values.push_back(unsigned_arg(py::reinterpret_borrow<py::object>(p), ~uint64_t{0}, "part"));
+  return fedhpc::seed_sequence_u64(values.data(), values.size());
+}
+
 // ---- integrity ------------------------------------------------------------------
 
 int64_t crc32c(const py::object& data, const py::object& crc_obj) {
@@ -576,4 +585,5 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("ring_mean", &ring_mean, py::arg("acc"), py::arg("out"), py::arg("inv"), py::arg("coverage") = py::none());
 
   m.def("crc32c", &crc32c, py::arg("data"), py::arg("crc") = 0);
+  m.def("seed_sequence", &seed_sequence, py::arg("parts"));
 }

@@ -273,6 +273,9 @@ void ring_mean(const int64_t* acc, const int64_t* coverage, size_t n, double inv
 // checksum.cpp
 uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc);
 
+// seeds.cpp: NumPy's SeedSequence(parts).generate_state(2, uint64)[0]
+uint64_t seed_sequence_u64(const uint64_t* parts, size_t n);
+
 // cuda/device.cu (0 when built without CUDA, see bindings.cpp)
 int cuda_device_count() noexcept;
 

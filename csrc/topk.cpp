@@ -17,7 +17,14 @@
 namespace fedhpc {
 namespace {
 
+// The sample: n/16 keys, at least min(n, kMinSample) and at most kSampleSize. A
+// small model's top-k (a few 10k values, selected thousands of times a round by a
+// rank of many clients) would otherwise pay for sorting a sample as large as itself.
 constexpr size_t kSampleSize = 65536;
+constexpr size_t kMinSample = 4096;
+// Below this many candidates the k-th largest is found by nth_element on a copy,
+// not by the radix select, whose two 64k-bin histograms cost more than the keys.
+constexpr size_t kRadixMin = 65536;
 constexpr uint64_t kSampleSeed = 0x5A3D1E5B0C7F9A21ull;  // fixed: sample positions depend on n only
 constexpr size_t kCopyChunk = size_t{1} << 16;
 
@@ -28,7 +35,7 @@ FEDHPC_INLINE uint32_t magnitude_key(float v) { return float_bits(v) & 0x7ffffff
 // must not modify anything.
 template <class KeyAt>
 std::vector<uint32_t> sample_keys(size_t n, const KeyAt& key_at) {
-  const size_t s = std::min(n, kSampleSize);
+  const size_t s = std::min(std::max(n / 16, std::min(n, kMinSample)), kSampleSize);
   std::vector<uint32_t> sample(s);
   parallel_chunks(s, 4096, [&](size_t lo, size_t hi) {
     for (size_t j = lo; j < hi; ++j) {
@@ -132,9 +139,15 @@ Candidates collect_candidates(size_t n, size_t k, const Threshold& threshold, co
   return all;
 }
 
-// The k-th largest of keys (1 <= k <= keys.size()): a radix select, one
-// 16-bit histogram for the high half, one for the low half within the bucket.
+// The k-th largest of keys (1 <= k <= keys.size()): for many keys a radix select,
+// one 16-bit histogram for the high half, one for the low half within the bucket.
 uint32_t kth_largest(const std::vector<uint32_t>& keys, size_t k) {
+  if (keys.size() < kRadixMin) {
+    std::vector<uint32_t> copy(keys);
+    const auto nth = copy.begin() + static_cast<std::ptrdiff_t>(k - 1);
+    std::nth_element(copy.begin(), nth, copy.end(), std::greater<uint32_t>());
+    return *nth;
+  }
   std::vector<size_t> histogram(size_t{1} << 16);
   const auto find_bucket = [&](size_t& rank) {
     uint32_t bucket = 0xffffu;

@@ -933,3 +933,15 @@ def test_kernels_release_the_gil(threads):
     margin = (t1 - t0) / 4
     inside = [s for s in stamps if t0 + margin < s < t1 - margin]
     assert inside, "the main thread was blocked for the whole kernel call: the GIL is held"
+
+
+def test_seed_sequence_is_numpys_bit_for_bit():
+    """derive_seed's kernel is NumPy's SeedSequence: every stream of a run keeps its seed."""
+    rng = np.random.default_rng(11)
+    cases = [[], [0], [2**32 - 1], [2**32], [2**64 - 1], [2**63 - 1, 5, 7, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    cases += [[int(v) for v in rng.integers(0, 2**63, rng.integers(1, 8))] for _ in range(300)]
+    for parts in cases:
+        assert K.seed_sequence(parts) == int(np.random.SeedSequence(parts).generate_state(2, np.uint64)[0]), parts
+    for bad in ([-1], [2**64], [1.5]):
+        with pytest.raises((ValueError, TypeError)):
+            K.seed_sequence(bad)

@@ -221,6 +221,10 @@ def ring_mean(acc: npt.NDArray[np.int64], out: npt.NDArray[np.float32], inv: flo
     """out[i] = float32(double(acc[i]) * inv), or with coverage
     float32(double(acc[i]) / double(coverage[i])) where coverage[i] > 0 and 0
     elsewhere. All arrays have the same length; out must not overlap the others."""
+def seed_sequence(parts: list[int]) -> int:
+    """``numpy.random.SeedSequence(parts).generate_state(2, np.uint64)[0]``, bit for bit,
+    for integers in [0, 2**64) (ValueError otherwise)."""
+
 def crc32c(data: bytes | bytearray | memoryview | npt.NDArray[np.uint8], crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of the bytes, continuing from ``crc``; hardware
     instructions when the CPU has SSE4.2.

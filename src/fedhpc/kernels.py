@@ -29,6 +29,7 @@ from fedhpc._kernels import (  # noqa: F401  (re-exported API)
     rice_encode,
     rice_param,
     ring_fold,
+    seed_sequence,
     ring_mean,
     set_num_threads,
     sparse_axpy,

@@ -70,27 +70,25 @@ class BufferPool:
 
     def __init__(self) -> None:
         self.free: dict[int, list[np.ndarray]] = {}
-        self.lent: list[np.ndarray] = []
+        self.lent: dict[int, np.ndarray] = {}  # by id(): a rank lends thousands a round
 
     def take(self, nbytes: int) -> np.ndarray:
         """A uint8 array of ``nbytes`` (a view of a pooled buffer), valid until :meth:`reclaim`."""
         cap = -(-max(nbytes, 1) // self.PAGE) * self.PAGE
         spare = self.free.get(cap)
         buf = spare.pop() if spare else np.empty(cap, dtype=np.uint8)
-        self.lent.append(buf)
+        self.lent[id(buf)] = buf
         return buf[:nbytes]
 
     def release(self, view: np.ndarray) -> None:
         """Take back the one buffer ``view`` (from :meth:`take`) before the others."""
-        base = view.base if view.base is not None else view
-        for i, buf in enumerate(self.lent):
-            if buf is base:
-                self.free.setdefault(buf.nbytes, []).append(self.lent.pop(i))
-                return
+        buf = self.lent.pop(id(view.base if view.base is not None else view), None)
+        if buf is not None:
+            self.free.setdefault(buf.nbytes, []).append(buf)
 
     def reclaim(self) -> None:
         """Take every buffer back: nothing handed out since the last call may be used any more."""
-        for buf in self.lent:
+        for buf in self.lent.values():
             self.free.setdefault(buf.nbytes, []).append(buf)
         self.lent.clear()
 
