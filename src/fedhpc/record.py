@@ -11,6 +11,7 @@ matches the model it describes.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from typing import Any
@@ -22,9 +23,9 @@ import numpy as np
 STATUS = {"not selected": 0, "reported": 1, "late": 2, "failed": 3}
 
 _FLOAT = ("accuracy", "loss", "round_seconds", "train_seconds", "overhead_seconds", "sim_seconds",
-          "update_norm_median")
+          "update_norm_median", "state_ram_mb")
 _INT = ("round", "clients_selected", "clients_reported", "clients_late", "clients_failed", "stale_dropped",
-        "bytes_up", "bytes_down")
+        "bytes_up", "bytes_down", "state_spills", "state_loads")
 _CLIENT = {"status": np.int8, "bytes_up": np.int64, "seconds": np.float64}
 
 
@@ -40,8 +41,11 @@ class RunRecord:
         specs += [("rounds/failures", str_dtype, ())] + [(f"clients/{k}", t, (clients,)) for k, t in _CLIENT.items()]
         for name, dtype, tail in specs:
             if name not in self.file:
+                # chunks of at most ~1 MB: a round's row is written alone, and with 100,000 clients
+                # 64-round chunks would be rewritten whole (51 MB) every round
+                rows = max(1, min(64, (1 << 20) // max(1, math.prod(tail) * np.dtype(dtype).itemsize)))
                 self.file.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                                         chunks=(64, *tail))
+                                         chunks=(rows, *tail))
             ds = self.file[name]
             if ds.shape[0] > rounds_done:  # a resumed run: forget rounds after the checkpoint
                 ds.resize(rounds_done, axis=0)

@@ -136,10 +136,16 @@ def partition(y: np.ndarray, clients: int, name: str, seed: int, groups: np.ndar
 
 def summary(data, parts: list[np.ndarray], name: str) -> dict:
     """Samples and classes (label -> count) per client, and with natural users, each client's user."""
+    # every client's class counts at once (one np.unique per client took seconds for 100,000)
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    labels = data.y_train[np.concatenate(parts)] if parts else np.zeros(0, dtype=np.int64)
+    counts = np.zeros((len(parts), max(int(data.num_classes), int(labels.max(initial=-1)) + 1)), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(parts)), sizes), labels), 1)
     clients = []
     for cid, p in enumerate(parts):
-        labels, counts = np.unique(data.y_train[p], return_counts=True)
-        entry = {"client": cid, "samples": int(len(p)), "classes": {str(c): int(n) for c, n in zip(labels, counts)}}
+        row = counts[cid]
+        present = np.flatnonzero(row)
+        entry = {"client": cid, "samples": int(sizes[cid]), "classes": dict(zip(map(str, present), row[present].tolist()))}
         if name == "natural":
             entry["user"] = data.users[int(data.groups[p[0]])]
         clients.append(entry)
@@ -150,5 +156,7 @@ def summary(data, parts: list[np.ndarray], name: str) -> dict:
 
 
 def write_summary(path: Path, data, parts: list[np.ndarray], name: str) -> None:
-    """Write :func:`summary` as JSON (the run's ``partition.json``)."""
-    Path(path).write_text(json.dumps(summary(data, parts, name), indent=1))
+    """Write :func:`summary` as JSON (the run's ``partition.json``): indented for a reader
+    up to 1,000 clients, compact beyond (100,000 clients: about 6 MB)."""
+    Path(path).write_text(json.dumps(summary(data, parts, name), indent=1 if len(parts) <= 1000 else None,
+                                     separators=None if len(parts) <= 1000 else (",", ":")))

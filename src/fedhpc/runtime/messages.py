@@ -127,6 +127,9 @@ class Done:
     sent: int
     train_s: float = 0.0  # seconds this rank spent in local training
     relayed_bytes: int = 0  # model bytes streamed on to remote workers (the gateway)
+    state_bytes: int = 0  # client state this rank holds in RAM at the round's end
+    state_spills: int = 0  # client states it spilled to disk in the round
+    state_loads: int = 0  # and read back
     workers: dict[int, RemoteProfile] | None = None  # the gateway: client id -> its connected worker
 
 

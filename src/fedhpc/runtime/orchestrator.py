@@ -58,6 +58,9 @@ class _Collected:
     bytes_up: int = 0  # every Update received, accepted or not
     train_s: float = 0.0  # the slowest trainer rank's seconds in local training
     relayed_down: int = 0  # model bytes the gateway streamed on to its workers
+    state_bytes: int = 0  # client state the hosting ranks hold in RAM
+    state_spills: int = 0  # client states spilled to disk in the round, and read back
+    state_loads: int = 0
 
 
 class Orchestrator:
@@ -309,6 +312,9 @@ class Orchestrator:
             "sim_seconds": sim_seconds,
             "overhead_seconds": round_s - got.train_s,
             "update_norm_median": norm_median,
+            "state_ram_mb": got.state_bytes / 2**20,
+            "state_spills": got.state_spills,
+            "state_loads": got.state_loads,
         }
         return metrics, self._per_client(outcome, got), norms
 
@@ -399,6 +405,9 @@ class Orchestrator:
                 done[status.Get_source()] = d
                 got.train_s = max(got.train_s, d.train_s)
                 got.relayed_down += d.relayed_bytes
+                got.state_bytes += d.state_bytes
+                got.state_spills += d.state_spills
+                got.state_loads += d.state_loads
                 if d.workers is not None:
                     self.update_remote(d.workers)
             else:

@@ -33,6 +33,7 @@ class TrainerRank(HostRank):
     def train_round(self, task: RoundTask) -> None:
         start = time.monotonic()  # the model just arrived: the round's origin for partial work
         r, sent, pending = task.round, 0, []
+        spills, loads = self.states.spills, self.states.loads
         in_flight: list[tuple[list[MPI.Request], np.ndarray]] = []  # Updates sent whole, and their frames
         self.step.begin_round()
         if self.comm.rank in self.ctx.cfg.faults.crash_ranks:
@@ -54,7 +55,9 @@ class TrainerRank(HostRank):
             sent += bool(reqs)
             if self.folder is None:
                 in_flight.append((reqs, buf))
-        self.finish_round(Done(r, sent, train_s=self.step.train_s), pending)
+        self.finish_round(Done(r, sent, train_s=self.step.train_s, state_bytes=self.states.ram_bytes,
+                               state_spills=self.states.spills - spills, state_loads=self.states.loads - loads),
+                          pending)
 
     def _let_go(self, requests: list[MPI.Request], frame: np.ndarray) -> bool:
         """Give ``frame`` back to the pool if its sends have completed; say whether they had."""
