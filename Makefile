@@ -53,7 +53,7 @@ bench: setup
 clean:
 	rm -rf build $(VENV)
 
-.PHONY: bench-paper bench-overhead bench-peers bench-aggregation
+.PHONY: bench-paper bench-overhead bench-peers bench-aggregation bench-clients
 bench-paper: setup
 	$(BIN)/python benchmarks/paper.py
 
@@ -65,3 +65,6 @@ bench-peers: setup
 
 bench-aggregation: setup
 	$(BIN)/python benchmarks/aggregation.py
+
+bench-clients: setup
+	$(BIN)/python benchmarks/clients.py

@@ -77,6 +77,20 @@ def test_peer_benchmark_gives_flower_exactly_fedhpcs_client_split(tmp_path):
     assert data["x_test"].shape == (359, 64)
 
 
+def test_clients_tiny(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- clients:begin -->\nOLD\n<!-- clients:end -->\n")
+    bench("clients.py", "--budget-mb", "0.5", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "c.json"),
+          "--readme", str(readme), timeout=400)
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["resume_exact"] == {"50": True}
+    rows = {r["case"]: r for r in res["rows"]}
+    assert rows["spilled"]["spills"] > 0 and rows["in RAM"]["spills"] == 0
+    assert rows["spilled"]["state_ram_mb"] <= 2 * 0.5 and rows["bf16"]["state_ram_mb"] <= 2 * 0.25
+    assert rows["spilled"]["checkpoint_write_s"] is not None and rows["spilled"]["restore_s"] is not None
+    assert "OLD" not in readme.read_text() and "| 50 | spilled |" in readme.read_text()
+
+
 def test_aggregation_tiny(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- aggregation:begin -->\nOLD\n<!-- aggregation:end -->\n")

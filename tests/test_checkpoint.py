@@ -240,3 +240,20 @@ def test_a_run_directory_that_cannot_be_written_fails_cleanly(tmp_path):
     _, err = job.communicate(timeout=120)
     assert job.returncode == 2 and err.count("cannot write the checkpoint of round 20") == 1, err[-3000:]
     assert "Traceback" not in err and "checkpoints already there are kept" in err
+
+
+def test_spilling_client_state_changes_no_bit_and_resumes_on_other_rank_counts(straight, tmp_path):
+    """Room for two clients' state per rank: states spill to disk and come back every round,
+    the run stops and resumes on 4 ranks (the clients change hosts), and the model is bit
+    for bit the uninterrupted run's that kept every state in RAM."""
+    out = tmp_path / "run"
+    budget = ["clients.state_memory_mb=0.04", f"clients.state_dir={tmp_path / 'scratch'}"]  # 2 x 19 kB
+    fedhpc_run(3, out, *FULL, *budget, "rounds=3")
+    first = metrics(out)
+    assert sum(m["state_spills"] for m in first) > 0 and sum(m["state_loads"] for m in first) > 0
+    assert all(m["state_ram_mb"] <= 2 * 0.04 for m in first)  # two trainer ranks, each within its budget
+    assert not any((tmp_path / "scratch").iterdir())  # the spill files go with the job
+    resume(4, out, *budget, "rounds=6")
+    assert final_weights(out).tobytes() == final_weights(straight).tobytes()
+    proc = fedhpc_run(3, tmp_path / "small", *FULL, "clients.state_memory_mb=0.001", check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("less than one client's error-feedback state") == 1
