@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # lowest first: a module may import its own layer and those below it
 LAYERS = [
     ["fedhpc", "fedhpc._kernels", "fedhpc.kernels", "fedhpc.errors", "fedhpc.env", "fedhpc.types", "fedhpc.seeds",
-     "fedhpc.registry", "fedhpc.clock", "fedhpc.update", "fedhpc.ring"],
+     "fedhpc.registry", "fedhpc.clock", "fedhpc.update", "fedhpc.ring", "fedhpc.table"],
     ["fedhpc.compress", "fedhpc.strategy", "fedhpc.selection", "fedhpc.data", "fedhpc.models"],
     ["fedhpc.config", "fedhpc.checkpoint", "fedhpc.record", "fedhpc.report", "fedhpc.tracking"],
     ["fedhpc.runtime", "fedhpc.gateway"],

@@ -65,6 +65,7 @@ from fedhpc import kernels as K
 from fedhpc.config import RunConfig, load_config_text
 from fedhpc.errors import FedHPCError
 from fedhpc.models import Layout
+from fedhpc.table import ClientTable
 from fedhpc.types import ClientHistory, ClientProfile
 
 SCHEMA_VERSION = 3  # 2: the whole content is covered by content_sha256; 3: client states in shards
@@ -96,8 +97,8 @@ class ServerState:
     round: int
     weights: np.ndarray
     strategy: dict
-    profiles: dict[int, ClientProfile]
-    history: dict[int, ClientHistory]
+    profiles: ClientTable[ClientProfile]
+    history: ClientTable[ClientHistory]
     metrics: list[str]  # metrics.jsonl lines
 
 
@@ -153,49 +154,39 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def _fields_to_group(group: h5py.Group, records: list, cls) -> None:
-    for f in dataclasses.fields(cls):
-        values = [getattr(r, f.name) for r in records]
-        if f.type in ("float | None", float, "float"):
-            arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        elif f.type in ("bool", bool):
-            arr = np.array(values, dtype=np.bool_)
-        else:
-            arr = np.array([-1 if v is None else v for v in values], dtype=np.int64)
-        group.create_dataset(f.name, data=arr)
+def _table_to_group(group: h5py.Group, table: ClientTable) -> None:
+    for name, column in table.columns.items():
+        group.create_dataset(name, data=column)
 
 
-def _group_to_fields(group: h5py.Group, cls, n: int) -> list:
+def _group_to_table(group: h5py.Group, cls, n: int) -> ClientTable:
     columns = {}
     for f in dataclasses.fields(cls):
         if f.name not in group:
             raise CheckpointError(f"checkpoint lacks /clients field '{f.name}' of {cls.__name__}")
-        col = group[f.name][()]
-        if len(col) != n:
-            raise CheckpointError(f"checkpoint field '{f.name}' has {len(col)} clients, expected {n}")
-        if f.type == "float | None":
-            columns[f.name] = [None if np.isnan(v) else float(v) for v in col]
-        elif f.type in ("bool", bool):
-            columns[f.name] = [bool(v) for v in col]
-        elif f.type in ("float", float):
-            columns[f.name] = [float(v) for v in col]
-        else:
-            columns[f.name] = [int(v) for v in col]
-    return [cls(**{k: columns[k][i] for k in columns}) for i in range(n)]
+        columns[f.name] = group[f.name][()]
+        if columns[f.name].shape != (n,):
+            raise CheckpointError(f"checkpoint field '{f.name}' has {len(columns[f.name])} clients, expected {n}")
+    return ClientTable(cls, n, columns)
 
 
-def _check_records(path: Path, what: str, records: list) -> None:
+def _check_table(path: Path, what: str, table: ClientTable) -> None:
     """Profiles and histories hold finite numbers: counts and measurements >= 0 (round
-    indices >= -1, the 'never' value), an absent EMA None."""
-    for r in records:
-        for f in dataclasses.fields(r):
-            v = getattr(r, f.name)
-            if v is None or isinstance(v, bool):
-                continue
-            lo = -1 if f.name in ("last_selected", "excluded_until") else 0
-            if not (np.isfinite(v) and v >= lo) or (f.name in ("speed", "bandwidth_mbps") and v <= 0):
-                raise CheckpointError(f"checkpoint {path}: client {getattr(r, 'client_id', '?')}'s {what} "
-                                      f"field {f.name} is {v}, not a valid value")
+    indices >= -1, the 'never' value), an absent EMA None (NaN); speeds and bandwidths > 0."""
+    optional = {f.name for f in dataclasses.fields(table.cls) if f.type == "float | None"}
+    for name, col in table.columns.items():
+        if col.dtype == np.bool_:
+            continue
+        values = col[~np.isnan(col)] if name in optional else col
+        lo = -1 if name in ("last_selected", "excluded_until") else 0
+        bad = ~np.isfinite(values) | (values < lo)
+        if name in ("speed", "bandwidth_mbps"):
+            bad |= values <= 0
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            client = int(np.flatnonzero(~np.isnan(col))[i]) if name in optional else i
+            raise CheckpointError(f"checkpoint {path}: client {client}'s {what} field {name} is {values[i]}, "
+                                  f"not a valid value")
 
 
 def shard_directory(checkpoint: Path) -> Path:
@@ -329,9 +320,8 @@ def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState, shards
             else:
                 strat.attrs[key] = value
         clients = f.create_group("clients")
-        ids = sorted(state.profiles)
-        _fields_to_group(clients.create_group("profile"), [state.profiles[c] for c in ids], ClientProfile)
-        _fields_to_group(clients.create_group("history"), [state.history[c] for c in ids], ClientHistory)
+        _table_to_group(clients.create_group("profile"), state.profiles)
+        _table_to_group(clients.create_group("history"), state.history)
         f.create_group("metrics").attrs["jsonl"] = "\n".join(state.metrics)
         f.flush()
         reports = shards()
@@ -424,8 +414,8 @@ class Checkpoint:
                 raise CheckpointError(f"checkpoint {self.path}: client-state shard {shard.name} is missing or "
                                       f"unreadable ({exc})") from None
         state = self.server_state()  # everything resume reads must parse and make sense ...
-        _check_records(self.path, "profile", list(state.profiles.values()))
-        _check_records(self.path, "history", list(state.history.values()))
+        _check_table(self.path, "profile", state.profiles)
+        _check_table(self.path, "history", state.history)
         if cfg is not None:
             from fedhpc.strategy import get_strategy
 
@@ -462,11 +452,13 @@ class Checkpoint:
         strategy = {k: v[()] for k, v in strat.items()} | {k: v.item() if hasattr(v, "item") else v
                                                              for k, v in strat.attrs.items()}
         n = len(self.file["clients/profile/client_id"])
-        profiles = _group_to_fields(self.file["clients/profile"], ClientProfile, n)
-        history = _group_to_fields(self.file["clients/history"], ClientHistory, n)
+        profiles = _group_to_table(self.file["clients/profile"], ClientProfile, n)
+        if not np.array_equal(profiles.columns["client_id"], np.arange(n)):
+            raise CheckpointError(f"checkpoint {self.path}: /clients/profile/client_id is not 0 .. {n - 1}")
+        history = _group_to_table(self.file["clients/history"], ClientHistory, n)
         lines = str(self.file["metrics"].attrs["jsonl"])
-        self._state = ServerState(self.round, self.weights(), strategy, {p.client_id: p for p in profiles},
-                                  dict(enumerate(history)), [ln for ln in lines.split("\n") if ln])
+        self._state = ServerState(self.round, self.weights(), strategy, profiles, history,
+                                  [ln for ln in lines.split("\n") if ln])
         return self._state
 
     @property

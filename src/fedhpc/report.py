@@ -33,7 +33,7 @@ def _inspect_checkpoint(path: Path) -> str:
         cfg = ck.config()
         acc = [json.loads(m)["accuracy"] for m in st.metrics]
         acc = [x for x in acc if x is not None]
-        reported = sum(h.reported for h in st.history.values())
+        reported = int(st.history.columns["reported"].sum())
         lines = [
             f"checkpoint {path}",
             f"  schema {a['schema_version']}, written by fedhpc {a['fedhpc_version']}",

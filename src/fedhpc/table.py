@@ -12,7 +12,7 @@ client step read and update ``table[c].selected`` as before.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -66,12 +66,13 @@ def _rows(cls: type) -> type:
     return type(f"{cls.__name__}Row", (), ns)
 
 
-class ClientTable(Mapping[int, T], Generic[T]):
+class ClientTable(MutableMapping[int, T], Generic[T]):
     """Records of the dataclass ``cls`` for clients ``0 .. n-1``, one column per field.
 
     Every id in range has a record (the dataclass's defaults until set), so
-    ``setdefault`` only returns the row. Rows are views: a row's attributes read
-    and write the columns, :meth:`record` copies one into a plain ``cls``.
+    ``setdefault`` only returns the row and no record can be deleted. Rows are
+    views: a row's attributes read and write the columns, ``table[c] = record``
+    writes a whole record, :meth:`record` copies one into a plain ``cls``.
     """
 
     def __init__(self, cls: type[T], n: int, columns: dict[str, np.ndarray] | None = None):
@@ -91,13 +92,6 @@ class ClientTable(Mapping[int, T], Generic[T]):
                              f"{sorted(missing)}")
         self.columns = {f.name: np.ascontiguousarray(columns[f.name], dtype=_column_dtype(f.type)) for f in fields}
 
-    @classmethod
-    def of(cls, records: list[T]) -> ClientTable[T]:
-        """The table of ``records`` (record i is client i)."""
-        kind = type(records[0])
-        return cls(kind, len(records), {f.name: np.array([np.nan if (v := getattr(r, f.name)) is None else v
-                                                          for r in records]) for f in dataclasses.fields(kind)})
-
     def __len__(self) -> int:
         return self.n
 
@@ -105,12 +99,20 @@ class ClientTable(Mapping[int, T], Generic[T]):
         return iter(range(self.n))
 
     def __contains__(self, cid: object) -> bool:
-        return isinstance(cid, (int, np.integer)) and 0 <= cid < self.n
+        return isinstance(cid, (int, np.integer)) and 0 <= int(cid) < self.n
 
     def __getitem__(self, cid: int) -> T:
         if not 0 <= cid < self.n:
             raise KeyError(cid)
         return self._row(self, int(cid))
+
+    def __setitem__(self, cid: int, record: T) -> None:
+        row = self[cid]
+        for f in dataclasses.fields(self.cls):  # type: ignore[arg-type]
+            setattr(row, f.name, getattr(record, f.name))
+
+    def __delitem__(self, cid: int) -> None:
+        raise TypeError("a ClientTable holds a record for every client id: none can be deleted")
 
     def setdefault(self, cid: int, default: T | None = None) -> T:
         """The row of ``cid`` (every client has one)."""

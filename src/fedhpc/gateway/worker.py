@@ -81,7 +81,7 @@ class Worker:
             self.step = ClientStep(cfg, self.job, model, self.layout, data.x_train, data.y_train, wan,
                                    make_clock(cfg.clock))
             self.played = self.client
-        self.profile = simulated_profiles(cfg, [self.client])[self.client]
+        self.profile = simulated_profiles(cfg, [self.client]).record(self.client)
         # the training throughput needs the job's model, known only now: send it with a heartbeat
         profile.samples_per_s = self.measure_throughput()
         self.stub.Heartbeat(pb.HeartbeatRequest(session=self.session, profile=profile), metadata=self.metadata,

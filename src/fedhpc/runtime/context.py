@@ -13,6 +13,7 @@ from fedhpc.data import Dataset, load_dataset
 from fedhpc.data.partition import partition
 from fedhpc.models import Layout, build_model
 from fedhpc.seeds import SEED_PARTITION, SEED_PROFILE, derive_seed
+from fedhpc.table import ClientTable
 from fedhpc.types import ClientProfile
 
 
@@ -51,7 +52,13 @@ class Context:
         return self.mpi_trainers[client % len(self.mpi_trainers)]
 
     def clients_of(self, rank: int) -> list[int]:
-        return [c for c in self.all_clients if self.host_of(c) == rank]
+        """The clients ``rank`` hosts (those :meth:`host_of` gives it), computed without
+        asking for each of 100,000 clients."""
+        if rank == self.gateway:
+            return self.remote_clients
+        if rank not in self.mpi_trainers:
+            return []
+        return list(range(self.mpi_trainers.index(rank), self.cfg.clients.total, len(self.mpi_trainers)))
 
 
 def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None = None) -> Context:
@@ -63,22 +70,23 @@ def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None =
     return Context(cfg, data, parts, model, Layout(model), mpi_trainers, gateway)
 
 
-def simulated_profiles(cfg: RunConfig, remote_clients: list[int] | tuple[int, ...] = ()) -> dict[int, ClientProfile]:
-    """Per-client heterogeneity drawn from the config (deterministic in the seed).
+def simulated_profiles(cfg: RunConfig, remote_clients: list[int] | tuple[int, ...] = ()) -> ClientTable[ClientProfile]:
+    """Per-client heterogeneity drawn from the config (deterministic in the seed), as
+    a table of every client id up to the last of ``remote_clients``.
 
     ``remote_clients`` (played by gateway workers) get the reference speed
     and the configured link: what the simulated clock charges them, and what
     rank 0 assumes of them until their workers report measurements.
     """
-    p = cfg.profiles
+    p, total = cfg.profiles, cfg.clients.total
     rng = np.random.default_rng(derive_seed(cfg.seed, SEED_PROFILE))
-    speeds = np.exp(rng.normal(0.0, p.speed_sigma, cfg.clients.total)) if p.speed_sigma > 0 else np.ones(cfg.clients.total)
+    speeds = np.exp(rng.normal(0.0, p.speed_sigma, total)) if p.speed_sigma > 0 else np.ones(total)
     for c in p.slow_clients:
         speeds[c] /= p.slow_factor
-    profiles = {c: ClientProfile(client_id=c, speed=float(speeds[c]), bandwidth_mbps=p.bandwidth_mbps,
-                                 latency_ms=p.latency_ms, dropout_prob=cfg.faults.dropout_prob)
-                for c in range(cfg.clients.total)}
-    for c in remote_clients:
-        profiles[c] = ClientProfile(client_id=c, bandwidth_mbps=p.bandwidth_mbps, latency_ms=p.latency_ms,
-                                    dropout_prob=cfg.faults.dropout_prob, remote=True)
-    return profiles
+    table = ClientTable(ClientProfile, max([total, *(c + 1 for c in remote_clients)]))
+    cols = table.columns
+    cols["speed"][:total] = speeds
+    cols["bandwidth_mbps"][:], cols["latency_ms"][:] = p.bandwidth_mbps, p.latency_ms
+    cols["dropout_prob"][:] = cfg.faults.dropout_prob
+    cols["remote"][list(remote_clients)] = True
+    return table

@@ -40,7 +40,8 @@ from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
 from fedhpc.strategy import get_strategy
 from fedhpc.tracking import MLflow, TensorBoard
-from fedhpc.types import ClientFailure, ClientHistory, ClientResult, RoundOutcome
+from fedhpc.table import ClientTable
+from fedhpc.types import ClientFailure, ClientHistory, ClientProfile, ClientResult, RoundOutcome
 from fedhpc.update import BufferPool, Status, UpdateHeader, max_update_bytes, unpack_update
 
 log = logging.getLogger("fedhpc.orchestrator")
@@ -84,7 +85,7 @@ class Orchestrator:
         self.eval_idx = (np.sort(np.random.default_rng(derive_seed(cfg.seed, SEED_EVAL)).choice(n_test, cap, replace=False))
                          if 0 < cap < n_test else slice(None))
         self.profiles = self._profiles(hosts)
-        self.history = {c: ClientHistory() for c in ctx.all_clients}
+        self.history = ClientTable(ClientHistory, len(ctx.all_clients))
         self.first_round = 0
         self.lines: list[str] = []  # metrics.jsonl so far
         self.forwarded_signals = 0  # the highest stop-signal count a trainer reported
@@ -101,7 +102,7 @@ class Orchestrator:
         self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, self.codec_of, self.feddrop, self.scale)
                        if self.strategy.decomposable and cfg.aggregation.fold == "rank0" else None)
 
-    def _profiles(self, hosts: dict[int, dict]) -> dict:
+    def _profiles(self, hosts: dict[int, dict]) -> ClientTable[ClientProfile]:
         """Client profiles: the configured heterogeneity, plus what registration measured
         of each client's host. On the wall clock the measurements are what the
         selector should trust; on the simulated clock the configured values rule,
@@ -111,12 +112,13 @@ class Orchestrator:
             log.info("rank %d on %s: %.0f samples/s, %.1f GiB, link %.3f ms / %.0f Mbit/s", rank, h["host"],
                      h["samples_per_s"], h["memory_gb"], h["latency_ms"], h["bandwidth_mbps"])
         profiles = simulated_profiles(self.ctx.cfg, self.ctx.remote_clients)
-        for c, p in profiles.items():
-            h = hosts[self.ctx.host_of(c)]
-            p.samples_per_s, p.memory_gb = h["samples_per_s"], h["memory_gb"]
-            if self.ctx.cfg.clock == "wall":
-                p.speed *= h["samples_per_s"] / fastest
-                p.bandwidth_mbps, p.latency_ms = h["bandwidth_mbps"], h["latency_ms"]
+        cols, wall = profiles.columns, self.ctx.cfg.clock == "wall"
+        for rank, h in hosts.items():  # every client of a rank gets its host's measurements, column by column
+            mine = [c for c in self.ctx.clients_of(rank) if c < profiles.n]
+            cols["samples_per_s"][mine], cols["memory_gb"][mine] = h["samples_per_s"], h["memory_gb"]
+            if wall:
+                cols["speed"][mine] *= h["samples_per_s"] / fastest
+                cols["bandwidth_mbps"][mine], cols["latency_ms"][mine] = h["bandwidth_mbps"], h["latency_ms"]
         return profiles
 
     # -- the run ------------------------------------------------------------
@@ -519,7 +521,7 @@ class Orchestrator:
         """Take the gateway's report of connected workers: who can be selected, with what
         they declared. On the wall clock their measurements become their profiles; on the
         simulated clock the configured values rule, as for the clients inside the job."""
-        fastest = max((p.samples_per_s for p in self.profiles.values()), default=0.0) or 1.0
+        fastest = float(self.profiles.columns["samples_per_s"].max(initial=0.0)) or 1.0
         for cid, prof in connected.items():
             p = self.profiles[cid]
             p.samples_per_s, p.memory_gb = prof.samples_per_s, prof.memory_gb

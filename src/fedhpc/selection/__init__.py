@@ -5,7 +5,7 @@
 >>> selector.set_costs(down_bytes=weights.nbytes, up_bytes=update_bytes, reference_cost=2.0)   # any selector; after a resume too
 >>> chosen, log = selector.select(round, available, k, profiles, history, rng)
 >>> ...                                          # the round runs
->>> selector.update(outcome, history, round)     # history: dict[int, ClientHistory], owned by the runtime
+>>> selector.update(outcome, history, round)     # history: id -> ClientHistory (a dict, or the runtime's ClientTable)
 
 The registry is explicit: one selector per module, listed here by name.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,15 +43,15 @@ class Selector(ABC):
         round: int,
         available: list[int],
         k: int,
-        profiles: dict[int, ClientProfile],
-        history: dict[int, ClientHistory],
+        profiles: Mapping[int, ClientProfile],
+        history: Mapping[int, ClientHistory],
         rng: np.random.Generator,
     ) -> tuple[list[int], list[str]]:
         """Return (chosen client ids ascending, log lines explaining the choice).
 
         Exactly ``min(k, len(available))`` distinct clients are chosen. A client
         missing from ``profiles`` or ``history`` is treated as a new client with
-        default profile; neither dict is modified. ``rng`` is the only source
+        default profile; neither mapping is modified. ``rng`` is the only source
         of randomness.
         """
         k = check_number(f"selector '{self.name}'", "k", k, integer=True, lo=0)
@@ -68,8 +69,8 @@ class Selector(ABC):
         round: int,
         pool: list[int],
         n: int,
-        profiles: dict[int, ClientProfile],
-        history: dict[int, ClientHistory],
+        profiles: Mapping[int, ClientProfile],
+        history: Mapping[int, ClientHistory],
         rng: np.random.Generator,
     ) -> tuple[list[int], list[str]]:
         """Choose exactly ``n`` distinct ids of ``pool`` (ascending, unique, n <= len(pool))."""
@@ -85,7 +86,7 @@ class Selector(ABC):
         ignore it, so the runtime can call it whatever selector it built.
         """
 
-    def update(self, outcome: RoundOutcome, history: dict[int, ClientHistory], round: int) -> None:
+    def update(self, outcome: RoundOutcome, history: MutableMapping[int, ClientHistory], round: int) -> None:
         """Fold one finished round into ``history`` (in place; new clients get an entry).
 
         Every client selected in the round must appear in ``outcome``: in
@@ -135,7 +136,7 @@ class Selector(ABC):
         return check_number(f"selector '{self.name}'", param, value, **rule)
 
 
-def _round_quality(results: list[ClientResult], history: dict[int, ClientHistory]) -> dict[int, float]:
+def _round_quality(results: list[ClientResult], history: Mapping[int, ClientHistory]) -> dict[int, float]:
     """Quality in [0, 1] of this round's reporters that can be judged.
 
     A client's loss fall is (last loss - loss) / last loss, clipped at 0, from
