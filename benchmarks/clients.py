@@ -13,7 +13,9 @@ For each K:
 * **spilled**: a budget of B MB per rank (``--budget-mb``), R/2 rounds and a
   checkpoint, then resumed (a second ``mpiexec``) to R rounds: its final model
   must be bit for bit the in-RAM run's;
-* **bf16**: residuals stored as bfloat16 under half that budget, R rounds.
+* **bf16**: residuals stored as bfloat16 under half that budget, R rounds;
+* **before** (with ``--before PYTHON``, the interpreter of another fedhpc
+  checkout): the in-RAM job run by that code.
 
 Reported per job: peak RSS of rank 0 and of the larger trainer, the client
 state in RAM at the end (from ``metrics.jsonl``), states spilled and read back,
@@ -64,19 +66,20 @@ def sets(total: int, per_round: int, rounds: int) -> list[str]:
             f"eval.every={rounds}", "eval.max_samples=2000", "tracking.tensorboard=false"]
 
 
-def launch(out: Path, args: list[str], ranks: int = 3) -> dict:
-    """One ``mpiexec`` of ``fedhpc ARGS``; every rank's peak RSS and the wall time."""
+def launch(out: Path, args: list[str], python: str = sys.executable, ranks: int = 3) -> dict:
+    """One ``mpiexec`` of ``fedhpc ARGS`` under ``python``; every rank's peak RSS and the wall time."""
     peak = out / f"peak-{len(list(out.glob('peak-*'))) if out.exists() else 0}"
-    cmd = [_jobs.mpiexec(), "-n", str(ranks), sys.executable, str(HERE / "_peak.py"), str(peak), *args]
+    cmd = [_jobs.mpiexec(), "-n", str(ranks), python, str(HERE / "_peak.py"), str(peak), *args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=dict(os.environ, **_jobs.LAUNCH_ENV), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
     return {"peak_rss": [int((peak / f"peak_rss.{r}").read_text()) for r in range(ranks)],
+            "end_rss": [int((peak / f"end_rss.{r}").read_text()) for r in range(ranks)],
             "wall_s": time.perf_counter() - t0}
 
 
-def summarise(out: Path, name: str, per_round: int, peaks: list[list[int]], budget_mb: float) -> dict:
+def summarise(out: Path, name: str, per_round: int, runs: list[dict], budget_mb: float) -> dict:
     """The table row of a finished run directory."""
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # the first round warms allocators and caches, an evaluating one also evaluates: neither is steady
@@ -86,14 +89,18 @@ def summarise(out: Path, name: str, per_round: int, peaks: list[list[int]], budg
     restored = [float(s) for s in re.findall(r"resumed from .* client states in ([0-9.]+)s", log)]
     overhead = statistics.fmean(m["overhead_seconds"] for m in steady)
     row = {"case": name, "clients_per_round": per_round, "budget_mb": budget_mb,
-           "rank0_peak_rss": max(p[0] for p in peaks), "trainer_peak_rss": max(max(p[1:]) for p in peaks),
-           "state_ram_mb": metrics[-1]["state_ram_mb"], "spills": sum(m["state_spills"] for m in metrics),
-           "loads": sum(m["state_loads"] for m in metrics),
+           "rank0_peak_rss": max(r["peak_rss"][0] for r in runs),
+           "trainer_peak_rss": max(max(r["peak_rss"][1:]) for r in runs),
+           "trainer_end_rss": max(runs[-1]["end_rss"][1:]),
+           # (code from before the store reports none of these)
+           "state_ram_mb": metrics[-1].get("state_ram_mb", 0.0), "spills": sum(m.get("state_spills", 0) for m in metrics),
+           "loads": sum(m.get("state_loads", 0) for m in metrics),
            "round_s": statistics.fmean(m["round_seconds"] for m in steady), "overhead_s": overhead,
            "overhead_us_per_client": 1e6 * overhead / per_round,
            "checkpoint_write_s": written[-1] if written else None, "restore_s": restored[-1] if restored else None,
            "final_accuracy": metrics[-1]["accuracy"]}
-    print(f"  {name:10} K={per_round:5}: trainer peak {row['trainer_peak_rss'] / 1e6:6.0f} MB, state in RAM "
+    print(f"  {name:10} K={per_round:5}: trainer peak {row['trainer_peak_rss'] / 1e6:6.0f} MB, at the end "
+          f"{row['trainer_end_rss'] / 1e6:6.0f} MB, state in RAM "
           f"{row['state_ram_mb']:6.1f} MB, {row['spills']} spilled / {row['loads']} loaded, round "
           f"{row['round_s']:.3f}s, overhead {row['overhead_us_per_client']:.0f} us/client, checkpoint "
           f"{row['checkpoint_write_s'] or '-'}s, restore {row['restore_s'] or '-'}s", flush=True)
@@ -108,16 +115,20 @@ def scale(args, total: int, per_round: int, rounds: int) -> tuple[list[dict], bo
     for name, extra, r in (("no state", ["codec.error_feedback=false"], rounds), ("in RAM", [], rounds)):
         out = root / name.replace(" ", "-")
         got = launch(out, ["run", "--out", str(out), *(f"--set={s}" for s in base + extra + [f"rounds={r}"])])
-        rows.append(summarise(out, name, per_round, [got["peak_rss"]], 0.0))
+        rows.append(summarise(out, name, per_round, [got], 0.0))
     out = root / "spilled"
     first = launch(out, ["run", "--out", str(out), *(f"--set={s}" for s in base + budget + [f"rounds={rounds // 2}"])])
     second = launch(out, ["run", "--resume", str(out), *(f"--set={s}" for s in budget + [f"rounds={rounds}"])])
-    rows.append(summarise(out, "spilled", per_round, [first["peak_rss"], second["peak_rss"]], args.budget_mb))
+    rows.append(summarise(out, "spilled", per_round, [first, second], args.budget_mb))
     exact = np.load(out / "final_weights.npy").tobytes() == np.load(root / "in-RAM" / "final_weights.npy").tobytes()
     half = [f"clients.state_memory_mb={args.budget_mb / 2}", budget[1], "codec.residual_dtype=bf16"]
     out = root / "bf16"
     got = launch(out, ["run", "--out", str(out), *(f"--set={s}" for s in base + half)])
-    rows.append(summarise(out, "bf16", per_round, [got["peak_rss"]], args.budget_mb / 2))
+    rows.append(summarise(out, "bf16", per_round, [got], args.budget_mb / 2))
+    if args.before:
+        out = root / "before"
+        got = launch(out, ["run", "--out", str(out), *(f"--set={s}" for s in base)], args.before)
+        rows.append(summarise(out, "before", per_round, [got], 0.0))
     return rows, exact
 
 
@@ -144,13 +155,14 @@ def bf16_accuracy(args, rounds: int, seeds: int) -> list[dict]:
 def table(total: int, rows: list[dict], exact: dict, acc: list[dict]) -> str:
     lines = [f"{total:,} clients, MLP 32-512-10 (22,026 parameters, 88 kB of residual each), top-k 5 % + error "
              "feedback, 3 ranks (2 trainers) on this machine.", "",
-             "| K/round | case | budget/rank | trainer peak RSS | rank 0 peak | state in RAM (all ranks) | spilled / "
-             "read back | round s | overhead per client | checkpoint write | restore |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| K/round | case | budget/rank | trainer peak RSS | trainer RSS at the end | rank 0 peak | state in RAM "
+             "(all ranks) | spilled / read back | round s | overhead per client | checkpoint write | restore |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['clients_per_round']:,} | {r['case']} | {r['budget_mb'] or '-'} MB | "
-            f"{r['trainer_peak_rss'] / 1e6:.0f} MB | {r['rank0_peak_rss'] / 1e6:.0f} MB | {r['state_ram_mb']:.1f} MB | "
+            f"{r['trainer_peak_rss'] / 1e6:.0f} MB | {r['trainer_end_rss'] / 1e6:.0f} MB | "
+            f"{r['rank0_peak_rss'] / 1e6:.0f} MB | {r['state_ram_mb']:.1f} MB | "
             f"{r['spills']:,} / {r['loads']:,} | {r['round_s']:.3f} | {r['overhead_us_per_client']:.0f} us | "
             + (f"{r['checkpoint_write_s']:.2f} s" if r["checkpoint_write_s"] is not None else "-") + " | "
             + (f"{r['restore_s']:.2f} s" if r["restore_s"] is not None else "-") + " |")
@@ -185,6 +197,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (about 10 minutes), quick, tiny (smoke)")
     p.add_argument("--budget-mb", type=float, default=32.0, help="clients.state_memory_mb of the spilled jobs")
     p.add_argument("--state-dir", default="", help="clients.state_dir (default: under --out)")
+    p.add_argument("--before", metavar="PYTHON", default="",
+                   help="the interpreter of another fedhpc checkout to run the in-RAM jobs with too")
     p.add_argument("--out", type=Path, default=Path("runs/bench-clients"), help="where the runs go")
     p.add_argument("--json", metavar="FILE", type=_jobs.optional_path, default=HERE / "results" / "clients.json")
     p.add_argument("--readme", metavar="FILE", type=_jobs.optional_path, default=HERE / "README.md",

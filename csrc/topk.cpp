@@ -21,7 +21,7 @@ namespace {
 // small model's top-k (a few 10k values, selected thousands of times a round by a
 // rank of many clients) would otherwise pay for sorting a sample as large as itself.
 constexpr size_t kSampleSize = 65536;
-constexpr size_t kMinSample = 4096;
+constexpr size_t kMinSample = 1024;
 // Below this many candidates the k-th largest is found by nth_element on a copy,
 // not by the radix select, whose two 64k-bin histograms cost more than the keys.
 constexpr size_t kRadixMin = 65536;
@@ -37,11 +37,22 @@ template <class KeyAt>
 std::vector<uint32_t> sample_keys(size_t n, const KeyAt& key_at) {
   const size_t s = std::min(std::max(n / 16, std::min(n, kMinSample)), kSampleSize);
   std::vector<uint32_t> sample(s);
+  // Stratum j is [j*n/s, (j+1)*n/s), stepped without a division per key (two 64-bit
+  // divisions per key cost more than everything else the top-k of a small model does),
+  // the offset in it by a multiply-high.
+  const size_t step = n / s, step_rem = n % s;
   parallel_chunks(s, 4096, [&](size_t lo, size_t hi) {
+    size_t first = lo * n / s, rem = lo * n % s;
     for (size_t j = lo; j < hi; ++j) {
-      const size_t first = j * n / s;
-      const size_t width = (j + 1) * n / s - first;
-      sample[j] = key_at(first + static_cast<size_t>(random_u64(kSampleSeed, j) % width));
+      size_t next = first + step;
+      rem += step_rem;
+      if (rem >= s) {
+        rem -= s;
+        ++next;
+      }
+      const auto width = static_cast<unsigned __int128>(next - first);
+      sample[j] = key_at(first + static_cast<size_t>((random_u64(kSampleSeed, j) * width) >> 64));
+      first = next;
     }
   });
   return sample;

@@ -47,6 +47,9 @@ from fedhpc.update import BufferPool, Status, UpdateHeader, max_update_bytes, un
 log = logging.getLogger("fedhpc.orchestrator")
 
 SIGNAL_CHECK_S = 0.01  # how often the receive loop looks for a second stop signal
+# the receive loop's nap when nothing came: from IDLE_MIN_S, doubling while nothing comes, to
+# IDLE_MAX_S, so that rank 0 does not take a trainer's core on a shared node to spin
+IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.002
 PROGRESS_S = 5.0  # how often long work (a checkpoint) says how far it got
 VERDICT_MIN_BYTES = 1 << 20  # a folding rank is told early to let go of frames of at least this size
 
@@ -366,6 +369,7 @@ class Orchestrator:
         received: Counter = Counter()
         next_signal_check, stop_signals = 0.0, 0
         status = MPI.Status()
+        nap = IDLE_MIN_S
         while True:
             elapsed = time.monotonic() - t0
             if not col.closed:
@@ -386,7 +390,7 @@ class Orchestrator:
                            f"(stragglers.timeout_s + close_grace_s); aborting the job (a rank is stopped, hung or "
                            f"dead)")
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.UPDATE, status=status):
-                src = status.Get_source()
+                src, nap = status.Get_source(), IDLE_MIN_S
                 received[src] += 1
                 try:
                     buf = recv_update(self.comm, status, self.max_update_bytes, timeout, self.updates)
@@ -397,7 +401,7 @@ class Orchestrator:
                 # the arrival's clock time is the instant the collector last found the round open
                 self.accept(src, buf, col, elapsed)
             elif self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.FOLDED, status=status):
-                src = status.Get_source()
+                src, nap = status.Get_source(), IDLE_MIN_S
                 received[src] += 1
                 folded: Folded = self.comm.recv(source=src, tag=Tag.FOLDED)
                 got.bytes_up += folded.nbytes
@@ -413,7 +417,8 @@ class Orchestrator:
                 if d.workers is not None:
                     self.update_remote(d.workers)
             else:
-                time.sleep(0.0002)
+                time.sleep(nap)  # a deadline is seen at most IDLE_MAX_S late
+                nap = min(2 * nap, IDLE_MAX_S)
         return got
 
     def claim_problem(self, src: int, head: UpdateHeader) -> str | None:

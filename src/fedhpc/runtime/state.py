@@ -104,6 +104,7 @@ class ClientStates:
         self.scratch = np.empty(n, dtype=np.float32) if dtype == "bf16" else None
         self.stored_dtype = np.dtype(np.float32 if dtype == "float32" else np.uint16)
         self.count = 0  # clients with a state
+        self.spare: list[np.ndarray] = []  # arrays of spilled residuals, reused (fresh memory costs page faults)
         self.spills = self.loads = 0  # records written to / read from the spill file
 
     @classmethod
@@ -170,10 +171,10 @@ class ClientStates:
         self.slot[cid], self.crc[cid] = slot, K.crc32c(data)
         self.spills += 1
 
-    def _read(self, cid: int) -> np.ndarray:
-        """``cid``'s spilled record, verified."""
+    def _read(self, cid: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``cid``'s spilled record, verified (into ``out`` when given)."""
         assert self.fd is not None
-        out = np.empty(self.n, dtype=self.stored_dtype)
+        out = np.empty(self.n, dtype=self.stored_dtype) if out is None else out
         offset = int(self.slot[cid]) * self.record
         try:
             got = os.preadv(self.fd, [memoryview(out).cast("B")], offset)
@@ -199,10 +200,12 @@ class ClientStates:
             victim, stored = next(iter(self.ram.items()))
             self._spill(victim, stored)
             del self.ram[victim]
+            self.spare.append(stored)
 
     def clear(self) -> None:
         """Forget every client's state."""
         self.ram.clear()
+        self.spare.clear()
         self.slot[:] = -1
         self.slots = self.count = 0
 
@@ -221,7 +224,14 @@ class ClientStates:
             return stored
         fresh = not self._spilled(cid)
         self._make_room()
-        stored = np.zeros(self.n, dtype=self.stored_dtype) if fresh else self._read(cid)
+        if not self.spare:
+            stored = np.zeros(self.n, dtype=self.stored_dtype) if fresh else self._read(cid)
+        elif fresh:
+            stored = self.spare.pop()
+            stored.fill(0)
+        else:
+            stored = self._read(cid, self.spare[-1])  # a refused record leaves the spare one
+            self.spare.pop()
         self.count += fresh
         self.ram[cid] = stored
         return stored
