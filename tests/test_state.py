@@ -130,6 +130,8 @@ def test_restored_states_are_checked_and_spill_beyond_the_budget(tmp_path):
     for c, r in states.items():
         store.put(c, r)
     assert store.ram_bytes <= store.budget and len(store) == 5
+    held = store.ram_bytes + (0 if store.spare is None else store.spare.nbytes)  # nothing else kept
+    assert held <= store.budget + store.record
     assert {c: r[0] for c, r in store.items()} == {c: c for c in range(5)}
     with pytest.raises(StateError, match="float64.*expected float32"):
         store.put(9, np.zeros(N))

@@ -104,7 +104,8 @@ class ClientStates:
         self.scratch = np.empty(n, dtype=np.float32) if dtype == "bf16" else None
         self.stored_dtype = np.dtype(np.float32 if dtype == "float32" else np.uint16)
         self.count = 0  # clients with a state
-        self.spare: list[np.ndarray] = []  # arrays of spilled residuals, reused (fresh memory costs page faults)
+        # the array of the residual spilled last, for the next one to come in (fresh memory costs page faults)
+        self.spare: np.ndarray | None = None
         self.spills = self.loads = 0  # records written to / read from the spill file
 
     @classmethod
@@ -200,12 +201,12 @@ class ClientStates:
             victim, stored = next(iter(self.ram.items()))
             self._spill(victim, stored)
             del self.ram[victim]
-            self.spare.append(stored)
+            self.spare = stored
 
     def clear(self) -> None:
         """Forget every client's state."""
         self.ram.clear()
-        self.spare.clear()
+        self.spare = None
         self.slot[:] = -1
         self.slots = self.count = 0
 
@@ -224,17 +225,20 @@ class ClientStates:
             return stored
         fresh = not self._spilled(cid)
         self._make_room()
-        if not self.spare:
-            stored = np.zeros(self.n, dtype=self.stored_dtype) if fresh else self._read(cid)
-        elif fresh:
-            stored = self.spare.pop()
+        if fresh:
+            stored = self._take_spare()
             stored.fill(0)
         else:
-            stored = self._read(cid, self.spare[-1])  # a refused record leaves the spare one
-            self.spare.pop()
+            stored = self._read(cid, self.spare)  # a refused record leaves the spare one
+            self.spare = None
         self.count += fresh
         self.ram[cid] = stored
         return stored
+
+    def _take_spare(self) -> np.ndarray:
+        """The spare array (or a new one), no longer spare."""
+        out, self.spare = self.spare, None
+        return np.empty(self.n, dtype=self.stored_dtype) if out is None else out
 
     def checkout(self, cid: int) -> np.ndarray:
         """``cid``'s residual as float32, to be updated in place by its encode and given back
@@ -274,7 +278,8 @@ class ClientStates:
         if cid not in self.ram:
             self._make_room()
             self.count += not self._spilled(cid)
-        self.ram[cid] = np.require(stored, requirements=["C", "W", "O"])
+            self.ram[cid] = self._take_spare()
+        self.ram[cid][:] = stored
         self.ram.move_to_end(cid)
 
     @property
