@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def summarise(out: Path, name: str, per_round: int, runs: list[dict], budget_mb:
 def scale(args, total: int, per_round: int, rounds: int) -> tuple[list[dict], bool]:
     """The four jobs of one K; whether the spilled-and-resumed model is the in-RAM one."""
     base, root = sets(total, per_round, rounds), args.out / f"k{per_round}"
+    shutil.rmtree(root, ignore_errors=True)  # a resume must find this run's checkpoint, not an older one's
     budget = [f"clients.state_memory_mb={args.budget_mb}", f"clients.state_dir={args.state_dir or root / 'scratch'}"]
     rows = []
     for name, extra, r in (("no state", ["codec.error_feedback=false"], rounds), ("in RAM", [], rounds)):

@@ -117,7 +117,7 @@ class Orchestrator:
         profiles = simulated_profiles(self.ctx.cfg, self.ctx.remote_clients)
         cols, wall = profiles.columns, self.ctx.cfg.clock == "wall"
         for rank, h in hosts.items():  # every client of a rank gets its host's measurements, column by column
-            mine = [c for c in self.ctx.clients_of(rank) if c < profiles.n]
+            mine = self.ctx.clients_of(rank)
             cols["samples_per_s"][mine], cols["memory_gb"][mine] = h["samples_per_s"], h["memory_gb"]
             if wall:
                 cols["speed"][mine] *= h["samples_per_s"] / fastest

@@ -88,9 +88,9 @@ class ClientStates:
                  spill_path: Path | None = None):
         self.n, self.dtype = n, dtype
         self.record = state_bytes(n, dtype)
-        if 0 < budget_bytes < self.record:
-            raise ConfigError(f"a client-state budget of {budget_bytes} bytes cannot hold one client's state "
-                              f"({self.record} bytes)")
+        if 0 < budget_bytes < self.record:  # for_run says so in the config's words (check_budget)
+            raise ValueError(f"a client-state budget of {budget_bytes} bytes cannot hold one client's state "
+                             f"({self.record} bytes)")
         if budget_bytes and spill_path is None:
             raise ValueError("a client-state budget needs a spill path")
         self.budget, self.spill_path = budget_bytes, spill_path
