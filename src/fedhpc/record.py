@@ -11,7 +11,6 @@ matches the model it describes.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from typing import Any
@@ -41,11 +40,12 @@ class RunRecord:
         specs += [("rounds/failures", str_dtype, ())] + [(f"clients/{k}", t, (clients,)) for k, t in _CLIENT.items()]
         for name, dtype, tail in specs:
             if name not in self.file:
-                # chunks of at most ~1 MB: a round's row is written alone, and with 100,000 clients
-                # 64-round chunks would be rewritten whole (51 MB) every round
-                rows = max(1, min(64, (1 << 20) // max(1, math.prod(tail) * np.dtype(dtype).itemsize)))
+                # a round's row of every client is one chunk of its own, compressed: with 100,000
+                # clients and 1,000 selected a round it is 31 kB on disk instead of 1.7 MB, and no
+                # chunk of earlier rounds is rewritten
+                per_client = {"chunks": (1, *tail), "compression": "gzip", "compression_opts": 1} if tail else {}
                 self.file.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                                         chunks=(rows, *tail))
+                                         **({"chunks": (64,)} | per_client))
             ds = self.file[name]
             if ds.shape[0] > rounds_done:  # a resumed run: forget rounds after the checkpoint
                 ds.resize(rounds_done, axis=0)

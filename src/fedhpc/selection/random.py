@@ -13,5 +13,6 @@ class RandomSelector(Selector):
     name = "random"
 
     def _select(self, round, pool, n, profiles, history, rng):
-        chosen = rng.choice(pool, size=n, replace=False).tolist() if n else []
+        # positions, then ids: the same draw as choosing from the list, without converting it
+        chosen = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)] if n else []
         return chosen, [f"round {round}: chose {n} of {len(pool)} available client(s) uniformly at random"]
