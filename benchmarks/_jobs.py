@@ -72,6 +72,15 @@ def optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def add_output_arguments(p, tag: str) -> None:
+    """``--out``, ``--json`` and ``--readme`` of a benchmark that publishes ``results/TAG.json``
+    and the ``TAG`` section of the benchmarks' README."""
+    p.add_argument("--out", type=Path, default=Path(f"runs/bench-{tag}"), help="where the runs go")
+    p.add_argument("--json", metavar="FILE", type=optional_path, default=HERE / "results" / f"{tag}.json")
+    p.add_argument("--readme", metavar="FILE", type=optional_path, default=HERE / "README.md",
+                   help=f"the README whose {tag} section is rewritten ('' = none)")
+
+
 def replace_section(path: Path, tag: str, text: str) -> None:
     """Replace what lies between ``<!-- TAG:begin -->`` and ``<!-- TAG:end -->`` in ``path``."""
     begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"

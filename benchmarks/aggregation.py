@@ -166,10 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the interpreter of another fedhpc checkout to run the same jobs with")
     p.add_argument("--max-before-gb", type=float, default=8.5,
                    help="skip a 'before' job whose dense updates alone would need more")
-    p.add_argument("--out", type=Path, default=Path("runs/bench-aggregation"), help="where the runs go")
-    p.add_argument("--json", metavar="FILE", type=_jobs.optional_path, default=HERE / "results" / "aggregation.json")
-    p.add_argument("--readme", metavar="FILE", type=_jobs.optional_path, default=HERE / "README.md",
-                   help="the README whose aggregation section is rewritten ('' = none)")
+    _jobs.add_output_arguments(p, "aggregation")
 
 
 if __name__ == "__main__":

@@ -201,10 +201,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default="", help="clients.state_dir (default: under --out)")
     p.add_argument("--before", metavar="PYTHON", default="",
                    help="the interpreter of another fedhpc checkout to run the in-RAM jobs with too")
-    p.add_argument("--out", type=Path, default=Path("runs/bench-clients"), help="where the runs go")
-    p.add_argument("--json", metavar="FILE", type=_jobs.optional_path, default=HERE / "results" / "clients.json")
-    p.add_argument("--readme", metavar="FILE", type=_jobs.optional_path, default=HERE / "README.md",
-                   help="the README whose clients section is rewritten ('' = none)")
+    _jobs.add_output_arguments(p, "clients")
 
 
 if __name__ == "__main__":
