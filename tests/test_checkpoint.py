@@ -257,3 +257,8 @@ def test_spilling_client_state_changes_no_bit_and_resumes_on_other_rank_counts(s
     assert final_weights(out).tobytes() == final_weights(straight).tobytes()
     proc = fedhpc_run(3, tmp_path / "small", *FULL, "clients.state_memory_mb=0.001", check=False, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("less than one client's error-feedback state") == 1
+    (tmp_path / "a-file").write_text("not a directory")
+    proc = fedhpc_run(3, tmp_path / "unwritable", *FULL, budget[0], f"clients.state_dir={tmp_path / 'a-file'}",
+                      check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("cannot be created") == 1, proc.stderr[-3000:]
+    assert not (tmp_path / "unwritable" / "metrics.jsonl").exists()  # said before the first round

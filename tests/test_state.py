@@ -1,7 +1,9 @@
 """The client-state store: a memory budget, spilling to disk and back, bf16 residuals, bad input."""
 
-import errno
-import os
+import contextlib
+import resource
+import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -110,18 +112,41 @@ def test_a_corrupt_spilled_record_fails_that_client_and_only_once(tmp_path):
     assert len(store) == 2
 
 
-def test_a_full_disk_fails_the_client_that_needs_room_and_keeps_the_victim(tmp_path, monkeypatch):
-    store = ClientStates(N, budget_bytes=state_bytes(N, "float32"), spill_path=tmp_path / "s.state")
-    encode_like(store, 1, np.full(N, 3, np.float32))
+@contextlib.contextmanager
+def small_disk(path, nbytes: int):
+    """A directory where files cannot grow past ``nbytes``: a tmpfs of that size (root),
+    else this process's file-size limit (the kernel refuses the write either way)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={nbytes}", "tmpfs", str(path)],
+                      capture_output=True).returncode == 0:
+        try:
+            yield "No space left"
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+        return
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old_limit[1]))
+    try:
+        yield "File too large"
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
 
-    def full(*args):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(StateError, match="cannot spill client 1's state .*No space left.*state_dir"):
-        store.checkout(2)
-    monkeypatch.undo()
-    assert np.all(store.checkout(1)[1::2] == 3)  # nothing was lost
+def test_a_full_disk_fails_the_client_that_needs_room_and_keeps_the_victim(tmp_path):
+    """Room on disk for 4 residuals: the fifth spill fails the client that needed the room,
+    naming the file and what to do, and the residual that could not be written stays in RAM."""
+    record = state_bytes(N, "float32")
+    with small_disk(tmp_path / "disk", 4 * record) as why:
+        store = ClientStates(N, budget_bytes=record, spill_path=tmp_path / "disk" / "s.state")
+        try:
+            for cid in range(5):
+                encode_like(store, cid, np.full(N, cid + 1, np.float32))  # spills 0 .. 3
+            with pytest.raises(StateError, match=f"cannot spill client 4's state .*({why}|disk is full).*state_dir"):
+                store.checkout(5)
+            assert np.all(store.checkout(4)[1::2] == 5)  # nothing was lost
+        finally:
+            store.close()
 
 
 def test_restored_states_are_checked_and_spill_beyond_the_budget(tmp_path):

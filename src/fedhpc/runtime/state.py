@@ -160,13 +160,12 @@ class ClientStates:
         data = memoryview(stored).cast("B")
         try:
             written = os.pwrite(self.fd, data, slot * self.record)
+            why = "" if written == self.record else f"{written} of {self.record} bytes written: the disk is full"
         except OSError as exc:
-            raise StateError(f"cannot spill client {cid}'s state to {self.spill_path} ({exc.strerror or exc}): "
-                             f"free space there, set clients.state_dir elsewhere or raise "
-                             f"clients.state_memory_mb") from None
-        if written != self.record:
-            raise StateError(f"cannot spill client {cid}'s state to {self.spill_path}: {written} of "
-                             f"{self.record} bytes written (disk full?)")
+            why = exc.strerror or str(exc)
+        if why:
+            raise StateError(f"cannot spill client {cid}'s state to {self.spill_path} ({why}): free space there, "
+                             f"set clients.state_dir elsewhere or raise clients.state_memory_mb")
         if slot == self.slots:
             self.slots += 1
         self.slot[cid], self.crc[cid] = slot, K.crc32c(data)
