@@ -232,6 +232,7 @@ def write_shard(directory: Path, rank: int, size: int, dtype: str,
         f.flush()
         os.fsync(f.id.get_vfd_handle())
     os.replace(tmp, final)
+    _fsync_dir(directory)  # the rename too is on disk before rank 0 commits the checkpoint
     return Shard(final.name, len(ids), index_digest(size, dtype, *index))
 
 
