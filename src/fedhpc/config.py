@@ -291,6 +291,33 @@ class TrackingConfig:
 
 
 @dataclass
+class DPConfig:
+    """User-level differential privacy (DP-FedAvg): clipped updates, Gaussian noise on the
+    round's sum at rank 0, the guarantee computed by ``dp-accounting``."""
+
+    enabled: bool = False
+    clip: float = 1.0  # L2 bound on each client's update
+    noise_multiplier: float = 1.0  # noise std = noise_multiplier * clip, on the sum
+    delta: float = 1e-5
+    target_epsilon: float = 0.0  # stop before the round that would exceed it (0 = no limit)
+    placement: Literal["server", "client"] = "server"
+
+    def check(self, key):
+        _require(self.clip > 0, f"{key}.clip", "must be > 0 (the L2 bound on each client's update)")
+        _require(self.noise_multiplier >= 0, f"{key}.noise_multiplier", "must be >= 0")
+        _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1)")
+        _require(self.target_epsilon >= 0, f"{key}.target_epsilon", "must be >= 0 (0 = no limit)")
+        _require(self.placement == "server", f"{key}.placement",
+                 "'client' (each client adds a share of the noise) needs secure aggregation, which fedhpc does "
+                 "not have yet; use 'server'")
+
+
+#: what DP-FedAvg's sensitivity bound allows (uniform weights, a sum of clipped updates)
+DP_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+DP_CODECS = ("none", "topk", "randk")  # a subset of a clipped update's values is still clipped
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
     keep: int = 3  # keep the newest K checkpoints
@@ -332,6 +359,7 @@ class RunConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")
@@ -349,9 +377,46 @@ class RunConfig:
                  "needs stragglers.deadline_s > 0 (a client's epochs are cut to what fits before the deadline)")
         _require(self.stragglers.fastest_k <= self.clients.per_round, "stragglers.fastest_k",
                  f"must be <= clients.per_round={self.clients.per_round}")
+        if self.dp.enabled:
+            self._check_dp()
         _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",
                  f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
+
+    def _check_dp(self) -> None:
+        """What DP-FedAvg's guarantee relies on: Poisson sampling (what the accountant assumes),
+        uniform weights over a fixed denominator and updates whose norm the clip bounds."""
+        _require(self.dp.delta < 1 / self.clients.total, "dp.delta",
+                 f"must be below 1 / clients.total = {1 / self.clients.total:.3g}")
+        _require(self.selection.name == "poisson", "selection.name",
+                 "must be 'poisson' with dp.enabled: the accountant assumes each client is sampled independently "
+                 "with probability clients.per_round / clients.total")
+        _require(self.strategy.name in DP_STRATEGIES, "strategy.name",
+                 f"must be one of {', '.join(DP_STRATEGIES)} with dp.enabled: weighted, robust or loss-weighted "
+                 f"rules break the sensitivity bound")
+        _require(self.fed_dropout.rate == 0, "fed_dropout.rate",
+                 "must be 0 with dp.enabled: its per-coordinate divisors break the sensitivity bound")
+        _require(self.codec.name in DP_CODECS, "codec.name",
+                 f"must be one of {', '.join(DP_CODECS)} with dp.enabled: a quantized update may decode above the "
+                 f"clip")
+        _require(not self.codec.error_feedback or self.codec.name == "none", "codec.error_feedback",
+                 "must be false with dp.enabled: the residual would carry unclipped mass into later rounds")
+        _require(self.stragglers.deadline_s == 0 and self.stragglers.fastest_k == 0, "stragglers",
+                 "deadline_s and fastest_k must be 0 with dp.enabled: who makes the cut would change the sampling "
+                 "the accountant assumes")
+        _require(self.guard.norm_multiple == 0, "guard.norm_multiple",
+                 "must be 0 with dp.enabled: the clip bounds every update, and a bound relative to the others' "
+                 "norms would let one client's presence decide another's")
+        _require(not self.gateway.enabled, "gateway.enabled",
+                 "must be false with dp.enabled: remote workers come and go, which the sampling does not allow for")
+        if self.dp.target_epsilon:
+            from fedhpc.privacy import Accountant
+
+            first = Accountant(self.dp.noise_multiplier, self.dp.delta).epsilon(
+                [min(self.clients.per_round, self.clients.total) / self.clients.total])
+            _require(first <= self.dp.target_epsilon, "dp.target_epsilon",
+                     f"is {self.dp.target_epsilon:g}, but one round already costs epsilon {first:.3g} at delta "
+                     f"{self.dp.delta:g}: raise dp.noise_multiplier, lower clients.per_round or raise the target")
 
     def to_dict(self) -> dict:
         """Plain nested dict, plugin params flattened back into their section."""

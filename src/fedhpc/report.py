@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from fedhpc.checkpoint import Checkpoint
+from fedhpc.config import load_config
 from fedhpc.errors import FedHPCError
 from fedhpc.record import STATUS
 
@@ -138,16 +139,29 @@ def report(out: Path) -> list[Path]:
         f"- traffic: {r['bytes_up'].sum() / 1e6:.2f} MB up, {r['bytes_down'].sum() / 1e6:.2f} MB down",
         f"- client reports: {int((status == STATUS['reported']).sum())}, late: {int(r['clients_late'].sum())}, "
         f"failed: {int(r['clients_failed'].sum())}",
+        _privacy_line(out, r),
         "", *(f"![{p.stem}]({p.name})" for p in files),
     ]
     (dest / "README.md").write_text("\n".join(line for line in summary if line is not None) + "\n")
     plots = list(files)
     files.append(dest / "README.md")
     config = (out / "config.toml").read_text() if (out / "config.toml").is_file() else ""
-    (dest / "index.html").write_text(_html(out, [line for line in summary[2:] if line.startswith("- ")], r, plots,
-                                           config))
+    facts = [line for line in summary[2:] if line is not None and line.startswith("- ")]
+    (dest / "index.html").write_text(_html(out, facts, r, plots, config))
     files.append(dest / "index.html")
     return files
+
+
+def _privacy_line(out: Path, r: dict) -> str | None:
+    """The guarantee of a run with differential privacy (None for a run without)."""
+    eps = r.get("epsilon", np.array([np.nan]))
+    if not np.isfinite(eps).any():
+        return None
+    pld = r["epsilon_pld"][np.isfinite(r["epsilon_pld"])]
+    cfg = load_config(out / "config.toml") if (out / "config.toml").is_file() else None
+    delta = f" at delta {cfg.dp.delta:g}" if cfg is not None else ""
+    return (f"- privacy: epsilon {eps[np.isfinite(eps)][-1]:.3f}{delta} (RDP)"
+            + (f", {pld[-1]:.3f} (PLD)" if pld.size else "") + ", user-level, DP-FedAvg")
 
 
 # what the page shows per round, as (metrics field, column title, format)
@@ -155,7 +169,8 @@ _COLUMNS = (("round", "round", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"), ("
             ("clients_reported", "reported", "{:.0f}"), ("clients_late", "late", "{:.0f}"),
             ("clients_failed", "failed", "{:.0f}"), ("bytes_up", "bytes up", "{:,.0f}"),
             ("bytes_down", "bytes down", "{:,.0f}"), ("round_seconds", "round s", "{:.3f}"),
-            ("train_seconds", "training s", "{:.3f}"), ("overhead_seconds", "overhead s", "{:.3f}"))
+            ("train_seconds", "training s", "{:.3f}"), ("overhead_seconds", "overhead s", "{:.3f}"),
+            ("epsilon", "epsilon", "{:.3f}"))
 
 
 def _html(out: Path, facts: list[str], r: dict, plots: list[Path], config: str) -> str:

@@ -17,4 +17,5 @@ def derive_seed(*parts: int) -> int:
 
 
 # distinct purposes, so that streams drawn for different things never coincide
-SEED_TRAIN, SEED_DROPOUT, SEED_CODEC, SEED_SELECT, SEED_PROFILE, SEED_PARTITION, SEED_FEDDROP, SEED_EVAL = range(1, 9)
+(SEED_TRAIN, SEED_DROPOUT, SEED_CODEC, SEED_SELECT, SEED_PROFILE, SEED_PARTITION, SEED_FEDDROP, SEED_EVAL,
+ SEED_DP) = range(1, 10)

@@ -58,10 +58,12 @@ def coefficient_scale(parts: list[np.ndarray]) -> float:
     return float(2.0 ** round(math.log2(mean))) if mean >= 1 else 1.0
 
 
-def coefficient(strategy: Strategy, num_samples: int, loss: float, scale: float) -> float:
+def coefficient(strategy: Strategy, num_samples: int, loss: float, scale: float, uniform: bool = False) -> float:
     """A client's coefficient in the round's sum: the strategy's weight over the run's
-    :func:`coefficient_scale`. Every rank computes it the same way, to the bit."""
-    return strategy.coefficient(num_samples, loss) / scale
+    :func:`coefficient_scale`, or 1 for every client when ``uniform`` (differential
+    privacy: a sample-count weight would break the sensitivity bound). Every rank
+    computes it the same way, to the bit."""
+    return 1.0 if uniform else strategy.coefficient(num_samples, loss) / scale
 
 
 def round_total(coefs: Collection[float]) -> float:
@@ -92,6 +94,7 @@ class Folder:
                  feddrop: FedDropout | None, scale: float):
         self.strategy, self.n, self.job_id, self.codec_of, self.feddrop = strategy, n, job_id, codec_of, feddrop
         self.scale = scale  # the run's coefficient_scale
+        self.uniform = cfg.dp.enabled
         self.acc = Accumulator(run_ring(cfg), n, coverage=feddrop is not None)
         self.round = -1
         self.expected: frozenset[int] = frozenset()
@@ -133,7 +136,7 @@ class Folder:
         if head.job != self.job_id or head.round != self.round or cid not in self.expected or cid in self.folded:
             return Folded(head, buf.nbytes), False
         kept = None if self.feddrop is None else self.feddrop.kept(head.round, cid)
-        coef = coefficient(self.strategy, head.num_samples, head.loss, self.scale)
+        coef = coefficient(self.strategy, head.num_samples, head.loss, self.scale, self.uniform)
         codec = self.codec_of(cid)
         try:
             part = codec.decode_parts(body, self.n if kept is None else kept.size, check_finite=False)

@@ -138,7 +138,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     t0 = time.monotonic()
     last, status = orchestrator.run()
     if last is not None and status == 0:
-        log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", cfg.rounds,
+        log.info("done: %d rounds in %.1fs, final accuracy %.4f; results in %s", last["round"],
                  time.monotonic() - t0, last["accuracy"], out)
     # A trainer may have forwarded a stop signal after rank 0 last looked: an
     # unreceived message makes MPI_Finalize fail, so receive exactly what was sent.

@@ -21,6 +21,7 @@ from fedhpc.checkpoint import (
 )
 from fedhpc.clock import make_clock
 from fedhpc.errors import CorruptUpdateError
+from fedhpc.privacy import Accountant, gaussian_noise
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
 from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
@@ -79,6 +80,9 @@ class Orchestrator:
         self.weights = ctx.layout.flatten(ctx.model)
         self.model_bytes = self.weights.nbytes
         self.feddrop = FedDropout.for_run(cfg, ctx.model, ctx.layout)
+        # differential privacy: every round's sampling rate, composed by dp-accounting
+        self.accountant = Accountant(cfg.dp.noise_multiplier, cfg.dp.delta) if cfg.dp.enabled else None
+        self.spent = ""  # why the privacy budget allows no further round ("" = it does)
         self.clock = make_clock(cfg.clock)
         st = cfg.stragglers
         self.rules = CloseRules(st.deadline_s, st.fastest_k, st.timeout_s)
@@ -133,6 +137,9 @@ class Orchestrator:
         self.strategy.load_state_dict(st.strategy)
         self.profiles, self.history = st.profiles, st.history
         self.guard.restore(st.metrics)
+        if self.accountant is not None:  # the rounds so far, as they were sampled
+            self.accountant.rates = [json.loads(line)["dp_sampling_rate"] for line in st.metrics]
+            self.spent = self.privacy_exhausted()
         t0 = time.monotonic()
         self.command(RestoreState(str(shard_directory(ckpt.path)), tuple(ckpt.shards())))
         reports: list[Restored] = self.reports(f"restoring the client states of {ckpt.path}")
@@ -233,6 +240,12 @@ class Orchestrator:
         with open(self.out / "metrics.jsonl", "w") as mfile:
             mfile.writelines(line + "\n" for line in self.lines)
             for r in range(self.first_round, cfg.rounds):
+                if self.spent:
+                    assert self.accountant is not None
+                    log.warning("stopping before round %d of %d: %s; the model of round %d is final and "
+                                "checkpointed (epsilon %.3f, %.3f by PLD)", r + 1, cfg.rounds, self.spent, r,
+                                self.accountant.epsilon(), self.accountant.epsilon(pld=True))
+                    break
                 metrics, per_client, norms = self.round(r)
                 self.lines.append(json.dumps(metrics))
                 mfile.write(self.lines[-1] + "\n")
@@ -250,7 +263,7 @@ class Orchestrator:
                     status = EXIT_STOPPED
                     break
                 stop = self.stop_signals() > 0
-                if stop or r + 1 == cfg.rounds or (every and (r + 1) % every == 0):
+                if stop or r + 1 == cfg.rounds or self.spent or (every and (r + 1) % every == 0):
                     self.checkpoint(r + 1)
                 if stop and r + 1 < cfg.rounds:
                     log.warning("stop signal received: checkpoint written after round %d of %d; the job exits "
@@ -274,7 +287,7 @@ class Orchestrator:
         cfg, ctx = self.ctx.cfg, self.ctx
         t0 = time.monotonic()
         rng = np.random.default_rng(derive_seed(cfg.seed, r, SEED_SELECT))
-        available = list(range(cfg.clients.total)) + sorted(self.remote_workers)
+        available = self.available()
         selected, reasons = self.selector.select(r, available, cfg.clients.per_round, self.profiles, self.history, rng)
         for line in reasons:
             log.debug("round %d selection: %s", r, line)
@@ -294,8 +307,17 @@ class Orchestrator:
             self.weights = self.strategy.aggregate(self.weights, outcome)
         self.selector.update(outcome, self.history, r)
         self.updates.reclaim()  # nothing refers to this round's deltas any more
+        rate = epsilon = epsilon_pld = None
+        if self.accountant is not None:
+            rate = self.sampling_rate()
+            self.accountant.rates.append(rate)
+            epsilon = self.accountant.epsilon()
+            self.spent = self.privacy_exhausted()
+        final = r + 1 == cfg.rounds or bool(self.spent)  # the last round of the run: evaluated, and PLD's epsilon
+        if self.accountant is not None and final:
+            epsilon_pld = self.accountant.epsilon(pld=True)
         accuracy = loss = None
-        if (r + 1) % cfg.eval.every == 0 or r + 1 == cfg.rounds:
+        if (r + 1) % cfg.eval.every == 0 or final:
             ctx.layout.load(ctx.model, self.weights)
             accuracy, loss = evaluate(ctx.model, ctx.data.x_test[self.eval_idx], ctx.data.y_test[self.eval_idx])
         reasons_count = Counter(f.reason for f in outcome.failures)
@@ -317,19 +339,56 @@ class Orchestrator:
             "sim_seconds": sim_seconds,
             "overhead_seconds": round_s - got.train_s,
             "update_norm_median": norm_median,
+            "epsilon": epsilon,  # at dp.delta, RDP (an upper bound); PLD, tighter (0.5 s a call), at the end
+            "epsilon_pld": epsilon_pld,
+            "dp_sampling_rate": rate,
             "state_ram_mb": got.state_bytes / 2**20,
             "state_spills": got.state_spills,
             "state_loads": got.state_loads,
         }
         return metrics, self._per_client(outcome, got), norms
 
+    def available(self) -> list[int]:
+        """The clients a round may select: every one inside the job, and the connected remote ones."""
+        return list(range(self.ctx.cfg.clients.total)) + sorted(self.remote_workers)
+
+    def sampling_rate(self) -> float:
+        """Each client's probability of being in a round (Poisson sampling, under DP)."""
+        n = len(self.available())
+        return min(self.ctx.cfg.clients.per_round, n) / n
+
+    def privacy_exhausted(self) -> str:
+        """Why the next round may not run ("" = it may): it would take epsilon past dp.target_epsilon."""
+        target = self.ctx.cfg.dp.target_epsilon
+        if self.accountant is None or not target:
+            return ""
+        after = self.accountant.epsilon([*self.accountant.rates, self.sampling_rate()])
+        if after <= target:
+            return ""
+        return (f"the next round would take epsilon to {after:.3f} at delta {self.ctx.cfg.dp.delta:g}, past "
+                f"dp.target_epsilon = {target:g}")
+
     def fold_round(self, r: int, outcome: RoundOutcome) -> np.ndarray:
         """The new weights of a sum-decomposable strategy: the ring sum of exactly the
         accepted clients, from this rank's folder or reduced over the hosting ranks."""
+        dp = self.ctx.cfg.dp
         accepted = [res.client_id for res in outcome.results]
-        total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale) for res in outcome.results])
+        total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale, dp.enabled)
+                             for res in outcome.results])
+        if dp.enabled:
+            # DP-FedAvg: the sum over the expected number of clients, a fixed denominator, plus noise of
+            # std noise_multiplier * clip on the sum, released every round, whoever reported
+            total = float(self.ctx.cfg.clients.per_round)
+            delta = self._mean(r, accepted, total) if accepted else np.zeros(self.ctx.layout.size, np.float32)
+            delta += gaussian_noise(self.ctx.cfg.seed, r, delta.size, dp.noise_multiplier * dp.clip / total)
+            return self.strategy.step(self.weights, delta)
         if not accepted or total == 0:
             return self.weights  # nothing counts: the model stays and server state does not advance
+        return self.strategy.step(self.weights, self._mean(r, accepted, total))
+
+    def _mean(self, r: int, accepted: list[int], total: float) -> np.ndarray:
+        """The ring sum of exactly the ``accepted`` clients over ``total``, from this rank's
+        folder or reduced over the hosting ranks."""
         if self.folder is not None:
             self.folder.settle(accepted)
             delta = self.folder.acc.mean(total)
@@ -340,7 +399,7 @@ class Orchestrator:
                                     f"every hosting rank's shard of round {r}'s mean")
             except TimeoutError as exc:
                 self.abort(f"{exc}; aborting the job (a rank is stopped, hung or dead)")
-        return self.strategy.step(self.weights, delta)
+        return delta
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(status, bytes up, seconds) per client for the run record."""
@@ -547,4 +606,5 @@ class Orchestrator:
         return (f"round {m['round']:>3}: {acc} | {m['clients_reported']}/{m['clients_selected']} reported, "
                 f"{m['clients_late']} late, {m['clients_failed']} failed | up {m['bytes_up'] / 1e6:.2f} MB "
                 f"down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s, training {m['train_seconds']:.2f}s"
-                + (f" (simulated {m['sim_seconds']:.2f}s)" if m["sim_seconds"] is not None else ""))
+                + (f" (simulated {m['sim_seconds']:.2f}s)" if m["sim_seconds"] is not None else "")
+                + (f" | epsilon {m['epsilon']:.3f}" if m["epsilon"] is not None else ""))

@@ -24,6 +24,7 @@ from fedhpc.clock import Clock, client_round_seconds
 from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.config import CodecConfig, RunConfig
 from fedhpc.models import Layout
+from fedhpc.privacy import clip
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.training import Abandoned, LocalTrainer
@@ -110,6 +111,8 @@ class ClientStep:
                                                epochs, after_epoch)
             finally:
                 self.train_s += time.perf_counter() - t0
+            if cfg.dp.enabled:  # what leaves the client is bounded (error feedback is refused with DP)
+                clip(delta, cfg.dp.clip)
             payload = self.encode(r, cid, delta, kept)
         except Abandoned:
             raise

@@ -15,9 +15,10 @@ from __future__ import annotations
 from fedhpc.registry import build
 from fedhpc.selection.adaptive import AdaptiveSelector
 from fedhpc.selection.base import Selector
+from fedhpc.selection.poisson import PoissonSelector
 from fedhpc.selection.random import RandomSelector
 
-SELECTORS: dict[str, type[Selector]] = {cls.name: cls for cls in (RandomSelector, AdaptiveSelector)}
+SELECTORS: dict[str, type[Selector]] = {cls.name: cls for cls in (RandomSelector, AdaptiveSelector, PoissonSelector)}
 
 
 def get_selector(name: str, **params) -> Selector:

@@ -1,0 +1,65 @@
+"""DP-FedAvg in real jobs: the epsilon a run reports is dp-accounting's for the sampling it did,
+updates leave clipped, a resumed run is the same run, and the budget stops it."""
+
+import dp_accounting
+import h5py
+import numpy as np
+import pytest
+from dp_accounting import pld, rdp
+
+from conftest import fedhpc_run, final_weights, metrics
+
+pytestmark = pytest.mark.e2e
+
+DP = ["dp.enabled=true", "selection.name=poisson", "codec.error_feedback=false", "guard.norm_multiple=0",
+      "dp.delta=1e-3", "dp.clip=0.5", "dp.noise_multiplier=0.8", "clients.total=20", "clients.per_round=8",
+      "local.epochs=1", "eval.every=3"]
+
+
+def library_epsilon(rates, accountant):
+    acc = accountant()
+    for q in rates:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(0.8)))
+    return acc.get_epsilon(1e-3)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp") / "run"
+    fedhpc_run(3, out, *DP, "rounds=6")
+    return out
+
+
+def test_epsilon_is_dp_accountings_and_updates_leave_clipped(straight):
+    m = metrics(straight)
+    rates = [r["dp_sampling_rate"] for r in m]
+    assert rates == [8 / 20] * 6
+    for i, r in enumerate(m, 1):
+        assert r["epsilon"] == pytest.approx(library_epsilon(rates[:i], rdp.RdpAccountant), rel=1e-9)
+        assert r["update_norm_median"] is None or r["update_norm_median"] <= 0.5
+    assert m[-1]["epsilon_pld"] == pytest.approx(library_epsilon(rates, pld.PLDAccountant), rel=1e-3)
+    assert all(r["epsilon_pld"] is None for r in m[:-1])
+    assert len({r["clients_selected"] for r in m}) > 1  # Poisson: the round size varies
+    with h5py.File(straight / "run.h5") as f:
+        assert np.allclose(f["rounds/epsilon"][()], [r["epsilon"] for r in m])
+    assert "| epsilon " in (straight / "run.log").read_text()
+
+
+def test_a_resumed_dp_run_is_the_same_run(straight, tmp_path):
+    out = tmp_path / "run"
+    fedhpc_run(3, out, *DP, "rounds=3")
+    fedhpc_run(4, out, *DP, "rounds=6", resume=True)
+    assert final_weights(out).tobytes() == final_weights(straight).tobytes()
+    assert [r["epsilon"] for r in metrics(out)] == [r["epsilon"] for r in metrics(straight)]
+
+
+def test_the_budget_stops_the_run_before_the_round_that_would_exceed_it(straight, tmp_path):
+    eps = [r["epsilon"] for r in metrics(straight)]
+    target = (eps[3] + eps[4]) / 2  # 4 rounds fit, the fifth would not
+    out = tmp_path / "run"
+    proc = fedhpc_run(3, out, *DP, "rounds=6", f"dp.target_epsilon={target}")
+    m = metrics(out)
+    assert len(m) == 4 and m[-1]["epsilon"] <= target and m[-1]["accuracy"] is not None
+    assert "stopping before round 5 of 6" in proc.stderr and "past dp.target_epsilon" in proc.stderr
+    assert (out / "checkpoints" / "ckpt-000004.h5").exists()
+    assert [r["epsilon"] for r in m] == eps[:4]

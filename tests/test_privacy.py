@@ -1,0 +1,100 @@
+"""Differential privacy: the accountant is dp-accounting's, clipping bounds, noise has its std, bad configs say why."""
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting import pld, rdp
+
+from fedhpc.config import load_config
+from fedhpc.errors import ConfigError
+from fedhpc.privacy import Accountant, clip, gaussian_noise
+from fedhpc.selection import get_selector
+
+pytestmark = pytest.mark.unit
+
+DP = ["dp.enabled=true", "selection.name=poisson", "codec.error_feedback=false", "guard.norm_multiple=0",
+      "dp.delta=1e-3"]
+
+
+def library_epsilon(rates, sigma, delta, accountant):
+    """What dp-accounting itself says, round after round, for Poisson-sampled Gaussian rounds."""
+    acc = accountant()
+    for q in rates:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)))
+    return acc.get_epsilon(delta)
+
+
+def test_the_accountant_gives_the_platform_reference_values():
+    acc = Accountant(1.1, 1e-5)
+    rates = [0.25] * 6
+    assert round(acc.epsilon(rates), 2) == 4.78 and round(acc.epsilon(rates, pld=True), 2) == 4.15
+    assert acc.epsilon([]) == 0.0
+
+
+def test_the_accountant_is_dp_accountings_for_the_rates_a_run_really_had():
+    rates = [0.05, 0.05, 0.1, 0.05, 0.2, 0.1]
+    acc = Accountant(0.9, 1e-5)
+    assert acc.epsilon(rates) == pytest.approx(library_epsilon(rates, 0.9, 1e-5, rdp.RdpAccountant), rel=1e-9)
+    assert acc.epsilon(rates, pld=True) == pytest.approx(library_epsilon(rates, 0.9, 1e-5, pld.PLDAccountant),
+                                                         rel=1e-3)
+    assert acc.epsilon(rates) == acc.epsilon(rates[::-1])  # a function of the rates, not of their order
+    assert acc.epsilon(rates[:3]) < acc.epsilon(rates)
+
+
+def test_clipping_bounds_every_update_and_leaves_small_ones_alone():
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 0.5, 1.0, 3.0, 1e4):
+        for n in (1, 7, 10_000):
+            x = (rng.standard_normal(n) * scale).astype(np.float32)
+            before = x.copy()
+            norm = clip(x, 1.0)
+            assert np.linalg.norm(x.astype(np.float64)) <= 1.0
+            assert norm == pytest.approx(np.linalg.norm(before.astype(np.float64)), rel=1e-5)
+            if norm <= 1.0:
+                assert x.tobytes() == before.tobytes()
+            else:  # scaled, direction kept
+                assert np.allclose(x * (norm / np.linalg.norm(x.astype(np.float64))), before, rtol=1e-4, atol=1e-6)
+
+
+def test_the_noise_has_the_configured_std_and_is_seeded():
+    """200,000 draws: the sample std is within 6 of its standard errors (0.16 %) of the target."""
+    n, std = 200_000, 0.37
+    z = gaussian_noise(5, 3, n, std).astype(np.float64)
+    assert abs(z.std() / std - 1) < 6 / np.sqrt(2 * n) and abs(z.mean()) < 6 * std / np.sqrt(n)
+    assert gaussian_noise(5, 3, n, std).tobytes() == z.astype(np.float32).tobytes()
+    assert gaussian_noise(5, 4, n, std).tobytes() != z.astype(np.float32).tobytes()
+    assert not gaussian_noise(5, 3, 10, 0.0).any()
+
+
+def test_poisson_sampling_takes_each_client_with_probability_k_over_n():
+    """Over 400 rounds, how often each of 50 clients is in (expected 0.2 each) and how many a round."""
+    sel = get_selector("poisson")
+    counts, sizes = np.zeros(50), []
+    for r in range(400):
+        chosen, _ = sel.select(r, list(range(50)), 10, {}, {}, np.random.default_rng(r))
+        counts[chosen] += 1
+        sizes.append(len(chosen))
+    # binomial(400, 0.2) per client: sd 8; the round size binomial(50, 0.2): sd 2.8
+    assert np.all(np.abs(counts - 80) < 6 * 8) and abs(np.mean(sizes) - 10) < 6 * 2.83 / np.sqrt(400)
+    assert len(set(sizes)) > 3 and not sel.exact and get_selector("random").exact
+
+
+@pytest.mark.parametrize(("sets", "match"), [
+    (["dp.clip=0"], "dp.clip' must be > 0"),
+    (["dp.clip=-1"], "dp.clip' must be > 0"),
+    (["dp.delta=0.1"], "dp.delta' must be below 1 / clients.total"),
+    (["dp.target_epsilon=0.01"], "one round already costs epsilon"),
+    (["selection.name=random"], "must be 'poisson'"),
+    (["strategy.name=weighted"], "weighted, robust"),
+    (["strategy.name=median"], "weighted, robust"),
+    (["codec.name=int8"], "quantized update"),
+    (["codec.name=topk", "codec.ratio=0.1", "codec.error_feedback=true"], "residual would carry"),
+    (["stragglers.fastest_k=3"], "fastest_k must be 0"),
+    (["guard.norm_multiple=10"], "guard.norm_multiple"),
+    (["dp.placement=client"], "needs secure aggregation"),
+    (["fed_dropout.rate=0.5"], "fed_dropout.rate"),
+])
+def test_configurations_that_break_the_guarantee_are_refused(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, DP + sets)
+    load_config(None, DP)  # and the base is fine
