@@ -1,6 +1,8 @@
 """DP-FedAvg in real jobs: the epsilon a run reports is dp-accounting's for the sampling it did,
 updates leave clipped, a resumed run is the same run, and the budget stops it."""
 
+import shutil
+
 import dp_accounting
 import h5py
 import numpy as np
@@ -26,7 +28,7 @@ def library_epsilon(rates, accountant):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp") / "run"
-    fedhpc_run(3, out, *DP, "rounds=6")
+    fedhpc_run(3, out, *DP, "rounds=6", "checkpoint.every=3", "checkpoint.keep=2")
     return out
 
 
@@ -45,12 +47,20 @@ def test_epsilon_is_dp_accountings_and_updates_leave_clipped(straight):
     assert "| epsilon " in (straight / "run.log").read_text()
 
 
-def test_a_resumed_dp_run_is_the_same_run(straight, tmp_path):
+def test_a_resumed_dp_run_is_the_same_run_and_its_noise_is_not_the_seeds(straight, tmp_path):
+    """The noise comes from a secret kept in the checkpoint: resuming from round 3 (on 4 ranks)
+    ends with the uninterrupted run's model, while a fresh run of the same config does not."""
     out = tmp_path / "run"
-    fedhpc_run(3, out, *DP, "rounds=3")
+    shutil.copytree(straight, out)
+    (out / "checkpoints" / "ckpt-000006.h5").unlink()
+    shutil.rmtree(out / "checkpoints" / "ckpt-000006.states")
     fedhpc_run(4, out, *DP, "rounds=6", resume=True)
     assert final_weights(out).tobytes() == final_weights(straight).tobytes()
     assert [r["epsilon"] for r in metrics(out)] == [r["epsilon"] for r in metrics(straight)]
+    again = tmp_path / "again"
+    fedhpc_run(3, again, *DP, "rounds=6")
+    assert [r["clients_selected"] for r in metrics(again)] == [r["clients_selected"] for r in metrics(straight)]
+    assert final_weights(again).tobytes() != final_weights(straight).tobytes()  # same seed, other noise
 
 
 def test_the_budget_stops_the_run_before_the_round_that_would_exceed_it(straight, tmp_path):

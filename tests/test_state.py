@@ -99,11 +99,11 @@ def test_an_unwritable_state_directory_is_reported_before_the_first_round(tmp_pa
 
 
 def test_a_corrupt_spilled_record_fails_that_client_and_only_once(tmp_path):
-    path = tmp_path / "s.state"
-    store = ClientStates(N, budget_bytes=state_bytes(N, "float32"), spill_path=path)
+    store = ClientStates(N, budget_bytes=state_bytes(N, "float32"), spill_path=tmp_path / "s.state")
     encode_like(store, 1, np.ones(N, np.float32))
     encode_like(store, 2, np.ones(N, np.float32))  # spills client 1
-    with open(path, "r+b") as f:
+    assert not any(tmp_path.iterdir())  # the spill file has no name: only the store can reach it
+    with open(f"/proc/self/fd/{store.fd}", "r+b") as f:
         f.seek(17)
         f.write(b"\xff")
     with pytest.raises(StateError, match="client 1's spilled state .* is corrupt .*checksum.*starts again"):

@@ -100,6 +100,7 @@ class ServerState:
     profiles: ClientTable[ClientProfile]
     history: ClientTable[ClientHistory]
     metrics: list[str]  # metrics.jsonl lines
+    noise_seed: int = 0  # differential privacy: the secret the noise is drawn from (0 = none)
 
 
 def content_digest(f: h5py.File) -> str:
@@ -250,7 +251,11 @@ def read_shard(path: Path, shard: Shard, size: int, dtype: str, wanted: Callable
         ids, digests, rows = _shard_index(f, path, shard, size, dtype)
         for i in np.flatnonzero([wanted(int(c)) for c in ids]):
             row = np.empty(size, dtype=rows.dtype)
-            rows.read_direct(row, source_sel=np.s_[i])
+            try:
+                rows.read_direct(row, source_sel=np.s_[i])
+            except OSError as exc:
+                raise CheckpointError(f"client-state shard {path}: client {ids[i]}'s residual is unreadable "
+                                      f"({exc})") from None
             if hashlib.sha256(memoryview(row).cast("B")).digest() != digests[i].tobytes():
                 raise CheckpointError(f"client-state shard {path}: client {ids[i]}'s residual does not match its "
                                       f"digest (corrupt or edited); resume from an older checkpoint with "
@@ -285,7 +290,7 @@ def write_checkpoint(directory: Path, cfg: RunConfig, layout: Layout, state: Ser
     tmp = final.with_name(f".{final.name}.tmp")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write(tmp, cfg, layout, state, shards)
+        _write(tmp, shard_directory(final), cfg, layout, state, shards)
         os.replace(tmp, final)
         _fsync_dir(directory)
     except (OSError, CheckpointError) as exc:
@@ -302,7 +307,8 @@ def write_checkpoint(directory: Path, cfg: RunConfig, layout: Layout, state: Ser
     return final
 
 
-def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState, shards: Callable[[], list[Shard]]) -> None:
+def _write(tmp: Path, shard_dir: Path, cfg: RunConfig, layout: Layout, state: ServerState,
+           shards: Callable[[], list[Shard]]) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs.update({
             "schema_version": SCHEMA_VERSION, "fedhpc_version": fedhpc.__version__, "round": state.round,
@@ -324,11 +330,19 @@ def _write(tmp: Path, cfg: RunConfig, layout: Layout, state: ServerState, shards
         _table_to_group(clients.create_group("profile"), state.profiles)
         _table_to_group(clients.create_group("history"), state.history)
         f.create_group("metrics").attrs["jsonl"] = "\n".join(state.metrics)
+        f["metrics"].attrs["dp_noise_seed"] = state.noise_seed  # only here: who has it can remove the noise
         f.flush()
         reports = shards()
         failed = [s.error for s in reports if s.error]
         if failed:
             raise CheckpointError(f"{len(failed)} client-state shard(s) could not be written: {failed[0]}")
+        for s in reports:  # rank 0 must see every shard: a resume opens them from the run directory
+            try:
+                with h5py.File(shard_dir / s.name, "r") as sh:
+                    _shard_index(sh, shard_dir / s.name, s, layout.size, cfg.codec.residual_dtype)
+            except OSError as exc:
+                raise CheckpointError(f"rank 0 cannot read the client-state shard {s.name} ({exc}): the run "
+                                      f"directory must be on a file system every rank shares") from None
         manifest = f.create_group("states")
         manifest.attrs.update({"size": layout.size, "residual_dtype": cfg.codec.residual_dtype})
         # fixed-length strings: the digest reads their bytes (variable-length ones read as pointers)
@@ -459,7 +473,8 @@ class Checkpoint:
         history = _group_to_table(self.file["clients/history"], ClientHistory, n)
         lines = str(self.file["metrics"].attrs["jsonl"])
         self._state = ServerState(self.round, self.weights(), strategy, profiles, history,
-                                  [ln for ln in lines.split("\n") if ln])
+                                  [ln for ln in lines.split("\n") if ln],
+                                  int(self.file["metrics"].attrs.get("dp_noise_seed", 0)))
         return self._state
 
     @property

@@ -301,6 +301,9 @@ class DPConfig:
     delta: float = 1e-5
     target_epsilon: float = 0.0  # stop before the round that would exceed it (0 = no limit)
     placement: Literal["server", "client"] = "server"
+    # the noise comes from a secret drawn at the run's start and kept in its checkpoints only;
+    # false: from the run seed, reproducible, and removable by anyone with the config (experiments)
+    secret_noise: bool = True
 
     def check(self, key):
         _require(self.clip > 0, f"{key}.clip", "must be > 0 (the L2 bound on each client's update)")

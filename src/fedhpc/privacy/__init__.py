@@ -8,6 +8,6 @@
 """
 
 from fedhpc.privacy.accountant import Accountant
-from fedhpc.privacy.mechanism import clip, gaussian_noise
+from fedhpc.privacy.mechanism import clip, gaussian_noise, noise_seed
 
-__all__ = ["Accountant", "clip", "gaussian_noise"]
+__all__ = ["Accountant", "clip", "gaussian_noise", "noise_seed"]

@@ -37,7 +37,9 @@ class NormGuard:
         self.medians: deque[float] = deque(maxlen=max(cfg.norm_window, 1))
 
     def restore(self, metrics_lines: list[str]) -> None:
-        """Rebuild the recent medians from the metrics lines of a checkpoint."""
+        """Rebuild the recent medians from the metrics lines of a checkpoint (only theirs: a
+        checkpoint refused after this was called may have been tried first)."""
+        self.medians.clear()
         for line in metrics_lines:
             median = json.loads(line).get("update_norm_median")
             if median is not None:

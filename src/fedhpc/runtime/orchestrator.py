@@ -21,7 +21,7 @@ from fedhpc.checkpoint import (
 )
 from fedhpc.clock import make_clock
 from fedhpc.errors import CorruptUpdateError
-from fedhpc.privacy import Accountant, gaussian_noise
+from fedhpc.privacy import Accountant, gaussian_noise, noise_seed
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
 from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
@@ -83,6 +83,7 @@ class Orchestrator:
         # differential privacy: every round's sampling rate, composed by dp-accounting
         self.accountant = Accountant(cfg.dp.noise_multiplier, cfg.dp.delta) if cfg.dp.enabled else None
         self.spent = ""  # why the privacy budget allows no further round ("" = it does)
+        self.noise_seed = noise_seed(cfg.dp.secret_noise, cfg.seed) if cfg.dp.enabled else 0
         self.clock = make_clock(cfg.clock)
         st = cfg.stragglers
         self.rules = CloseRules(st.deadline_s, st.fastest_k, st.timeout_s)
@@ -139,6 +140,7 @@ class Orchestrator:
         self.guard.restore(st.metrics)
         if self.accountant is not None:  # the rounds so far, as they were sampled
             self.accountant.rates = [json.loads(line)["dp_sampling_rate"] for line in st.metrics]
+            self.noise_seed = st.noise_seed
             self.spent = self.privacy_exhausted()
         t0 = time.monotonic()
         self.command(RestoreState(str(shard_directory(ckpt.path)), tuple(ckpt.shards())))
@@ -158,7 +160,7 @@ class Orchestrator:
         t0 = time.monotonic()
         self.command(SaveState(str(shards)))
         state = ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
-                            self.lines)
+                            self.lines, self.noise_seed)
         written: list[Shard] = []
 
         def gather() -> list[Shard]:
@@ -378,9 +380,9 @@ class Orchestrator:
         if dp.enabled:
             # DP-FedAvg: the sum over the expected number of clients, a fixed denominator, plus noise of
             # std noise_multiplier * clip on the sum, released every round, whoever reported
-            total = float(self.ctx.cfg.clients.per_round)
+            total = float(min(self.ctx.cfg.clients.per_round, len(self.available())))
             delta = self._mean(r, accepted, total) if accepted else np.zeros(self.ctx.layout.size, np.float32)
-            delta += gaussian_noise(self.ctx.cfg.seed, r, delta.size, dp.noise_multiplier * dp.clip / total)
+            delta += gaussian_noise(self.noise_seed, r, delta.size, dp.noise_multiplier * dp.clip / total)
             return self.strategy.step(self.weights, delta)
         if not accepted or total == 0:
             return self.weights  # nothing counts: the model stays and server state does not advance

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,24 +127,26 @@ class ClientStates:
     # -- the spill file ---------------------------------------------------------
     def prepare(self) -> None:
         """Create the spill file now (when there is a budget), so that an unwritable
-        directory is reported before the first round rather than in the middle of one."""
+        directory is reported before the first round rather than in the middle of one.
+        It gets a fresh name (``spill_path``'s stem is its prefix) and is unlinked at once:
+        no other run can open or clobber it, and nothing is left behind however the job ends."""
         if self.budget and self.fd is None:
             assert self.spill_path is not None
             try:
                 self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-                self.fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                self.fd, name = tempfile.mkstemp(prefix=f"{self.spill_path.stem}-", suffix=self.spill_path.suffix,
+                                                 dir=self.spill_path.parent)
+                os.unlink(name)
             except OSError as exc:
                 raise ConfigError(f"client-state spill file {self.spill_path} cannot be created "
                                   f"({exc.strerror or exc}): set clients.state_dir to a writable node-local "
                                   f"directory") from None
 
     def close(self) -> None:
-        """Close and remove the spill file (what it held is gone)."""
+        """Close the spill file (what it held is gone with it)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-            assert self.spill_path is not None
-            self.spill_path.unlink(missing_ok=True)
 
     def _grow(self, cid: int) -> None:
         if cid >= self.slot.size:
