@@ -382,6 +382,10 @@ def test_hybrid_job_with_a_worker_that_dies_and_rejoins(pki, tmp_path):
         time.sleep(0.1)
     w2.send_signal(signal.SIGKILL)  # vanishes mid-run, maybe mid-round
     w2.wait()
+    gone = lines()
+    while lines() < gone + 2:  # a whole round without w2 (whenever the kill landed): its client misses it
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
     w2 = start_worker(pki, port, "w2", 6, "1/2")
     _, err = job.communicate(timeout=240)
     assert job.returncode == 0, err[-4000:]
