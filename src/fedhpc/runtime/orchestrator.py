@@ -354,10 +354,13 @@ class Orchestrator:
         """The clients a round may select: every one inside the job, and the connected remote ones."""
         return list(range(self.ctx.cfg.clients.total)) + sorted(self.remote_workers)
 
+    def expected_clients(self) -> int:
+        """How many clients a round selects (on average, with Poisson sampling): counted, not listed."""
+        return min(self.ctx.cfg.clients.per_round, self.ctx.cfg.clients.total + len(self.remote_workers))
+
     def sampling_rate(self) -> float:
         """Each client's probability of being in a round (Poisson sampling, under DP)."""
-        n = len(self.available())
-        return min(self.ctx.cfg.clients.per_round, n) / n
+        return self.expected_clients() / (self.ctx.cfg.clients.total + len(self.remote_workers))
 
     def privacy_exhausted(self) -> str:
         """Why the next round may not run ("" = it may): it would take epsilon past dp.target_epsilon."""
@@ -380,7 +383,7 @@ class Orchestrator:
         if dp.enabled:
             # DP-FedAvg: the sum over the expected number of clients, a fixed denominator, plus noise of
             # std noise_multiplier * clip on the sum, released every round, whoever reported
-            total = float(min(self.ctx.cfg.clients.per_round, len(self.available())))
+            total = float(self.expected_clients())
             delta = self._mean(r, accepted, total) if accepted else np.zeros(self.ctx.layout.size, np.float32)
             delta += gaussian_noise(self.noise_seed, r, delta.size, dp.noise_multiplier * dp.clip / total)
             return self.strategy.step(self.weights, delta)
