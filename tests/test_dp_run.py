@@ -18,10 +18,10 @@ DP = ["dp.enabled=true", "selection.name=poisson", "codec.error_feedback=false",
       "local.epochs=1", "eval.every=3"]
 
 
-def library_epsilon(rates, accountant):
+def library_epsilon(rates, accountant, sigma=0.8):
     acc = accountant()
     for q in rates:
-        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(0.8)))
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)))
     return acc.get_epsilon(1e-3)
 
 
@@ -73,3 +73,46 @@ def test_the_budget_stops_the_run_before_the_round_that_would_exceed_it(straight
     assert "stopping before round 5 of 6" in proc.stderr and "past dp.target_epsilon" in proc.stderr
     assert (out / "checkpoints" / "ckpt-000004.h5").exists()
     assert [r["epsilon"] for r in m] == eps[:4]
+
+
+# little noise on the model (multiplier 0.3: the noise scales with the clip, and more would make the
+# updates as large as any clip), the count's noise of std 1 on 8 clients a round, both seeded from the
+# run seed (secret_noise = false), so the run is the same every time
+ADAPTIVE = [*DP, "dp.noise_multiplier=0.3", "dp.adaptive_clip=true", "dp.clipped_count_stddev=1.0",
+            "dp.secret_noise=false", "rounds=6"]
+
+
+@pytest.fixture(scope="module")
+def adaptive(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adaptive") / "run"
+    fedhpc_run(3, out, *ADAPTIVE, "dp.clip=3", "checkpoint.every=3", "checkpoint.keep=2")
+    return out
+
+
+def test_the_adaptive_clip_follows_the_clients_bits_within_the_same_budget(adaptive, tmp_path):
+    """From 3 (above most updates' norms: the released fraction is above 1/2) the clip falls round
+    after round by the geometric rule; from 1e-4 (every client over it) it rises. The
+    accountant's epsilon is the non-adaptive run's: the count's cost is inside the multiplier."""
+    m = metrics(adaptive)
+    clips, fractions = [r["dp_clip"] for r in m], [r["dp_unclipped"] for r in m]
+    assert clips[0] == 3.0 and all(f > 0.5 for f in fractions)
+    for i in range(len(m) - 1):
+        assert clips[i + 1] == pytest.approx(clips[i] * np.exp(-0.2 * (fractions[i] - 0.5)), rel=1e-12)
+    assert all(r["update_norm_median"] is None or r["update_norm_median"] <= r["dp_clip"] for r in m)
+    assert [r["epsilon"] for r in m] == pytest.approx([library_epsilon([0.4] * i, rdp.RdpAccountant, 0.3)
+                                                      for i in range(1, 7)], rel=1e-9)
+    assert ", clip " in (adaptive / "run.log").read_text()
+    low = tmp_path / "low"
+    fedhpc_run(3, low, *ADAPTIVE, "dp.clip=1e-4", "rounds=3")
+    m = metrics(low)
+    assert all(r["dp_unclipped"] < 0.5 for r in m) and m[0]["dp_clip"] < m[1]["dp_clip"] < m[2]["dp_clip"]
+
+
+def test_a_resumed_adaptive_run_continues_with_the_clip_it_had(adaptive, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(adaptive, out)
+    (out / "checkpoints" / "ckpt-000006.h5").unlink()
+    shutil.rmtree(out / "checkpoints" / "ckpt-000006.states")
+    fedhpc_run(2, out, *ADAPTIVE, "dp.clip=3", resume=True)
+    assert [r["dp_clip"] for r in metrics(out)] == [r["dp_clip"] for r in metrics(adaptive)]
+    assert final_weights(out).tobytes() == final_weights(adaptive).tobytes()

@@ -8,6 +8,7 @@ from dp_accounting import pld, rdp
 from fedhpc.config import load_config
 from fedhpc.errors import ConfigError
 from fedhpc.privacy import Accountant, clip, gaussian_noise
+from fedhpc.privacy.adaptive import count_noise, next_clip, unclipped_fraction, vector_noise_multiplier
 from fedhpc.selection import get_selector
 
 pytestmark = pytest.mark.unit
@@ -79,6 +80,52 @@ def test_poisson_sampling_takes_each_client_with_probability_k_over_n():
     assert len(set(sizes)) > 3 and not sel.exact and get_selector("random").exact
 
 
+def test_the_clip_and_its_count_together_cost_the_configured_noise_multiplier():
+    """dp-accounting composes the two Gaussian releases of a round (the vector at z_delta, the
+    centred count, sensitivity 1/2 under std count_std, i.e. multiplier 2 * count_std) into
+    exactly what one Gaussian of the configured multiplier costs, which is what the run accounts."""
+    for z, count_std in ((0.8, 1.0), (1.1, 5.0), (3.0, 1.6)):
+        z_delta = vector_noise_multiplier(z, count_std)
+        assert z < z_delta
+        pair, one = rdp.RdpAccountant(), rdp.RdpAccountant()
+        pair.compose(dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z_delta),
+                                                    dp_accounting.GaussianDpEvent(2 * count_std)]))
+        one.compose(dp_accounting.GaussianDpEvent(z))
+        assert pair.get_epsilon(1e-5) == pytest.approx(one.get_epsilon(1e-5), rel=1e-9)
+    assert vector_noise_multiplier(0.0, 0.1) == 0.0
+    with pytest.raises(ValueError, match="above noise_multiplier / 2"):
+        vector_noise_multiplier(1.0, 0.5)
+
+
+def test_the_released_fraction_is_centred_and_its_noise_seeded():
+    # without noise and with as many clients as expected, it is the plain fraction
+    assert unclipped_fraction(3, 8, 0.0, 8) == pytest.approx(3 / 8)
+    # centred: one more client moves it by at most 1/2 over the denominator, whatever its bit
+    for k, n in ((0, 5), (5, 5), (2, 5)):
+        base = unclipped_fraction(k, n, 0.0, 10)
+        assert abs(unclipped_fraction(k + 1, n + 1, 0.0, 10) - base) == pytest.approx(0.05)
+        assert abs(unclipped_fraction(k, n + 1, 0.0, 10) - base) == pytest.approx(0.05)
+    draws = np.array([count_noise(7, r, 2.0) for r in range(20_000)])
+    assert abs(draws.std() / 2.0 - 1) < 6 / np.sqrt(2 * draws.size) and count_noise(7, 3, 2.0) == draws[3]
+    assert count_noise(7, 3, 2.0) != count_noise(8, 3, 2.0)
+    # a stream of its own: not the first value of the vector's noise of the same round
+    assert np.float32(count_noise(7, 3, 1.0)) != gaussian_noise(7, 3, 1, 1.0)[0]
+
+
+@pytest.mark.parametrize("quantile", [0.2, 0.5, 0.9])
+def test_the_clip_converges_to_the_target_quantile_of_the_norms(quantile):
+    """Andrew et al.'s geometric rule with exact counts: from 100x too high or too low, within
+    300 rounds the clip sits at the quantile of log-normal norms (within 5 % of its value)."""
+    rng = np.random.default_rng(1)
+    norms = np.exp(rng.standard_normal(2000))
+    want = np.quantile(norms, quantile)
+    for start in (want * 100, want / 100):
+        c = start
+        for _ in range(300):
+            c = next_clip(c, float(np.mean(norms <= c)), quantile, 0.2)
+        assert c == pytest.approx(want, rel=0.05)
+
+
 @pytest.mark.parametrize(("sets", "match"), [
     (["dp.clip=0"], "dp.clip' must be > 0"),
     (["dp.clip=-1"], "dp.clip' must be > 0"),
@@ -93,6 +140,10 @@ def test_poisson_sampling_takes_each_client_with_probability_k_over_n():
     (["guard.norm_multiple=10"], "guard.norm_multiple"),
     (["dp.placement=client"], "needs secure aggregation"),
     (["fed_dropout.rate=0.5"], "fed_dropout.rate"),
+    # 10 clients a round: the default count std is 10 / 20 = 0.5, no room beside a multiplier of 1
+    (["dp.adaptive_clip=true", "clients.per_round=10", "dp.noise_multiplier=1"], "clipped_count_stddev' is too small"),
+    (["dp.target_quantile=1"], "target_quantile' must be in"),
+    (["dp.clip_learning_rate=0"], "clip_learning_rate' must be > 0"),
 ])
 def test_configurations_that_break_the_guarantee_are_refused(sets, match):
     with pytest.raises(ConfigError, match=match):

@@ -296,16 +296,28 @@ class DPConfig:
     round's sum at rank 0, the guarantee computed by ``dp-accounting``."""
 
     enabled: bool = False
-    clip: float = 1.0  # L2 bound on each client's update
-    noise_multiplier: float = 1.0  # noise std = noise_multiplier * clip, on the sum
+    clip: float = 1.0  # L2 bound on each client's update (with adaptive_clip: the first round's)
+    # noise std = noise_multiplier * clip, on the sum (with adaptive_clip: the vector's and the clipped
+    # count's noise together cost what this one multiplier costs, and the accountant counts this one)
+    noise_multiplier: float = 1.0
     delta: float = 1e-5
     target_epsilon: float = 0.0  # stop before the round that would exceed it (0 = no limit)
     placement: Literal["server", "client"] = "server"
     # the noise comes from a secret drawn at the run's start and kept in its checkpoints only;
     # false: from the run seed, reproducible, and removable by anyone with the config (experiments)
     secret_noise: bool = True
+    # adaptive clipping (Andrew et al. 2021): the clip follows the target_quantile of the update norms,
+    # estimated from each client's clipped bit with noise of std clipped_count_stddev (0 = expected clients / 20)
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2  # the geometric step: clip *= exp(-rate * (unclipped fraction - quantile))
+    clipped_count_stddev: float = 0.0
 
     def check(self, key):
+        _require(0 < self.target_quantile < 1, f"{key}.target_quantile", "must be in (0, 1)")
+        _require(self.clip_learning_rate > 0, f"{key}.clip_learning_rate", "must be > 0")
+        _require(self.clipped_count_stddev >= 0, f"{key}.clipped_count_stddev",
+                 "must be >= 0 (0 = expected clients / 20)")
         _require(self.clip > 0, f"{key}.clip", "must be > 0 (the L2 bound on each client's update)")
         _require(self.noise_multiplier >= 0, f"{key}.noise_multiplier", "must be >= 0")
         _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1)")
@@ -412,6 +424,18 @@ class RunConfig:
                  "norms would let one client's presence decide another's")
         _require(not self.gateway.enabled, "gateway.enabled",
                  "must be false with dp.enabled: remote workers come and go, which the sampling does not allow for")
+        if self.dp.adaptive_clip:
+            from fedhpc.privacy.adaptive import count_stddev, vector_noise_multiplier
+
+            expected = min(self.clients.per_round, self.clients.total)
+            std = count_stddev(self.dp.clipped_count_stddev, expected)
+            try:
+                vector_noise_multiplier(self.dp.noise_multiplier, std)
+            except ValueError as exc:
+                default = " = clients.per_round / 20, its default" if not self.dp.clipped_count_stddev else ""
+                _require(False, "dp.clipped_count_stddev",
+                         f"is too small ({std:g}{default}): {exc}, since the clipped count's noise and the update's "
+                         f"share one budget; raise it or lower dp.noise_multiplier")
         if self.dp.target_epsilon:
             from fedhpc.privacy import Accountant
 

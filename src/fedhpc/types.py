@@ -65,6 +65,7 @@ class ClientResult:
     kept: np.ndarray | None = None
     norm: float | None = None  # L2 norm of delta (None = not yet computed)
     frame: Frame | None = None  # the update kept compressed, instead of delta
+    clipped: bool = False  # differential privacy: its norm was above the round's clip (before clipping)
 
     @property
     def size(self) -> int:

@@ -28,9 +28,11 @@ class Status(IntEnum):
 
 
 UPDATE_MAGIC = b"FHUP"
-UPDATE_VERSION = 1
-# magic, version, status, job, round, client, samples, loss, compute_s, sim_s, body_len, crc
-HEADER = struct.Struct("<4sBB2xIIIIdddQI4x")
+UPDATE_VERSION = 2
+# magic, version, status, flags, job, round, client, samples, loss, compute_s, sim_s, body_len, crc
+HEADER = struct.Struct("<4sBBBxIIIIdddQI4x")
+FLAG_CLIPPED = 1  # differential privacy: the update's norm was above the round's clip
+FLAGS = FLAG_CLIPPED  # every flag there is; any other bit set is a corrupt header
 MAX_BODY = 1 << 40
 MAX_REASON_BYTES = 4096  # a failure's reason is cut to this
 
@@ -46,6 +48,7 @@ class UpdateHeader:
     compute_s: float = 0.0
     sim_s: float = 0.0  # completion time on the simulated clock
     body_len: int = 0  # filled in from the buffer when sealing
+    clipped: bool = False  # DP: the client's norm was above the round's clip (adaptive clipping counts them)
 
 
 def max_update_bytes(num_params: int) -> int:
@@ -109,7 +112,7 @@ def seal_update(h: UpdateHeader, buf: np.ndarray) -> np.ndarray:
     """Write the Update header into the first ``HEADER.size`` bytes of ``buf``,
     whose rest is the body already in place (a codec frame encoded with that
     much headroom); return ``buf``."""
-    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), h.job, h.round, h.client, h.num_samples,
+    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), FLAG_CLIPPED if h.clipped else 0, h.job, h.round, h.client, h.num_samples,
               h.loss, h.compute_s, h.sim_s, buf.nbytes - HEADER.size)
     HEADER.pack_into(buf, 0, *fields, 0)
     HEADER.pack_into(buf, 0, *fields, K.crc32c(buf[: HEADER.size]))
@@ -121,7 +124,7 @@ def unpack_update(buf) -> tuple[UpdateHeader, memoryview]:
     view = memoryview(buf).cast("B")
     if view.nbytes < HEADER.size:
         raise CorruptUpdateError(f"Update truncated: {view.nbytes} bytes, its header is {HEADER.size}")
-    magic, version, status, job, rnd, client, samples, loss, comp, sim, blen, crc = HEADER.unpack_from(view)
+    magic, version, status, flags, job, rnd, client, samples, loss, comp, sim, blen, crc = HEADER.unpack_from(view)
     if magic != UPDATE_MAGIC or version != UPDATE_VERSION:
         raise CorruptUpdateError(f"not a fedhpc Update (magic {bytes(magic)!r}, version {version})")
     zeroed = bytearray(view[: HEADER.size])
@@ -130,11 +133,13 @@ def unpack_update(buf) -> tuple[UpdateHeader, memoryview]:
         raise CorruptUpdateError("Update header checksum mismatch")
     if status not in Status._value2member_map_:
         raise CorruptUpdateError(f"Update has unknown status {status}")
+    if flags & ~FLAGS:
+        raise CorruptUpdateError(f"Update has unknown flags {flags:#04x}")
     if HEADER.size + blen != view.nbytes:
         raise CorruptUpdateError(f"Update length mismatch: header says {HEADER.size}+{blen}, got {view.nbytes}")
     if not (np.isfinite(loss) and np.isfinite(comp) and np.isfinite(sim) and comp >= 0 and sim >= 0):
         raise CorruptUpdateError(f"Update has non-finite or negative loss/times ({loss}, {comp}, {sim})")
-    h = UpdateHeader(Status(status), job, rnd, client, samples, loss, comp, sim, blen)
+    h = UpdateHeader(Status(status), job, rnd, client, samples, loss, comp, sim, blen, bool(flags & FLAG_CLIPPED))
     return h, view[HEADER.size :]
 
 
@@ -142,5 +147,5 @@ def total_length(first_chunk: np.ndarray) -> int:
     """Length of the whole Update from its first chunk (header fields only, unverified)."""
     if first_chunk.nbytes < HEADER.size:
         return first_chunk.nbytes
-    blen = HEADER.unpack_from(first_chunk)[10]
+    blen = HEADER.unpack_from(first_chunk)[11]
     return HEADER.size + min(blen, MAX_BODY)

@@ -3,6 +3,8 @@
 * :func:`clip` bounds a client's update in the client step (L2, ``dp.clip``);
 * :func:`gaussian_noise` is what rank 0 adds to the round's mean: std
   ``noise_multiplier * clip / expected clients``, seeded by (run seed, round);
+* :mod:`~fedhpc.privacy.adaptive` moves the clip toward a quantile of the
+  update norms (Andrew et al. 2021), within the same budget;
 * :class:`Accountant` composes the rounds' subsampled Gaussian mechanisms with
   the ``dp-accounting`` library (RDP and PLD), never with a formula of ours.
 """

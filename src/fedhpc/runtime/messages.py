@@ -25,6 +25,7 @@ class RoundTask:
     round: int
     assign: dict[int, tuple[int, ...]]
     mu: float  # FedProx proximal coefficient for the clients (0 = none)
+    clip: float = 0.0  # differential privacy: the round's L2 bound on each update (0 = no DP)
 
     def clients_of(self, rank: int) -> tuple[int, ...]:
         return self.assign.get(rank, ())

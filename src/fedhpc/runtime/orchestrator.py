@@ -22,6 +22,7 @@ from fedhpc.checkpoint import (
 from fedhpc.clock import make_clock
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.privacy import Accountant, gaussian_noise, noise_seed
+from fedhpc.privacy.adaptive import count_noise, count_stddev, next_clip, unclipped_fraction, vector_noise_multiplier
 from fedhpc.record import STATUS, RunRecord
 from fedhpc.runtime import signals
 from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
@@ -84,6 +85,8 @@ class Orchestrator:
         self.accountant = Accountant(cfg.dp.noise_multiplier, cfg.dp.delta) if cfg.dp.enabled else None
         self.spent = ""  # why the privacy budget allows no further round ("" = it does)
         self.noise_seed = noise_seed(cfg.dp.secret_noise, cfg.seed) if cfg.dp.enabled else 0
+        self.clip = cfg.dp.clip if cfg.dp.enabled else 0.0  # the round's clip (adaptive_clip: it moves)
+        self.unclipped: float | None = None  # adaptive_clip: the round's released fraction under the clip
         self.clock = make_clock(cfg.clock)
         st = cfg.stragglers
         self.rules = CloseRules(st.deadline_s, st.fastest_k, st.timeout_s)
@@ -142,6 +145,9 @@ class Orchestrator:
             self.accountant.rates = [json.loads(line)["dp_sampling_rate"] for line in st.metrics]
             self.noise_seed = st.noise_seed
             self.spent = self.privacy_exhausted()
+            if self.ctx.cfg.dp.adaptive_clip and st.metrics:  # the clip after the last round, as it was computed
+                last = json.loads(st.metrics[-1])
+                self.clip = self.next_clip(last["dp_clip"], last["dp_unclipped"])
         t0 = time.monotonic()
         self.command(RestoreState(str(shard_directory(ckpt.path)), tuple(ckpt.shards())))
         reports: list[Restored] = self.reports(f"restoring the client states of {ckpt.path}")
@@ -298,7 +304,7 @@ class Orchestrator:
             assign.setdefault(ctx.host_of(c), []).append(c)
         if self.folder is not None:
             self.folder.begin(r, selected)
-        self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu))
+        self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu, self.clip))
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
         outcome, norm_median, norms = self.guard.screen(outcome)
@@ -344,10 +350,14 @@ class Orchestrator:
             "epsilon": epsilon,  # at dp.delta, RDP (an upper bound); PLD, tighter (0.5 s a call), at the end
             "epsilon_pld": epsilon_pld,
             "dp_sampling_rate": rate,
+            "dp_clip": self.clip or None,
+            "dp_unclipped": self.unclipped,
             "state_ram_mb": got.state_bytes / 2**20,
             "state_spills": got.state_spills,
             "state_loads": got.state_loads,
         }
+        if self.unclipped is not None:
+            self.clip = self.next_clip(self.clip, self.unclipped)
         return metrics, self._per_client(outcome, got), norms
 
     def available(self) -> list[int]:
@@ -373,6 +383,11 @@ class Orchestrator:
         return (f"the next round would take epsilon to {after:.3f} at delta {self.ctx.cfg.dp.delta:g}, past "
                 f"dp.target_epsilon = {target:g}")
 
+    def next_clip(self, clip: float, unclipped: float) -> float:
+        """The clip of the round after one with ``clip`` and the released fraction ``unclipped``."""
+        dp = self.ctx.cfg.dp
+        return next_clip(clip, unclipped, dp.target_quantile, dp.clip_learning_rate)
+
     def fold_round(self, r: int, outcome: RoundOutcome) -> np.ndarray:
         """The new weights of a sum-decomposable strategy: the ring sum of exactly the
         accepted clients, from this rank's folder or reduced over the hosting ranks."""
@@ -383,9 +398,17 @@ class Orchestrator:
         if dp.enabled:
             # DP-FedAvg: the sum over the expected number of clients, a fixed denominator, plus noise of
             # std noise_multiplier * clip on the sum, released every round, whoever reported
-            total = float(self.expected_clients())
+            expected = self.expected_clients()
+            multiplier = dp.noise_multiplier
+            if dp.adaptive_clip:  # the clipped count takes its share of the budget
+                std = count_stddev(dp.clipped_count_stddev, expected)
+                multiplier = vector_noise_multiplier(multiplier, std)
+                self.unclipped = unclipped_fraction(sum(not res.clipped for res in outcome.results),
+                                                    len(outcome.results), count_noise(self.noise_seed, r, std),
+                                                    expected)
+            total = float(expected)
             delta = self._mean(r, accepted, total) if accepted else np.zeros(self.ctx.layout.size, np.float32)
-            delta += gaussian_noise(self.noise_seed, r, delta.size, dp.noise_multiplier * dp.clip / total)
+            delta += gaussian_noise(self.noise_seed, r, delta.size, multiplier * self.clip / total)
             return self.strategy.step(self.weights, delta)
         if not accepted or total == 0:
             return self.weights  # nothing counts: the model stays and server state does not advance
@@ -527,7 +550,7 @@ class Orchestrator:
             if kept is None:  # kept compressed (its buffer is the round's) and decoded block by block
                 frame = codec.open(body, expected_n=self.ctx.layout.size)
                 col.add_result(ClientResult(cid, head.num_samples, head.loss, None, seconds, buf.nbytes,
-                                            norm=frame.norm, frame=frame))
+                                            norm=frame.norm, frame=frame, clipped=head.clipped))
                 return
             sub = codec.decode(body, expected_n=kept.size)
         except CorruptUpdateError as exc:
@@ -537,7 +560,7 @@ class Orchestrator:
         delta = np.zeros(self.ctx.layout.size, dtype=np.float32)  # a sub-model: where it trained
         delta[kept] = sub
         col.add_result(ClientResult(cid, head.num_samples, head.loss, delta, seconds, buf.nbytes, kept,
-                                    K.l2_norm(delta)))
+                                    K.l2_norm(delta), clipped=head.clipped))
 
     def file_folded(self, src: int, folded: Folded, col: RoundCollector, elapsed: float) -> None:
         """File a hosting rank's account of an Update it folded (or refused)."""
@@ -549,7 +572,8 @@ class Orchestrator:
             col.add_failure(ClientFailure(head.client, folded.refused, folded.detail))
             return
         seconds = col.arrival_time(head.sim_s, elapsed)
-        result = ClientResult(head.client, head.num_samples, head.loss, None, seconds, folded.nbytes, norm=folded.norm)
+        result = ClientResult(head.client, head.num_samples, head.loss, None, seconds, folded.nbytes, norm=folded.norm,
+                              clipped=head.clipped)
         col.add_result(result)
         if self.folder is None and folded.nbytes < VERDICT_MIN_BYTES:
             return  # a small frame is cheaper to hold until the close than to message about
@@ -612,4 +636,5 @@ class Orchestrator:
                 f"{m['clients_late']} late, {m['clients_failed']} failed | up {m['bytes_up'] / 1e6:.2f} MB "
                 f"down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s, training {m['train_seconds']:.2f}s"
                 + (f" (simulated {m['sim_seconds']:.2f}s)" if m["sim_seconds"] is not None else "")
-                + (f" | epsilon {m['epsilon']:.3f}" if m["epsilon"] is not None else ""))
+                + (f" | epsilon {m['epsilon']:.3f}" if m["epsilon"] is not None else "")
+                + (f", clip {m['dp_clip']:.4g}" if m["dp_unclipped"] is not None else ""))

@@ -42,6 +42,7 @@ class ClientTask:
     round: int
     client: int
     mu: float = 0.0  # FedProx proximal coefficient (0 = none)
+    clip: float = 0.0  # differential privacy: the round's L2 bound on the update (0 = no DP)
 
 
 class ClientStep:
@@ -111,8 +112,10 @@ class ClientStep:
                                                epochs, after_epoch)
             finally:
                 self.train_s += time.perf_counter() - t0
+            clipped = False
             if cfg.dp.enabled:  # what leaves the client is bounded (error feedback is refused with DP)
-                clip(delta, cfg.dp.clip)
+                assert task.clip > 0, "a DP round's task carries its clip"
+                clipped = clip(delta, task.clip) > task.clip
             payload = self.encode(r, cid, delta, kept)
         except Abandoned:
             raise
@@ -123,7 +126,8 @@ class ClientStep:
             payload[HEADER.size + (payload.nbytes - HEADER.size) // 2] ^= 0xFF
         compute = len(indices) * epochs * cfg.profiles.cost_per_sample_s
         sim_s = client_round_seconds(profile, compute, 4 * self.layout.size, payload.nbytes - HEADER.size)
-        head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), loss, time.perf_counter() - t0, sim_s)
+        head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), loss, time.perf_counter() - t0, sim_s,
+                            clipped=clipped)
         return seal_update(head, payload)
 
     def epochs(self, profile: ClientProfile, samples: int) -> int:

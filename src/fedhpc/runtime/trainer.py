@@ -46,7 +46,7 @@ class TrainerRank(HostRank):
             if self.round_closed():
                 break
             try:
-                buf = self.step.run(ClientTask(r, cid, task.mu), self.weights, self.ctx.parts[cid], self.profiles[cid],
+                buf = self.step.run(ClientTask(r, cid, task.mu, task.clip), self.weights, self.ctx.parts[cid], self.profiles[cid],
                                     self.round_closed, start)
             except Abandoned:
                 break
