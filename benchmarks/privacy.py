@@ -3,14 +3,25 @@
 
 Real ``fedhpc run`` jobs in one MPI launch (3 ranks), with Poisson sampling
 (``selection.name = "poisson"``) in every job, DP or not, so that only DP
-differs. Two workloads with enough clients for user-level DP to mean something:
+differs. Three workloads with enough clients for user-level DP to mean something:
 
 * **digits-100**: the embedded digits, 100 clients with 2 classes each
   (non-IID), MLP 64-128-10, 20 clients a round on average (q = 0.2), 5 local
   epochs, 30 rounds, clip 1.0, delta 1e-3 (below 1/100);
 * **synthetic-1000**: 1,000 clients of the ``synthetic`` data (32 features, 10
   classes, 20 samples each), MLP 32-64-10, 50 a round (q = 0.05), 2 local
-  epochs, 30 rounds, clip 0.5, delta 1e-4.
+  epochs, 30 rounds, clip 0.5, delta 1e-4;
+* **shakespeare-816**: the offline LEAF Shakespeare build's 816 speaking roles
+  as clients (natural partition), each capped at 64 training windows
+  (``data.max_client_samples``: the largest role has 49,415, and an LSTM on
+  all of them is hours on 2 cores), the benchmarks' small char-LSTM (82k
+  parameters), 82 a round on average (q = 0.1), 1 local epoch, lr 0.8,
+  30 rounds, clip 1.0, delta 1e-4, evaluated on 4,000 test windows.
+
+Besides the fixed clip at each target, each workload runs at epsilon 8 with
+adaptive clipping (``dp.adaptive_clip``, Andrew et al. 2021: the clip follows
+the median norm, starting from the fixed clip; same noise multiplier, same
+epsilon).
 
 For each target epsilon the noise multiplier is the one for which
 ``dp-accounting``'s RDP accountant gives that epsilon after the workload's
@@ -19,8 +30,8 @@ which is what the table shows). The cost of DP is measured in the same launch:
 the round time with and without DP, and alone, one accountant call (RDP and
 PLD), one clip of a client's update and one round's noise.
 
-Not here yet: the offline Shakespeare build's 816 speaking roles (an LSTM on 816
-clients is hours on 2 cores).
+The Shakespeare data is the offline build (``fedhpc data prepare shakespeare``,
+built on first use, or ``--shakespeare DIR``).
 """
 
 from __future__ import annotations
@@ -32,10 +43,12 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import _jobs
+import paper
 
 TARGETS = (1.0, 3.0, 8.0)
 WORKLOADS = {
@@ -45,6 +58,10 @@ WORKLOADS = {
     "synthetic-1000": {"rate": 0.05, "delta": 1e-4, "clip": 0.5, "sets": [
         "clients.total=1000", "clients.per_round=50", "data.name=synthetic", "data.partition=iid",
         "data.synthetic.samples=25000", "model.hidden=[64]", "local.epochs=2", "local.lr=0.1"]},
+    "shakespeare-816": {"rate": 0.1, "delta": 1e-4, "clip": 1.0, "sets": [
+        "clients.total=816", "clients.per_round=82", "data.name=shakespeare", "data.partition=natural",
+        "data.max_client_samples=64", "model.name=paper:small_char_lstm", "local.epochs=1", "local.lr=0.8",
+        "eval.max_samples=4000"]},
 }
 SIZES = {"full": 30, "tiny": 3}  # rounds
 
@@ -87,14 +104,18 @@ def costs(n: int = 8906) -> dict:
 def main(args: argparse.Namespace) -> int:
     rounds = SIZES[args.size]
     jobs, plan = [], []
-    for name, w in WORKLOADS.items():
+    for name in args.workloads:
+        w = WORKLOADS[name]
         base = [*w["sets"], f"rounds={rounds}", f"eval.every={rounds}", "selection.name=poisson",
                 "codec.error_feedback=false", "guard.norm_multiple=0", "tracking.tensorboard=false"]
+        if name.startswith("shakespeare"):
+            base.append(f"data.root={paper.shakespeare_source(args.shakespeare)}")
         cases = [("no DP", None, base)]
         for eps in TARGETS:
             sigma = noise_for(eps, w["rate"], rounds, w["delta"])
             cases.append((f"epsilon {eps:g}", sigma, [*base, "dp.enabled=true", f"dp.clip={w['clip']}",
                                                       f"dp.noise_multiplier={sigma:.6f}", f"dp.delta={w['delta']}"]))
+        cases.append((f"epsilon {TARGETS[-1]:g}, adaptive clip", cases[-1][1], [*cases[-1][2], "dp.adaptive_clip=true"]))
         for label, sigma, sets in cases:
             out = args.out / name / label.replace(" ", "-")
             jobs.append({"out": str(out), "sets": sets})
@@ -106,10 +127,10 @@ def main(args: argparse.Namespace) -> int:
         last = metrics[-1]
         rows.append({"workload": name, "case": label, "noise_multiplier": sigma, "accuracy": last["accuracy"],
                      "epsilon": last["epsilon"], "epsilon_pld": last["epsilon_pld"],
-                     "delta": WORKLOADS[name]["delta"],
+                     "delta": WORKLOADS[name]["delta"], "final_clip": last.get("dp_clip"),
                      "round_s": statistics.fmean(m["round_seconds"] for m in metrics[1:-1] or metrics),
                      "clients_per_round": statistics.fmean(m["clients_selected"] for m in metrics)})
-        print(f"  {name:15} {label:12} accuracy {last['accuracy']:.4f}, epsilon {last['epsilon']}", flush=True)
+        print(f"  {name:15} {label:26} accuracy {last['accuracy']:.4f}, epsilon {last['epsilon']}", flush=True)
     cost = costs()
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                "cpus": os.cpu_count(), "size": args.size, "rounds": rounds, "rows": rows, "costs": cost}
@@ -120,13 +141,14 @@ def main(args: argparse.Namespace) -> int:
 def table(rows: list[dict], cost: dict, rounds: int) -> str:
     lines = [f"{rounds} rounds, Poisson sampling in every job, 3 ranks on this machine.", "",
              "| workload | case | noise multiplier | epsilon (RDP / PLD) at delta | final accuracy | clients a round | "
-             "round s |", "|---|---|---:|---|---:|---:|---:|"]
+             "final clip | round s |", "|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         eps = ("-" if r["epsilon"] is None else
                f"{r['epsilon']:.2f} / {r['epsilon_pld']:.2f} at {r['delta']:g}")
         sigma = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.3f}"
+        clip = "-" if r["final_clip"] is None else f"{r['final_clip']:.3g}"
         lines.append(f"| {r['workload']} | {r['case']} | {sigma} | {eps} | {r['accuracy']:.4f} | "
-                     f"{r['clients_per_round']:.1f} | {r['round_s']:.3f} |")
+                     f"{r['clients_per_round']:.1f} | {clip} | {r['round_s']:.3f} |")
     lines += ["", f"What DP costs, alone: an RDP accountant call {cost['accountant_rdp_s']:.3f} s (every round), a "
               f"PLD call {cost['accountant_pld_s']:.3f} s (the last round), clipping one client's update of "
               f"{cost['params']:,} values {1e6 * cost['clip_s']:.1f} us, one round's noise "
@@ -137,6 +159,10 @@ def table(rows: list[dict], cost: dict, rounds: int) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (30 rounds, a few minutes), tiny")
     p.add_argument("--reuse", action="store_true", help="keep the finished jobs of an interrupted run")
+    p.add_argument("--workloads", type=lambda s: s.split(","), default=list(WORKLOADS),
+                   help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)")
+    p.add_argument("--shakespeare", type=Path, default=None,
+                   help="a LEAF Shakespeare directory (default: the offline build, built if missing)")
     _jobs.add_output_arguments(p, "privacy")
 
 

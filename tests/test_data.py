@@ -109,6 +109,23 @@ def test_natural_gives_each_client_one_user():
         partition(y, 2, "natural", seed=0)
 
 
+@pytest.mark.parametrize("name", ["natural", "classes", "dirichlet"])
+def test_a_sample_cap_keeps_a_seeded_subset_of_every_larger_client(name):
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 12, len(Y))  # users of very different sizes for 'natural'
+    whole = partition(Y, 12, name, seed=4, groups=groups, alpha=0.3)
+    capped = partition(Y, 12, name, seed=4, groups=groups, alpha=0.3, max_samples=100)
+    for w, c in zip(whole, capped):
+        assert len(c) == min(len(w), 100) and np.all(np.diff(c) > 0) and np.isin(c, w).all()
+    assert any(len(w) > 100 for w in whole)
+    again = partition(Y, 12, name, seed=4, groups=groups, alpha=0.3, max_samples=100)
+    other = partition(Y, 12, name, seed=5, groups=groups, alpha=0.3, max_samples=100)
+    assert all(np.array_equal(a, b) for a, b in zip(capped, again))
+    assert any(not np.array_equal(a, b) for a, b in zip(capped, other) if len(a) == len(b))
+    with pytest.raises(ConfigError, match="max_client_samples' must be >= 0"):
+        load_config(None, ["data.max_client_samples=-1"])
+
+
 def test_impossible_partition_is_a_clear_error():
     with pytest.raises(ConfigError, match="only"):
         partition(Y[:5], 10, "iid", seed=0)

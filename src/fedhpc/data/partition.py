@@ -3,7 +3,9 @@
 Every partitioner is seeded and deterministic, duplicates no sample and leaves
 no client empty (or raises a ConfigError explaining why it cannot). ``iid``,
 ``dirichlet`` and ``classes`` use every sample; ``natural`` uses every sample
-when there are as many clients as users (see :func:`natural`).
+when there are as many clients as users (see :func:`natural`). A cap on each
+client's samples (``data.max_client_samples``) then keeps a seeded subset of
+every larger client.
 """
 
 from __future__ import annotations
@@ -123,14 +125,18 @@ PARTITIONERS = {"iid": iid, "dirichlet": dirichlet, "classes": classes, "natural
 
 
 def partition(y: np.ndarray, clients: int, name: str, seed: int, groups: np.ndarray | None = None,
-              **params) -> list[np.ndarray]:
-    """Indices of each client's samples (``groups``: each sample's user, for ``natural``)."""
+              max_samples: int = 0, **params) -> list[np.ndarray]:
+    """Indices of each client's samples (``groups``: each sample's user, for ``natural``); with
+    ``max_samples``, a client with more keeps a random subset of that many (seeded, ascending)."""
     if clients > len(y):
         raise ConfigError(f"{clients} clients but only {len(y)} training samples: every client needs one")
-    parts = PARTITIONERS[name](y, clients, np.random.default_rng(seed), groups=groups, **params)
+    rng = np.random.default_rng(seed)
+    parts = PARTITIONERS[name](y, clients, rng, groups=groups, **params)
     used = np.concatenate(parts)
     assert len(parts) == clients and all(len(p) for p in parts) and np.unique(used).size == used.size
     assert used.size == len(y) or name == "natural"
+    if max_samples:
+        parts = [np.sort(rng.choice(p, max_samples, replace=False)) if len(p) > max_samples else p for p in parts]
     return parts
 
 

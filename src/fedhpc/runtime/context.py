@@ -65,7 +65,8 @@ def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None =
     torch.set_num_threads(cfg.local.threads)
     data = load_dataset(cfg.data)
     parts = partition(data.y_train, cfg.clients.total, cfg.data.partition, derive_seed(cfg.seed, SEED_PARTITION),
-                      groups=data.groups, alpha=cfg.data.alpha, classes_per_client=cfg.data.classes_per_client)
+                      groups=data.groups, max_samples=cfg.data.max_client_samples, alpha=cfg.data.alpha,
+                      classes_per_client=cfg.data.classes_per_client)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
     return Context(cfg, data, parts, model, Layout(model), mpi_trainers, gateway)
 
