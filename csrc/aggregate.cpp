@@ -4,6 +4,7 @@
 // Double-precision sums use a fixed summation order that does not depend on
 // the thread count: 8 interleaved lanes inside a fixed-size chunk (this
 // vectorizes without reassociating), chunk results added in index order.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -106,6 +107,58 @@ void trimmed_mean(const float* stack, size_t rows, size_t n, size_t trim, float*
     for (size_t r = trim; r < m - trim; ++r) sum += v[r];
     return static_cast<float>(sum / static_cast<double>(m - 2 * trim));
   });
+}
+
+// Bulyan's second stage: per column, the mean of the beta values nearest the
+// column's median (the median as median() gives it). In the sorted column those
+// values are a window; it grows from the median outwards, taking the nearer
+// neighbour (distances in double; a tie takes the smaller value), and is added
+// in ascending order in double.
+void closest_mean(const float* stack, size_t rows, size_t n, size_t beta, float* out) {
+  reduce_columns(stack, rows, n, out, [beta](float* v, size_t m) {
+    if (any_nan(v, m)) return std::numeric_limits<float>::quiet_NaN();
+    std::sort(v, v + m);
+    const float med = m % 2 == 1 ? v[m / 2] : (v[m / 2 - 1] + v[m / 2]) / 2.0f;
+    size_t lo = static_cast<size_t>(std::lower_bound(v, v + m, med) - v), hi = lo;
+    while (hi - lo < beta) {
+      if (lo == 0) {
+        ++hi;
+      } else if (hi == m) {
+        --lo;
+      } else if (static_cast<double>(med) - v[lo - 1] <= static_cast<double>(v[hi]) - med) {
+        --lo;
+      } else {
+        ++hi;
+      }
+    }
+    double sum = 0.0;
+    for (size_t r = lo; r < hi; ++r) sum += v[r];
+    return static_cast<float>(sum / static_cast<double>(beta));
+  });
+}
+
+// out[r] = sum over the chunks of kNormChunk columns, in order, of the lane sum
+// of (x_r - point)^2 in double: the same bits whatever the thread count.
+void sq_dists_to(const float* stack, size_t rows, size_t n, const float* point, double* out) {
+  const size_t chunks = (n + kNormChunk - 1) / kNormChunk;
+  std::vector<double> partial(rows * chunks, 0.0);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t item = 0; item < static_cast<int64_t>(rows * chunks); ++item) {
+    const size_t r = static_cast<size_t>(item) / chunks, lo = (static_cast<size_t>(item) % chunks) * kNormChunk;
+    const float* x = stack + r * n + lo;
+    const float* p = point + lo;
+    dispatch_simd([&]() FEDHPC_SIMD_BODY {
+      partial[static_cast<size_t>(item)] = lane_sum(std::min(kNormChunk, n - lo), [&](size_t i) FEDHPC_SIMD_BODY {
+        const double d = static_cast<double>(x[i]) - static_cast<double>(p[i]);
+        return d * d;
+      });
+    });
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    double total = 0.0;
+    for (size_t c = 0; c < chunks; ++c) total += partial[r * chunks + c];
+    out[r] = total;
+  }
 }
 
 double l2_norm(const float* x, size_t n) {

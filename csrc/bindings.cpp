@@ -441,6 +441,33 @@ py::array sq_dists(const py::array& stack) {
   return out;
 }
 
+py::array closest_mean(const py::array& stack, int64_t beta) {
+  const auto [rows, n] = stack_shape(stack);
+  if (beta < 1 || static_cast<uint64_t>(beta) > rows) {
+    fail("beta must satisfy 1 <= beta <= K with K = " + std::to_string(rows) + ", got " + std::to_string(beta));
+  }
+  py::array_t<float> out(static_cast<py::ssize_t>(n));
+  {
+    py::gil_scoped_release nogil;
+    fedhpc::closest_mean(data_of<float>(stack), rows, n, static_cast<size_t>(beta), out.mutable_data());
+  }
+  return out;
+}
+
+py::array sq_dists_to(const py::array& stack, const py::array& point) {
+  const auto [rows, n] = stack_shape(stack);
+  check_array(point, "point", {kFloat32});
+  if (length(point) != n) {
+    fail("point has " + std::to_string(length(point)) + " values, the stack's rows " + std::to_string(n));
+  }
+  py::array_t<double> out(static_cast<py::ssize_t>(rows));
+  {
+    py::gil_scoped_release nogil;
+    fedhpc::sq_dists_to(data_of<float>(stack), rows, n, data_of<float>(point), out.mutable_data());
+  }
+  return out;
+}
+
 // ---- the fixed-point ring -------------------------------------------------------
 
 py::tuple ring_fold(py::array acc, const py::array& vals, double factor, double limit, const py::object& idx_obj,
@@ -579,6 +606,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("trimmed_mean", &trimmed_mean, py::arg("stack"), py::arg("trim"));
   m.def("l2_norm", &l2_norm, py::arg("x"));
   m.def("sq_dists", &sq_dists, py::arg("stack"));
+  m.def("closest_mean", &closest_mean, py::arg("stack"), py::arg("beta"));
+  m.def("sq_dists_to", &sq_dists_to, py::arg("stack"), py::arg("point"));
 
   m.def("ring_fold", &ring_fold, py::arg("acc"), py::arg("vals"), py::arg("factor"), py::arg("limit"),
         py::arg("idx") = py::none(), py::arg("subtract") = false, py::arg("assign") = false);

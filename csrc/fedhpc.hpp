@@ -251,6 +251,8 @@ void median(const float* stack, size_t rows, size_t n, float* out);
 void trimmed_mean(const float* stack, size_t rows, size_t n, size_t trim, float* out);
 double l2_norm(const float* x, size_t n);
 void sq_dists(const float* stack, size_t rows, size_t n, double* out);
+void closest_mean(const float* stack, size_t rows, size_t n, size_t beta, float* out);
+void sq_dists_to(const float* stack, size_t rows, size_t n, const float* point, double* out);
 
 // ---- the fixed-point ring (ring.cpp) ----------------------------------------
 

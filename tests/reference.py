@@ -224,6 +224,24 @@ def sq_dists(stack: np.ndarray) -> np.ndarray:
     return np.array([[np.sum((a - b) ** 2) for b in s] for a in s]).reshape(len(s), len(s))
 
 
+def sq_dists_to(stack: np.ndarray, point: np.ndarray) -> np.ndarray:
+    return np.sum((stack.astype(np.float64) - point.astype(np.float64)) ** 2, axis=1)
+
+
+def closest_mean(stack: np.ndarray, beta: int) -> np.ndarray:
+    """Per column: the beta values nearest the float32 median (ties: the smaller value), their mean."""
+    med = median(stack)
+    out = np.empty(stack.shape[1], F32)
+    for c in range(stack.shape[1]):
+        col = stack[:, c].astype(np.float64)
+        if np.isnan(col).any():
+            out[c] = np.nan
+            continue
+        chosen = col[np.lexsort((col, np.abs(col - np.float64(med[c]))))[:beta]]
+        out[c] = F32(np.sum(np.sort(chosen)) / beta)
+    return out
+
+
 # ---- integrity -------------------------------------------------------------------
 CRC32C_POLY = 0x82F63B78  # reflected Castagnoli polynomial
 

@@ -709,6 +709,50 @@ def test_sq_dists_small_example():
     np.testing.assert_array_equal(K.sq_dists(stack), [[0, 25, 2], [25, 0, 13], [2, 13, 0]])
 
 
+@PROPERTY
+@given(stack=stacks(max_k=8, max_n=50, max_abs=1e15), data=st.data())
+def test_sq_dists_to_matches_reference(stack, data):
+    point = data.draw(hnp.arrays(F32, stack.shape[1], elements=floats32(1e15)))
+    got = K.sq_dists_to(stack, point)
+    want = R.sq_dists_to(stack, point)
+    assert got.dtype == np.float64 and got.shape == (stack.shape[0],)
+    scale = np.sum(stack.astype(np.float64) ** 2, axis=1) + np.sum(point.astype(np.float64) ** 2)
+    assert np.all(np.abs(got - want) <= 1e-12 * scale + 1e-300)
+
+
+def test_sq_dists_to_is_the_pairwise_row_across_chunks():
+    """Over several 65,536-value chunks the distance to a row equals that row of sq_dists."""
+    stack = np.random.default_rng(0).standard_normal((4, 200_003)).astype(F32)
+    np.testing.assert_allclose(K.sq_dists_to(stack, stack[2]), K.sq_dists(stack)[2], rtol=1e-12)
+    assert K.sq_dists_to(stack, stack[2])[2] == 0.0
+    with pytest.raises(ValueError, match="point has 3 values"):
+        K.sq_dists_to(stack, np.zeros(3, F32))
+
+
+@PROPERTY
+@given(stack=stacks(), data=st.data())
+def test_closest_mean_matches_reference(stack, data):
+    beta = data.draw(st.integers(1, stack.shape[0]))
+    got = K.closest_mean(stack, beta)
+    want = R.closest_mean(stack, beta)
+    scale = np.max(np.abs(stack.astype(np.float64)), axis=0, initial=0)
+    tol = 2**-23 * np.abs(want.astype(np.float64)) + 1e-14 * scale + 1e-44  # one float32 rounding of a double sum
+    assert got.dtype == F32 and np.all(np.abs(got.astype(np.float64) - want) <= tol)
+
+
+def test_closest_mean_edge_cases():
+    # median 2 of [0, 1, 3, 10]... even count: (1 + 3) / 2 = 2; nearest two are 1 and 3 (a tie: both at 1)
+    stack = np.array([[0, 5, 1, np.nan], [1, 5, 2, 1], [3, 5, 3, 2], [10, 5, 100, 3]], F32)
+    got = K.closest_mean(stack, 2)
+    assert got[0] == 2.0 and got[1] == 5.0 and got[2] == 2.5 and np.isnan(got[3])
+    # a tie at the window's edge takes the smaller value: median 2 of [1, 2, 3], beta 2 -> 1 and 2
+    assert K.closest_mean(np.array([[1], [2], [3]], F32), 2)[0] == 1.5
+    assert K.closest_mean(np.array([[1], [2], [3]], F32), 3)[0] == 2.0  # beta = K: the mean
+    for beta in (0, 5):
+        with pytest.raises(ValueError, match="beta must satisfy"):
+            K.closest_mean(np.ones((4, 3), F32), beta)
+
+
 # ---- CRC-32C ------------------------------------------------------------------------
 def test_crc32c_check_value():
     assert K.crc32c(b"123456789") == R.crc32c(b"123456789") == 0xE3069283

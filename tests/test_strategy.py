@@ -164,7 +164,80 @@ def test_krum_falls_back_to_median_with_too_few_updates(caplog):
     assert "coordinate median" in caplog.text
 
 
-@pytest.mark.parametrize("name,params", [("median", {}), ("trimmed-mean", {"trim": 0.1}), ("krum", {"f": 1})])
+def bulyan_reference(d, f):
+    """El Mhamdi et al.'s two stages in NumPy: iterated Krum picks K - 2f, then per coordinate the
+    mean of the K - 4f picked values nearest their median."""
+    left, picked = list(range(len(d))), []
+    for _ in range(len(d) - 2 * f):
+        sub = d[left]
+        sq = ((sub[:, None, :] - sub[None, :, :]) ** 2).sum(-1)
+        k = max(len(left) - f - 2, 1)
+        scores = [np.sort(np.delete(sq[i], i))[:k].sum() for i in range(len(left))]
+        picked.append(left.pop(int(np.argmin(scores))))
+    chosen = d[sorted(picked)].astype(np.float32).astype(np.float64)
+    med = np.median(chosen.astype(np.float32), axis=0).astype(np.float64)
+    beta = len(picked) - 2 * f
+    out = np.empty(d.shape[1])
+    for c in range(d.shape[1]):
+        col = chosen[:, c]
+        out[c] = np.sort(col[np.lexsort((col, np.abs(col - med[c])))[:beta]]).sum() / beta
+    return out
+
+
+@pytest.mark.parametrize("f", [0, 1, 2])
+def test_bulyan_matches_the_two_stage_reference(f):
+    w, out = make_round(k=4 * f + 3 + 2, seed=f)
+    out.results[1].delta = np.full(N, 30.0, dtype=np.float32)
+    got = get_strategy("bulyan", f=f).aggregate(w, out)
+    close(got, w + bulyan_reference(deltas64(out), f))
+
+
+def test_bulyan_falls_back_to_median_with_too_few_updates(caplog):
+    w, out = make_round(k=6)  # 6 < 4f + 3 for f = 1
+    with caplog.at_level(logging.WARNING, logger="fedhpc.strategy.bulyan"):
+        got = get_strategy("bulyan", f=1).aggregate(w, out)
+    assert same_bits(got, get_strategy("median").aggregate(w, out)) and "coordinate median" in caplog.text
+
+
+def weiszfeld(d, iterations=200, nu=1e-12):
+    z = d.mean(axis=0)
+    for _ in range(iterations):
+        wts = 1 / np.maximum(np.linalg.norm(d - z, axis=1), nu)
+        z = (wts[:, None] * d).sum(0) / wts.sum()
+    return z
+
+
+def test_geomedian_is_the_point_of_least_total_distance():
+    w, out = make_round(k=9)
+    d = deltas64(out)
+    got = get_strategy("geomedian", iterations=100, tol=0.0).aggregate(w, out).astype(np.float64) - w
+    want = weiszfeld(d)
+    assert np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want)
+    cost = lambda z: np.linalg.norm(d - z, axis=1).sum()  # noqa: E731
+    rng = np.random.default_rng(0)
+    assert all(cost(got) <= cost(got + rng.standard_normal(N) * 1e-3) for _ in range(20))
+    assert cost(got) < cost(d.mean(axis=0))
+
+
+def test_centered_clipping_clips_around_the_last_aggregate():
+    """Two rounds against NumPy: the first around zero, the second around the first's aggregate."""
+    _, out1 = make_round(k=6, seed=1)
+    _, out2 = make_round(k=6, seed=2, rnd=1)
+    w = np.zeros(N, np.float32)
+    cc = get_strategy("centered-clipping", tau=0.5, iterations=2)
+    center = np.zeros(N)
+    for out in (out1, out2):
+        d = deltas64(out)
+        for _ in range(2):
+            diff = d - center
+            center = center + (diff * np.minimum(1, 0.5 / np.linalg.norm(diff, axis=1))[:, None]).mean(0)
+        got = cc.aggregate(w, out)
+        close(got, center)
+    assert np.array_equal(cc.state_dict()["center"], got)
+
+
+@pytest.mark.parametrize("name,params", [("median", {}), ("trimmed-mean", {"trim": 0.1}), ("krum", {"f": 1}),
+                                         ("bulyan", {"f": 1}), ("geomedian", {}), ("centered-clipping", {})])
 def test_robust_rules_resist_one_byzantine_update_and_fedavg_does_not(name, params):
     w, out = make_round(k=10)
     out.results[3].delta = np.full(N, 1e6, dtype=np.float32)
@@ -251,6 +324,10 @@ def test_state_dict_is_a_snapshot_and_bad_state_is_refused():
         ("fedavg", {"mu": 0.1}, r"unknown parameter\(s\) mu; allowed: \(none\)"),
         ("median", {"trim": 0.1}, "unknown parameter"),
         ("krum", {"k": 3}, "unknown parameter.*allowed: f, m"),
+        ("bulyan", {"f": -1}, "f must be an integer >= 0"),
+        ("geomedian", {"nu": 0}, "nu must be a number > 0"),
+        ("geomedian", {"iterations": 0}, "iterations must be an integer >= 1"),
+        ("centered-clipping", {"tau": 0}, "tau must be a number > 0"),
     ],
 )
 def test_bad_params_raise_naming_the_param(name, params, match):
@@ -284,7 +361,8 @@ def test_clients_of_zero_weight_do_not_count_and_alone_leave_the_model_unchanged
     assert get_strategy("fedavg").aggregate(w, out).tobytes() == w.tobytes()
 
 
-@pytest.mark.parametrize("name", ["median", "trimmed-mean", "krum", "weighted"])
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "krum", "weighted", "bulyan", "geomedian",
+                                  "centered-clipping"])
 @pytest.mark.parametrize("codec_name", ["none", "int8", "topk-int8"])
 def test_rules_that_need_every_update_read_compressed_frames_block_by_block(name, codec_name):
     """The same bits from frames kept compressed as from their dense decodes, over several blocks."""

@@ -199,6 +199,20 @@ def sq_dists(stack: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     (eight lanes per tile of 2048 columns, tiles and tile groups added in
     order; the grouping depends on K and n only). The diagonal is 0 and the
     matrix is exactly symmetric. K = 0 gives a (0, 0) array."""
+def sq_dists_to(stack: npt.NDArray[np.float32], point: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """(K,) squared Euclidean distances (double) of the rows of a C-contiguous (K, n) array
+    to ``point`` (n float32 values), for the geometric median and centered clipping.
+
+    Each row's sum has l2_norm's fixed order (eight lanes per chunk of 65536
+    values, chunks added in order) over (double(x) - double(p))**2."""
+def closest_mean(stack: npt.NDArray[np.float32], beta: int) -> npt.NDArray[np.float32]:
+    """Coordinate-wise mean of the ``beta`` values nearest the coordinate's median
+    (1 <= beta <= K), Bulyan's second stage.
+
+    The median is ``median``'s; nearness is |double(v) - double(median)|, a
+    tie going to the smaller value; the chosen values are summed in ascending
+    order in double, divided by beta and rounded to float32. NaN in a column
+    gives NaN."""
 
 # ---- integrity --------------------------------------------------------------
 def ring_fold(acc: npt.NDArray[np.int64], vals: npt.NDArray[np.float32], factor: float, limit: float,

@@ -12,6 +12,7 @@ validates them when the config is loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -331,6 +332,39 @@ class DPConfig:
                  "not have yet; use 'server'")
 
 
+@dataclass
+class AttackConfig:
+    """Simulated Byzantine clients, to measure the defenses (see fedhpc.attack): how, who, from when."""
+
+    kind: str = ""  # "" = none | sign-flip | scale | gaussian | label-flip | alie | ipm
+    fraction: float = 0.0  # this share of clients.total attacks, drawn with the run seed ...
+    clients: list[int] = field(default_factory=list)  # ... or exactly these clients
+    scale: float = 0.0  # the attack's strength (0 = its default)
+    start_round: int = 1  # the first round (1-based, as in metrics.jsonl) in which they attack
+
+    def check(self, key):
+        from fedhpc.attack import ATTACKS
+
+        if not self.kind:
+            _require(not self.fraction and not self.clients, f"{key}.kind",
+                     f"must name an attack ({', '.join(ATTACKS)}) when {key}.fraction or {key}.clients is set")
+            return
+        _require(self.kind in ATTACKS, f"{key}.kind", f"is '{self.kind}'; choose one of: {', '.join(ATTACKS)}")
+        _require(0 <= self.fraction <= 1, f"{key}.fraction", "must be in [0, 1]")
+        _require(bool(self.fraction) != bool(self.clients), f"{key}.fraction",
+                 f"or {key}.clients (not both) must say who attacks")
+        _require(self.scale >= 0, f"{key}.scale", "must be >= 0 (0 = the attack's default)")
+        _require(self.start_round >= 1, f"{key}.start_round", "must be >= 1")
+
+    @property
+    def omniscient(self) -> bool:
+        """The attack forges its updates from the round's honest ones, on rank 0 (every update
+        must then reach rank 0 whole: nothing is folded on the hosting ranks)."""
+        from fedhpc.attack import ATTACKS, OmniscientAttack
+
+        return bool(self.kind) and issubclass(ATTACKS[self.kind], OmniscientAttack)
+
+
 #: what DP-FedAvg's sensitivity bound allows (uniform weights, a sum of clipped updates)
 DP_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 DP_CODECS = ("none", "topk", "randk")  # a subset of a clipped update's values is still clipped
@@ -379,6 +413,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")
@@ -387,7 +422,7 @@ class RunConfig:
                  f"must be in [1, clients.total={self.clients.total}"
                  + (f" + gateway.clients={self.gateway.clients}]" if self.gateway.enabled else "]"))
         _require(self.seed >= 0, "seed", "must be >= 0")
-        for key, ids in (("profiles.slow_clients", self.profiles.slow_clients),
+        for key, ids in (("profiles.slow_clients", self.profiles.slow_clients), ("attack.clients", self.attack.clients),
                          ("faults.error_clients", self.faults.error_clients),
                          ("faults.corrupt_clients", self.faults.corrupt_clients)):
             for c in ids:
@@ -398,9 +433,31 @@ class RunConfig:
                  f"must be <= clients.per_round={self.clients.per_round}")
         if self.dp.enabled:
             self._check_dp()
+        if self.attack.kind:
+            self._check_attack()
         _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",
                  f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
+
+    def _check_attack(self) -> None:
+        """An omniscient attack needs whole updates at rank 0; a defense refuses more attackers
+        a round (on average) than it claims to tolerate."""
+        from fedhpc.strategy import get_strategy
+
+        if self.attack.omniscient:
+            _require(not self.dp.enabled and self.fed_dropout.rate == 0, "attack.kind",
+                     f"'{self.attack.kind}' forges updates from the honest ones at rank 0, which needs whole "
+                     f"updates: set dp.enabled = false and fed_dropout.rate = 0")
+        total, per_round = self.clients.total, min(self.clients.per_round, self.clients.total)
+        count = len(set(self.attack.clients)) if self.attack.clients else round(self.attack.fraction * total)
+        attackers = math.ceil(count * per_round / total)
+        try:
+            why = get_strategy(self.strategy.name, **self.strategy.params).tolerates(attackers, per_round)
+        except ValueError:
+            return  # the strategy's own parameters are wrong: that error is reported where it is built
+        _require(not why, "strategy.name",
+                 f"refuses this attack: {why} ({count} of clients.total={total} attack, about {attackers} of the "
+                 f"{per_round} clients a round)")
 
     def _check_dp(self) -> None:
         """What DP-FedAvg's guarantee relies on: Poisson sampling (what the accountant assumes),
@@ -474,7 +531,7 @@ class RunConfig:
         return d
 
 
-ROBUST_STRATEGIES = ("median", "trimmed-mean", "krum")
+ROBUST_STRATEGIES = ("median", "trimmed-mean", "krum", "bulyan", "geomedian", "centered-clipping")
 MAX_INT = 2**63 - 1  # every integer of a config fits in int64 (HDF5 attributes, NumPy seeds)
 MAX_FLOAT = 1e300  # and every float is finite: inf or NaN in a rate or a duration is always a mistake
 MAX_SECONDS = 30 * 86400.0  # no wait of a run is longer than a month (sleep and timer APIs overflow near 1e9)

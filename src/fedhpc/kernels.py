@@ -14,6 +14,7 @@ import numpy as np
 from fedhpc._kernels import (  # noqa: F401  (re-exported API)
     axpy,
     built_with_cuda,
+    closest_mean,
     crc32c,
     cuda_device_count,
     dequantize,
@@ -34,6 +35,7 @@ from fedhpc._kernels import (  # noqa: F401  (re-exported API)
     set_num_threads,
     sparse_axpy,
     sq_dists,
+    sq_dists_to,
     to_bf16,
     to_fp16,
     topk,

@@ -33,7 +33,8 @@ from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_to
 from fedhpc.runtime.messages import (
     Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, Restored, RoundTask, SaveState, Stop, Verdict,
 )
-from fedhpc.runtime.rank import codec_of_client
+from fedhpc.runtime.rank import codec_of_client, folds
+from fedhpc.runtime.step import attack_plan
 from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import (
     Tag, abort_job, bcast_array, bcast_object, gather_mean, recv_object, recv_update,
@@ -111,7 +112,8 @@ class Orchestrator:
         # here as they arrive (aggregation.fold = "rank0"); the others get every Update at the close
         self.scale = coefficient_scale(ctx.parts)
         self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, self.codec_of, self.feddrop, self.scale)
-                       if self.strategy.decomposable and cfg.aggregation.fold == "rank0" else None)
+                       if folds(cfg, self.strategy) and cfg.aggregation.fold == "rank0" else None)
+        self.attack = attack_plan(cfg)  # simulated Byzantine clients; an omniscient attack forges here
 
     def _profiles(self, hosts: dict[int, dict]) -> ClientTable[ClientProfile]:
         """Client profiles: the configured heterogeneity, plus what registration measured
@@ -307,9 +309,13 @@ class Orchestrator:
         self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu, self.clip))
         got = self.collect(r, selected, t0)
         outcome, closed_at, _ = got.collector.outcome()
+        attackers = None  # simulated attackers among the round's results, before any defense
+        if self.attack is not None:
+            outcome = self.attack.forge_round(outcome)
+            attackers = sum(self.attack.attacks(r, res.client_id) for res in outcome.results)
         outcome, norm_median, norms = self.guard.screen(outcome)
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
-        if self.strategy.decomposable:
+        if folds(cfg, self.strategy):
             self.weights = self.fold_round(r, outcome)
         else:
             self.weights = self.strategy.aggregate(self.weights, outcome)
@@ -355,6 +361,7 @@ class Orchestrator:
             "state_ram_mb": got.state_bytes / 2**20,
             "state_spills": got.state_spills,
             "state_loads": got.state_loads,
+            "attackers_reported": attackers,
         }
         if self.unclipped is not None:
             self.clip = self.next_clip(self.clip, self.unclipped)

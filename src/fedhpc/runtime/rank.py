@@ -35,11 +35,19 @@ from fedhpc.runtime.training import host_memory_gb
 from fedhpc.runtime.transport import (
     Tag, bcast_array, bcast_object, isend_chunked, poll, recv_object, reduce_mean, wait_with_deadline,
 )
-from fedhpc.strategy import get_strategy
+from fedhpc.config import RunConfig
+from fedhpc.strategy import Strategy, get_strategy
 
 log = logging.getLogger("fedhpc.rank")
 
 HELD_WARN_FRACTION = 0.25  # of the host's memory held in frames awaiting rank 0's verdict: say so
+
+
+def folds(cfg: RunConfig, strategy: Strategy) -> bool:
+    """Whether the round's updates are folded into a sum as they arrive (a sum-decomposable
+    strategy), rather than all handed to the strategy at the close (the others, and every
+    strategy under an omniscient attack, which forges from the whole honest updates)."""
+    return strategy.decomposable and not cfg.attack.omniscient
 
 
 def codec_of_client(ctx: Context) -> Callable[[int], Codec]:
@@ -71,7 +79,7 @@ class HostRank(ABC):
         # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
         self.folder = (Folder(cfg, strategy, ctx.layout.size, job_id, codec_of_client(ctx),
                               FedDropout.for_run(cfg, ctx.model, ctx.layout), coefficient_scale(ctx.parts))
-                       if strategy.decomposable and cfg.aggregation.fold == "ranks" else None)
+                       if folds(cfg, strategy) and cfg.aggregation.fold == "ranks" else None)
 
     @abstractmethod
     def train_round(self, task: RoundTask) -> None:

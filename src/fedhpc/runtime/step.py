@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from torch import nn
 
+from fedhpc.attack import AttackPlan, DataAttack, UpdateAttack, get_attack
 from fedhpc.clock import Clock, client_round_seconds
 from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.config import CodecConfig, RunConfig
@@ -45,6 +46,15 @@ class ClientTask:
     clip: float = 0.0  # differential privacy: the round's L2 bound on the update (0 = no DP)
 
 
+def attack_plan(cfg: RunConfig) -> AttackPlan | None:
+    """The run's simulated attackers (None without ``[attack]``)."""
+    a = cfg.attack
+    if not a.kind:
+        return None
+    return AttackPlan(get_attack(a.kind, a.scale), AttackPlan.choose(cfg.clients.total, a.fraction, a.clients, cfg.seed),
+                      a.start_round - 1)
+
+
 class ClientStep:
     """Trains clients of one run and seals their Updates.
 
@@ -65,6 +75,10 @@ class ClientStep:
         self.states = states if states is not None else ClientStates(layout.size, codec.residual_dtype)
         self.local = LocalTrainer(cfg, model, layout, x, y)
         self.feddrop = FedDropout.for_run(cfg, model, layout)
+        self.attack = attack_plan(cfg)
+        # the classes are those of the training labels (every rank holds them all: the same map everywhere)
+        self.label_map = (self.attack.attack.label_map(int(y.max(initial=0)) + 1)
+                          if self.attack is not None and isinstance(self.attack.attack, DataAttack) else None)
         self.delta = np.empty(layout.size, dtype=np.float32)  # reused by every client
         self.frames = BufferPool()  # the round's encoded Updates
         self.train_s = 0.0
@@ -104,18 +118,21 @@ class ClientStep:
             if cid in cfg.faults.error_clients:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
             kept = mask = None
+            plan = self.attack if self.attack is not None and self.attack.attacks(r, cid) else None
             if self.feddrop is not None:
                 kept = self.feddrop.kept(r, cid)
                 mask = self.feddrop.mask(kept)
             try:
                 delta, loss = self.local.train(indices, weights, r, cid, task.mu, should_stop, mask, self.delta,
-                                               epochs, after_epoch)
+                                               epochs, after_epoch, None if plan is None else self.label_map)
             finally:
                 self.train_s += time.perf_counter() - t0
             clipped = False
             if cfg.dp.enabled:  # what leaves the client is bounded (error feedback is refused with DP)
                 assert task.clip > 0, "a DP round's task carries its clip"
                 clipped = clip(delta, task.clip) > task.clip
+            if plan is not None and isinstance(plan.attack, UpdateAttack):  # what it sends is its own choice
+                plan.attack.corrupt(delta, plan.rng(cfg.seed, r, cid))
             payload = self.encode(r, cid, delta, kept)
         except Abandoned:
             raise

@@ -48,7 +48,8 @@ class LocalTrainer:
     def train(self, indices: np.ndarray, weights: np.ndarray, round_: int, client: int, mu: float,
               should_stop: Callable[[], bool], mask: np.ndarray | None = None,
               out: np.ndarray | None = None, epochs: int | None = None,
-              after_epoch: Callable[[float], bool] | None = None) -> tuple[np.ndarray, float]:
+              after_epoch: Callable[[float], bool] | None = None,
+              label_map: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Return (delta = w_local - w_start, mean training loss of the last epoch).
 
         The delta is written into ``out`` (a float32 array of the model's size)
@@ -62,7 +63,9 @@ class LocalTrainer:
         loss alone. With a federated-dropout ``mask`` (0/1 over the flat model)
         the client trains the sub-model: masked coordinates start at zero and
         are zeroed again after every step, which is exactly the smaller network
-        without those units, whatever the activation.
+        without those units, whatever the activation. ``label_map`` (int64, one
+        entry per class) replaces every label while training (a label-flipping
+        attacker).
         """
         local = self.cfg.local
         if weights.size != self.layout.size:
@@ -79,6 +82,7 @@ class LocalTrainer:
         # also seed every accelerator's generator, 40x slower
         torch.default_generator.manual_seed(seed)
         idx = torch.from_numpy(indices)
+        relabel = None if label_map is None else torch.from_numpy(label_map)
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()
         for _ in range(local.epochs if epochs is None else epochs):
@@ -90,7 +94,8 @@ class LocalTrainer:
                     raise Abandoned
                 batch = order[b : b + local.batch_size]
                 self.grads.zero_()
-                loss = loss_fn(self.model(self.x[batch]), self.y[batch])
+                target = self.y[batch] if relabel is None else relabel[self.y[batch]]
+                loss = loss_fn(self.model(self.x[batch]), target)
                 loss.backward()
                 with torch.no_grad():
                     if anchor is not None:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from fedhpc.registry import build
 from fedhpc.strategy.base import Strategy
+from fedhpc.strategy.bulyan import Bulyan
+from fedhpc.strategy.centered_clipping import CenteredClipping
 from fedhpc.strategy.fedadam import FedAdam
 from fedhpc.strategy.fedavg import FedAvg
 from fedhpc.strategy.fedprox import FedProx
 from fedhpc.strategy.fedyogi import FedYogi
+from fedhpc.strategy.geomedian import GeometricMedian
 from fedhpc.strategy.krum import Krum
 from fedhpc.strategy.median import Median
 from fedhpc.strategy.trimmed_mean import TrimmedMean
 from fedhpc.strategy.weighted import Weighted
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, Weighted, FedAdam, FedYogi, Median, TrimmedMean, Krum)
+    cls.name: cls for cls in (FedAvg, FedProx, Weighted, FedAdam, FedYogi, Median, TrimmedMean, Krum, Bulyan,
+                              GeometricMedian, CenteredClipping)
 }
 
 

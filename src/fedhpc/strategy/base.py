@@ -103,6 +103,11 @@ class Strategy(ABC):
         plain strategies use a server learning rate of 1."""
         return np.add(weights, delta, out=delta)
 
+    def tolerates(self, attackers: int, clients: int) -> str:
+        """Why this rule cannot be trusted with ``attackers`` Byzantine clients among the
+        ``clients`` of a round ("" = it can, or it makes no such claim: the averaging rules)."""
+        return ""
+
     def client_mu(self) -> float:
         """The FedProx proximal coefficient clients add to their local loss (0 = none)."""
         return 0.0
@@ -165,6 +170,31 @@ def blocks(results: list[ClientResult], block: int = BLOCK):
         for i, r in enumerate(results):
             rows[i] = r.row(lo, hi)
         yield lo, hi, rows
+
+
+def sq_dists_to(results: list[ClientResult], point: np.ndarray) -> np.ndarray:
+    """(K,) squared distances (double) of the results' deltas to ``point``, block by block."""
+    out = np.zeros(len(results))
+    for lo, hi, rows in blocks(results):
+        out += K.sq_dists_to(rows, point[lo:hi])
+    return out
+
+
+def combination(results: list[ClientResult], coefs: np.ndarray) -> np.ndarray:
+    """``sum_i coefs[i] * delta_i`` (float32), each block summed in float64 over the results in order."""
+    coefs = np.asarray(coefs, dtype=np.float64)
+    out = np.empty(results[0].size, dtype=np.float32)
+    for lo, hi, rows in blocks(results):
+        out[lo:hi] = coefs @ rows.astype(np.float64)
+    return out
+
+
+def majority(name: str, attackers: int, clients: int) -> str:
+    """The rule of a 1/2 breakdown point: why ``attackers`` of ``clients`` are too many ("" = fine)."""
+    if 2 * attackers < clients:
+        return ""
+    return (f"'{name}' holds while the attackers are fewer than half of a round's clients; {attackers} of "
+            f"{clients} are not")
 
 
 def columnwise(results: list[ClientResult], reduce) -> np.ndarray:

@@ -29,6 +29,14 @@ class Krum(Strategy):
         self.f = self._check("f", f, integer=True, lo=0)
         self.m = self._check("m", m, integer=True, lo=1)
 
+    def tolerates(self, attackers, clients):
+        if attackers > self.f:
+            return f"'krum' with f={self.f} assumes at most {self.f} attackers, not {attackers}; raise f"
+        if clients <= 2 * self.f + 2:
+            return (f"'krum' with f={self.f} needs more than {2 * self.f + 2} clients a round, not {clients}; raise "
+                    f"clients.per_round or lower f")
+        return ""
+
     def _combine(self, results):
         n = len(results)
         if n <= 2 * self.f + 2:
@@ -38,12 +46,25 @@ class Krum(Strategy):
                 n, self.f, 2 * self.f + 2,
             )
             return columnwise(results, K.median)
-        dists = np.zeros((n, n))
-        for _, _, rows in blocks(results):  # squared distances add up over blocks of coordinates
-            dists += K.sq_dists(rows)
-        others = dists[~np.eye(n, dtype=bool)].reshape(n, n - 1)  # drop each update's distance to itself
-        scores = np.sort(others, axis=1)[:, : n - self.f - 2].sum(axis=1)
+        scores = krum_scores(pairwise_sq_dists(results), self.f)
         # rows are in client-id order, so a stable sort breaks score ties by lower id
         best = np.sort(np.argsort(scores, kind="stable")[: min(self.m, n - self.f)])
         log.debug("krum: kept client(s) %s of %d", [results[i].client_id for i in best], n)
         return weighted_mean([results[i] for i in best], np.ones(best.size), Ring(DEFAULT_SCALE_BITS, best.size))
+
+
+def pairwise_sq_dists(results) -> np.ndarray:
+    """(K, K) squared distances between the results' deltas (double), block by block."""
+    n = len(results)
+    dists = np.zeros((n, n))
+    for _, _, rows in blocks(results):  # squared distances add up over blocks of coordinates
+        dists += K.sq_dists(rows)
+    return dists
+
+
+def krum_scores(dists: np.ndarray, f: int) -> np.ndarray:
+    """Each update's Krum score: the sum of its squared distances to its K - f - 2 nearest
+    others (at least one)."""
+    n = len(dists)
+    others = dists[~np.eye(n, dtype=bool)].reshape(n, n - 1)  # drop each update's distance to itself
+    return np.sort(others, axis=1)[:, : max(n - f - 2, 1)].sum(axis=1)

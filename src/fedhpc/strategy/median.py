@@ -1,7 +1,7 @@
 """``median``: coordinate-wise median of the deltas (Yin et al. 2018)."""
 
 from fedhpc import kernels as K
-from fedhpc.strategy.base import Strategy, columnwise
+from fedhpc.strategy.base import Strategy, columnwise, majority
 
 
 class Median(Strategy):
@@ -13,6 +13,9 @@ class Median(Strategy):
 
     name = "median"
     decomposable = False
+
+    def tolerates(self, attackers, clients):
+        return majority(self.name, attackers, clients)
 
     def _combine(self, results):
         return columnwise(results, K.median)

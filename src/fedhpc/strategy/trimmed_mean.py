@@ -19,6 +19,13 @@ class TrimmedMean(Strategy):
     def __init__(self, trim: float = 0.1):
         self.trim = self._check("trim", trim, lo=0.0, hi=0.5, hi_open=True)
 
+    def tolerates(self, attackers, clients):
+        trimmed = math.floor(self.trim * clients)
+        if attackers <= trimmed:
+            return ""
+        return (f"'trimmed-mean' with trim={self.trim:g} drops {trimmed} of {clients} values at each end, fewer "
+                f"than the {attackers} attackers; raise trim to at least {attackers / clients:.3g}")
+
     def _combine(self, results):
         trim = math.floor(self.trim * len(results))
         return columnwise(results, lambda rows: K.trimmed_mean(rows, trim))
