@@ -39,3 +39,23 @@ def test_an_attacked_run_is_the_same_model_on_any_number_of_ranks(tmp_path, atta
     clean = tmp_path / "clean"
     fedhpc_run(2, clean, *BASE, *[s for s in attack if not s.startswith("attack.")])
     assert final_weights(clean).tobytes() != final_weights(runs[0]).tobytes()  # the attack did something
+
+
+def test_clients_the_guard_keeps_refusing_lose_the_selectors_trust(tmp_path):
+    """Three boosted attackers among 10 clients, 7 a round, selection.trust = 0.3: a client the
+    guard refused twice has reputation 1/4 and is never selected again (the seven honest clients
+    fill the rounds), so no attacker is refused more than twice; the counts are checkpointed."""
+    import h5py
+    import numpy as np
+
+    out = tmp_path / "run"
+    fedhpc_run(3, out, "clients.total=10", "clients.per_round=7", "rounds=8", "local.epochs=1", "eval.every=8",
+               "attack.kind=scale", "attack.clients=[1,4,7]", "attack.scale=1000", "selection.trust=0.3")
+    m = metrics(out)
+    with h5py.File(out / "checkpoints" / "ckpt-000008.h5") as f:
+        kept, flagged = f["clients/history/kept"][()], f["clients/history/flagged"][()]
+    bad = np.array([1, 4, 7])
+    honest = np.setdiff1d(np.arange(10), bad)
+    assert np.all(flagged[bad] <= 2) and np.all(kept[bad] == 0) and np.all(flagged[honest] == 0)
+    assert sum(r["attackers_reported"] for r in m) == flagged[bad].sum() == sum(r["clients_flagged"] for r in m)
+    assert np.all(flagged[bad] == 2) and m[-1]["attackers_reported"] == 0  # with this seed all three were caught

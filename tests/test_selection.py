@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fedhpc.selection import SELECTORS, get_selector
+from fedhpc.selection.base import reputation
 from fedhpc.types import ClientFailure, ClientHistory, ClientProfile, ClientResult, RoundOutcome
 
 pytestmark = pytest.mark.unit
@@ -221,3 +222,34 @@ def test_bad_selector_arguments():
         get_selector("random").select(0, [1, 2], -1, {}, {}, rng())
     with pytest.raises(ValueError, match="duplicates"):
         get_selector("random").select(0, [1, 1], 1, {}, {}, rng())
+
+
+# ---- trust ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_trust_counts_what_the_defenses_kept_and_flagged(name):
+    selector, history = get_selector(name), {}
+    outcome = RoundOutcome(0, results=[report(1), report(2), report(3)],
+                           failures=[ClientFailure(4, "norm", "above the bound"), ClientFailure(5, "late")])
+    selector.update(outcome, history, 0, flagged=frozenset({2}))
+    assert [(history[c].kept, history[c].flagged) for c in (1, 2, 3, 4, 5)] == [(1, 0), (0, 1), (1, 0), (0, 1), (0, 0)]
+    assert history[4].failed == 1 and history[5].late == 1  # the usual counts too
+    assert reputation(history[1]) == 2 / 3 and reputation(history[4]) == 1 / 3 and reputation(ClientHistory()) == 0.5
+
+
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_distrusted_clients_are_not_selected_while_enough_others_remain(name):
+    history = {c: ClientHistory(kept=5) for c in range(10)}
+    history[3] = ClientHistory(kept=1, flagged=6)  # reputation 2 / 9
+    history[8] = ClientHistory(kept=0, flagged=2)  # 0.25
+    selector = get_selector(name, trust=0.3)
+    seen = set()
+    for r in range(30):
+        chosen, log = selector.select(r, list(range(10)), 8, {}, history, rng(r))
+        seen |= set(chosen)
+        assert "not selecting 2 client(s) whose reputation is below 0.3: 8 (0.25: kept 0, flagged 2), 3 (0.22: kept 1, flagged 6)" in log[0]
+    assert seen == set(range(10)) - {3, 8}
+    # nine wanted: the better of the two comes back, and the log names only the other
+    chosen, log = get_selector("random", trust=0.3).select(0, list(range(10)), 9, {}, history, rng())
+    assert chosen == [c for c in range(10) if c != 3] and "not selecting 1 client(s)" in log[0]
+    chosen, log = get_selector("random").select(0, list(range(10)), 8, {}, history, rng())
+    assert not any("reputation" in line for line in log)  # trust = 0: nobody is left out

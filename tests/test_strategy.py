@@ -379,3 +379,16 @@ def test_rules_that_need_every_update_read_compressed_frames_block_by_block(name
                             for r, f in zip(out.results, frames)])
     params = {"by": "variance"} if name == "weighted" else {}
     assert same_bits(get_strategy(name, **params).aggregate(w, kept), get_strategy(name, **params).aggregate(w, dense))
+
+
+@pytest.mark.parametrize("name,params,count", [("krum", {"f": 2, "m": 3}, 2), ("bulyan", {"f": 1}, 2),
+                                               ("centered-clipping", {"tau": 2.0}, 1), ("median", {}, 0),
+                                               ("fedavg", {}, 0)])
+def test_what_a_rule_sets_aside_is_flagged_and_the_outlier_among_it(name, params, count):
+    w, out = make_round(k=9)
+    out.results[4].delta = np.full(N, 50.0, dtype=np.float32)
+    strategy = get_strategy(name, **params)
+    strategy.aggregate(w, out)
+    assert len(strategy.flagged) == count and (not count or out.results[4].client_id in strategy.flagged)
+    strategy.aggregate(w, RoundOutcome(1))
+    assert strategy.flagged == frozenset()  # a round without results flags nobody

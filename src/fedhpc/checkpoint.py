@@ -6,7 +6,7 @@ clients' error-feedback residuals to ``rank-RRRR.h5``, all ranks in parallel,
 and rank 0's file lists them (the manifest). The file is renamed into place
 last, so a checkpoint exists only once every shard is complete.
 
-Schema (``SCHEMA_VERSION`` 3), documented in the README:
+Schema (``SCHEMA_VERSION`` 4), documented in the README:
 
 ``/`` attributes
     ``schema_version``, ``fedhpc_version``, ``round`` (rounds completed),
@@ -68,7 +68,9 @@ from fedhpc.models import Layout
 from fedhpc.table import ClientTable
 from fedhpc.types import ClientHistory, ClientProfile
 
-SCHEMA_VERSION = 3  # 2: the whole content is covered by content_sha256; 3: client states in shards
+# 2: the whole content is covered by content_sha256; 3: client states in shards; 4: the client history
+# counts the updates the defenses kept and flagged (trust)
+SCHEMA_VERSION = 4
 DIGEST_ATTR = "content_sha256"
 DIGEST_CHUNK_BYTES = 8 << 20
 RNG_SCHEME = "numpy SeedSequence([seed, round, client, purpose]); partition SeedSequence([seed, purpose])"

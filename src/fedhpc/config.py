@@ -467,6 +467,9 @@ class RunConfig:
         _require(self.selection.name == "poisson", "selection.name",
                  "must be 'poisson' with dp.enabled: the accountant assumes each client is sampled independently "
                  "with probability clients.per_round / clients.total")
+        _require(not self.selection.params.get("trust"), "selection.trust",
+                 "must be 0 with dp.enabled: leaving distrusted clients out changes the sampling the accountant "
+                 "assumes")
         _require(self.strategy.name in DP_STRATEGIES, "strategy.name",
                  f"must be one of {', '.join(DP_STRATEGIES)} with dp.enabled: weighted, robust or loss-weighted "
                  f"rules break the sensitivity bound")

@@ -25,7 +25,7 @@ _FLOAT = ("accuracy", "loss", "round_seconds", "train_seconds", "overhead_second
           "update_norm_median", "state_ram_mb", "epsilon", "epsilon_pld", "dp_sampling_rate",
           "dp_clip", "dp_unclipped")
 _INT = ("round", "clients_selected", "clients_reported", "clients_late", "clients_failed", "stale_dropped",
-        "bytes_up", "bytes_down", "state_spills", "state_loads")
+        "bytes_up", "bytes_down", "state_spills", "state_loads", "clients_flagged")
 _CLIENT = {"status": np.int8, "bytes_up": np.int64, "seconds": np.float64}
 
 

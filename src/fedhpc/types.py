@@ -48,6 +48,10 @@ class ClientHistory:
     last_loss: float | None = None  # training loss of its last report, the reference for "fell"
     consecutive_misses: int = 0  # late or failed in a row
     excluded_until: int = -1  # not selected before this round
+    # its trust (fedhpc.selection.base.reputation): updates the defenses took as they were, and
+    # updates they refused (the norm guard), set aside (Krum, Bulyan) or clipped (centered clipping)
+    kept: int = 0
+    flagged: int = 0
 
 
 @dataclass

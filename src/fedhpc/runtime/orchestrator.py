@@ -41,6 +41,7 @@ from fedhpc.runtime.transport import (
 )
 from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
+from fedhpc.selection.base import REFUSED_REASONS
 from fedhpc.strategy import get_strategy
 from fedhpc.tracking import MLflow, TensorBoard
 from fedhpc.table import ClientTable
@@ -319,7 +320,7 @@ class Orchestrator:
             self.weights = self.fold_round(r, outcome)
         else:
             self.weights = self.strategy.aggregate(self.weights, outcome)
-        self.selector.update(outcome, self.history, r)
+        self.selector.update(outcome, self.history, r, self.strategy.flagged)
         self.updates.reclaim()  # nothing refers to this round's deltas any more
         rate = epsilon = epsilon_pld = None
         if self.accountant is not None:
@@ -344,6 +345,8 @@ class Orchestrator:
             "clients_reported": len(outcome.results),
             "clients_late": reasons_count.pop("late", 0),
             "clients_failed": sum(reasons_count.values()),
+            # what counts against trust: updates the strategy set aside or clipped, or the guard refused
+            "clients_flagged": len(self.strategy.flagged) + sum(reasons_count.get(r, 0) for r in REFUSED_REASONS),
             "failures": dict(reasons_count),
             "stale_dropped": got.collector.stale,
             "bytes_up": got.bytes_up,

@@ -67,8 +67,9 @@ class AdaptiveSelector(Selector):
         explore: float = 0.1,
         load_weight: float = 2.0,
         ema_alpha: float = 0.3,
+        trust: float = 0.0,
     ):
-        super().__init__(ema_alpha)
+        super().__init__(ema_alpha, trust)
         self.miss_limit = self._check("miss_limit", miss_limit, integer=True, lo=1)
         self.exclusion_rounds = self._check("exclusion_rounds", exclusion_rounds, integer=True, lo=0)
         self.fairness_rounds = self._check("fairness_rounds", fairness_rounds, integer=True, lo=1)

@@ -21,6 +21,9 @@ from fedhpc.types import ClientHistory, ClientProfile, ClientResult, RoundOutcom
 
 #: Failure reasons that mean "too slow" rather than "broken"; they count as ``late``.
 LATE_REASONS = frozenset({"late", "timeout"})
+#: Failure reasons that mean a defense refused the update; they count against the client's trust.
+REFUSED_REASONS = frozenset({"norm"})
+_TRUST_LOG = 10  # distrusted clients named in the selection log, at most
 
 
 class Selector(ABC):
@@ -30,14 +33,17 @@ class Selector(ABC):
     keyword arguments of ``__init__`` (validated, ``ValueError`` naming the
     parameter) and implement :meth:`_select`. ``ema_alpha`` is the weight of
     the newest observation in the moving averages of completion time and
-    update quality.
+    update quality. ``trust`` > 0 leaves out of the pool every client whose
+    :func:`reputation` is below it,
+    as long as enough others remain.
     """
 
     name: ClassVar[str]
     exact: ClassVar[bool] = True  # chooses exactly min(k, available); False: a random number (Poisson sampling)
 
-    def __init__(self, ema_alpha: float = 0.3):
+    def __init__(self, ema_alpha: float = 0.3, trust: float = 0.0):
         self.ema_alpha = self._check("ema_alpha", ema_alpha, lo=0.0, hi=1.0, lo_open=True)
+        self.trust = self._check("trust", trust, lo=0.0, hi=1.0, hi_open=True)
 
     def select(
         self,
@@ -62,11 +68,32 @@ class Selector(ABC):
             raise ValueError(f"selector '{self.name}': available clients contain duplicates: {sorted(available)}")
         pool = ids.tolist()
         n = min(k, len(pool))
-        chosen, log = self._select(round, pool, n, profiles, history, rng)
+        pool, log = self._trusted(round, pool, n, history)
+        chosen, why = self._select(round, pool, n, profiles, history, rng)
+        log += why
         at = np.searchsorted(ids, chosen)
         assert (len(set(chosen)) == len(chosen) and (len(chosen) == n or not self.exact)
                 and np.array_equal(ids[np.minimum(at, ids.size - 1)], chosen)), "selector broke its contract"
         return sorted(chosen), log
+
+    def _trusted(self, round: int, pool: list[int], n: int,
+                 history: Mapping[int, ClientHistory]) -> tuple[list[int], list[str]]:
+        """The pool without the clients whose reputation is below ``trust`` (the least trusted
+        readmitted, best first, if fewer than ``n`` would remain), and a log line naming them."""
+        if not self.trust:
+            return pool, []
+        rep = {c: reputation(history[c]) for c in pool if c in history}
+        out = sorted((c for c, v in rep.items() if v < self.trust), key=lambda c: (-rep[c], c))
+        back = out[: max(0, n - (len(pool) - len(out)))]
+        out = out[len(back):]
+        if not out:
+            return pool, []
+        named = ", ".join(f"{c} ({rep[c]:.2f}: kept {history[c].kept}, flagged {history[c].flagged})"
+                          for c in out[:_TRUST_LOG])
+        more = f" and {len(out) - _TRUST_LOG} more" if len(out) > _TRUST_LOG else ""
+        left = set(out)
+        return [c for c in pool if c not in left], [
+            f"round {round}: not selecting {len(out)} client(s) whose reputation is below {self.trust:g}: {named}{more}"]
 
     @abstractmethod
     def _select(
@@ -91,7 +118,8 @@ class Selector(ABC):
         ignore it, so the runtime can call it whatever selector it built.
         """
 
-    def update(self, outcome: RoundOutcome, history: MutableMapping[int, ClientHistory], round: int) -> None:
+    def update(self, outcome: RoundOutcome, history: MutableMapping[int, ClientHistory], round: int,
+               flagged: frozenset[int] = frozenset()) -> None:
         """Fold one finished round into ``history`` (in place; new clients get an entry).
 
         Every client selected in the round must appear in ``outcome``: in
@@ -101,7 +129,9 @@ class Selector(ABC):
         Reporting resets ``consecutive_misses`` and ends any exclusion; a
         failure increments it, and ``late``/``timeout`` count as ``late``,
         other reasons as ``failed``. Reporters also update ``ema_seconds``
-        and, from their loss, ``ema_quality`` and ``last_loss``.
+        and, from their loss, ``ema_quality`` and ``last_loss``. A reporter
+        counts as ``kept`` unless the strategy ``flagged`` it (set it aside
+        or clipped it); one the guard refused counts as ``flagged``.
         """
         round = int(round)  # a NumPy integer would leak into the checkpointed history
         reported = {r.client_id: r for r in outcome.results}
@@ -117,6 +147,10 @@ class Selector(ABC):
                 h.consecutive_misses = 0
                 h.excluded_until = -1  # it just made the round: whatever excluded it is over
                 h.ema_seconds = self._ema(h.ema_seconds, r.seconds)
+                if cid in flagged:
+                    h.flagged += 1
+                else:
+                    h.kept += 1
                 if cid in quality:
                     h.ema_quality = self._ema(h.ema_quality, quality[cid])
                 if math.isfinite(r.loss):  # a diverged loss is no reference for the next fall
@@ -126,6 +160,8 @@ class Selector(ABC):
                     h.late += 1
                 else:
                     h.failed += 1
+                if missed[cid].reason in REFUSED_REASONS:
+                    h.flagged += 1
                 h.consecutive_misses += 1
                 h.excluded_until = self._exclusion_end(h, round)
 
@@ -139,6 +175,12 @@ class Selector(ABC):
     def _check(self, param: str, value: Any, **rule) -> Any:
         """Validate a constructor parameter (see :func:`fedhpc.registry.check_number`)."""
         return check_number(f"selector '{self.name}'", param, value, **rule)
+
+
+def reputation(h: ClientHistory) -> float:
+    """A client's trust: the mean of the Beta(1 + kept, 1 + flagged) reputation (Josang and
+    Ismail 2002), 1/2 for a client never judged, toward 0 as the defenses keep setting it aside."""
+    return (1 + h.kept) / (2 + h.kept + h.flagged)
 
 
 def _round_quality(results: list[ClientResult], history: Mapping[int, ClientHistory]) -> dict[int, float]:

@@ -49,6 +49,8 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     decomposable: bool = True
+    #: the clients the last :meth:`aggregate` set aside or clipped (what counts against their trust)
+    flagged: frozenset[int] = frozenset()
 
     def coefficient(self, num_samples: int, loss: float) -> float:
         """The client's weight in the mean before normalization (>= 0; 0 = it does not
@@ -71,6 +73,7 @@ class Strategy(ABC):
         :class:`~fedhpc.ring.FoldError` for a delta the ring cannot hold.
         """
         w = K.as_f32(weights)
+        self.flagged = frozenset()
         results = sorted(outcome.results, key=lambda r: r.client_id)
         if not results:
             return w.copy()

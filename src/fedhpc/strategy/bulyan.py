@@ -17,7 +17,8 @@ class Bulyan(Strategy):
     With K updates: pick theta = K - 2f of them by Krum, one at a time (each
     pick leaves the set; ties go to the lower client id); then, per coordinate,
     average the beta = theta - 2f picked values nearest their median
-    (:func:`fedhpc.kernels.closest_mean`). Unweighted. Bulyan's guarantee needs
+    (:func:`fedhpc.kernels.closest_mean`). Unweighted; the 2f not picked are
+    :attr:`flagged`. Bulyan's guarantee needs
     K >= 4f + 3: with fewer updates the round falls back to the coordinate
     median and logs a warning.
     """
@@ -48,6 +49,7 @@ class Bulyan(Strategy):
             sub = dists[np.ix_(left, left)]
             picked.append(left.pop(int(np.argmin(krum_scores(sub, f)))))  # argmin: the first, lowest id
         picked.sort()
+        self.flagged = frozenset(results[i].client_id for i in left)
         log.debug("bulyan: selected client(s) %s of %d", [results[i].client_id for i in picked], n)
         chosen = [results[i] for i in picked]
         return columnwise(chosen, lambda rows: K.closest_mean(rows, len(picked) - 2 * f))

@@ -18,7 +18,7 @@ class Krum(Strategy):
     K - f - 2 nearest other updates; the ``m`` lowest scores win (ties go to
     the lower client id) and their deltas are averaged unweighted (``m`` = 1 is
     Krum, more is multi-Krum; at most K - f are kept, since only that many can
-    be assumed honest). Krum's guarantee needs K > 2f + 2: with fewer updates
+    be assumed honest); the f worst scores are :attr:`flagged`. Krum's guarantee needs K > 2f + 2: with fewer updates
     the round falls back to the coordinate median and logs a warning.
     """
 
@@ -48,7 +48,10 @@ class Krum(Strategy):
             return columnwise(results, K.median)
         scores = krum_scores(pairwise_sq_dists(results), self.f)
         # rows are in client-id order, so a stable sort breaks score ties by lower id
-        best = np.sort(np.argsort(scores, kind="stable")[: min(self.m, n - self.f)])
+        order = np.argsort(scores, kind="stable")
+        best = np.sort(order[: min(self.m, n - self.f)])
+        # the f it scores worst are the ones it takes for Byzantine (m only says how many it averages)
+        self.flagged = frozenset(results[i].client_id for i in order[n - self.f:])
         log.debug("krum: kept client(s) %s of %d", [results[i].client_id for i in best], n)
         return weighted_mean([results[i] for i in best], np.ones(best.size), Ring(DEFAULT_SCALE_BITS, best.size))
 
