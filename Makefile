@@ -21,7 +21,7 @@ $(VENV)/.build-tools: | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.build-tools pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp csrc/cuda/*.cu)
-	$(BIN)/pip install --quiet --no-build-isolation -e ".[test,mpich,mlflow]"
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[test,mpich,mlflow,llm]"
 	touch $@
 
 demo: setup

@@ -110,3 +110,35 @@ def tiny_play(seed: int = 0) -> tuple[str, dict[str, list[str]]]:
         "KING.", *king[8:], "", "[Exeunt.]", "",
     ]) + "\n"
     return text, {"KING": king, "QUEEN": queen, "GHOST": ghost}
+
+
+WORDS = ("the king and queen of night", "a rose by any other name", "to be or not to be that is",
+         "now is the winter of our discontent", "all the world is a stage and men")
+
+
+def write_text_users(root: Path, users: dict[str, int], seed: int = 0) -> Path:
+    """One ``<user>.txt`` per user with ``lines`` documents of seeded phrases each."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for user, lines in users.items():
+        docs = [" ".join(WORDS[i] for i in rng.integers(0, len(WORDS), 3)) for _ in range(lines)]
+        (root / f"{user}.txt").write_text("\n".join(docs) + "\n")
+    return root
+
+
+def write_tiny_llm(path: Path, layers: int = 1, hidden: int = 16, seed: int = 0) -> Path:
+    """A randomly initialised Llama-style causal LM and a BPE tokenizer trained on :data:`WORDS`,
+    saved in the Hugging Face format (what ``model.name = "hf:PATH"`` reads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fedhpc.models.hf import train_tokenizer
+
+    tokenizer = train_tokenizer(list(WORDS) * 4, vocab_size=120)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=64)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -321,7 +321,7 @@ def _write(tmp: Path, shard_dir: Path, cfg: RunConfig, layout: Layout, state: Se
         for name, shape, a, b in zip(layout.names, layout.shapes, layout.offsets, layout.offsets[1:]):
             ds = model.create_dataset(name, data=state.weights[a:b].reshape(shape))
             ds.attrs.update({"name": name, "shape": shape, "offset": a})
-        model.attrs.update({"size": layout.size, "crc32c": _crc(state.weights)})
+        model.attrs.update({"size": layout.size, "crc32c": _crc(state.weights), "base_sha256": layout.base})
         strat = f.create_group("strategy")
         for key, value in state.strategy.items():
             if isinstance(value, np.ndarray):
@@ -420,6 +420,9 @@ class Checkpoint:
         if layout is not None and int(self.file["model"].attrs["size"]) != layout.size:
             raise CheckpointError(f"checkpoint {self.path} holds a model of {self.file['model'].attrs['size']} "
                                   f"parameters, the configured model has {layout.size}")
+        if layout is not None and str(self.file["model"].attrs.get("base_sha256", "")) != layout.base:
+            raise CheckpointError(f"checkpoint {self.path} holds adapters of another frozen base model than the "
+                                  f"configured one (base_sha256 differs): resume with the base it was trained on")
         if self.state_size != int(self.file["model"].attrs["size"]):
             raise CheckpointError(f"checkpoint {self.path}: its client states have {self.state_size} values each, "
                                   f"its model {self.file['model'].attrs['size']}")

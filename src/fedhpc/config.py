@@ -59,7 +59,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | cifar10 | shakespeare | shakespeare-offline | medmnist
+    name: str = "digits"  # digits | synthetic | cifar10 | shakespeare | shakespeare-offline | medmnist | text
     partition: Literal["iid", "dirichlet", "classes", "natural"] = "classes"
     alpha: float = 0.5  # Dirichlet concentration (smaller = more skewed)
     classes_per_client: int = 2
@@ -69,22 +69,41 @@ class DataConfig:
     # a client with more training samples keeps a seeded random subset of this many (0 = all): bounds the
     # cost of a round on skewed natural partitions (Shakespeare's largest role has 49,415, its median 1,864)
     max_client_samples: int = 0
+    # text: tokens per sample (a block of the tokenized documents, the next token of each its target), and
+    # the Hugging Face tokenizer directory (default: the hf: model's own)
+    block: int = 64
+    tokenizer: str = ""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def check(self, key):
+        _require(self.block >= 1, f"{key}.block", "must be >= 1 (tokens per sample)")
         _require(self.alpha > 0, f"{key}.alpha", "must be > 0")
         _require(self.classes_per_client >= 1, f"{key}.classes_per_client", "must be >= 1")
         _require(0 < self.test_fraction < 1, f"{key}.test_fraction", "must be in (0, 1)")
         _require(self.max_client_samples >= 0, f"{key}.max_client_samples", "must be >= 0 (0 = all)")
 
 
+#: ``model.name = "hf:PATH"``: a causal language model in the Hugging Face format in local directory PATH
+HF_PREFIX = "hf:"
+
+
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # mlp | logreg | cnn-cifar | cnn-medmnist | lstm-shakespeare | "package.module:factory"
+    # mlp | logreg | cnn-cifar | cnn-medmnist | lstm-shakespeare | "hf:PATH" | "package.module:factory"
+    name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [64])  # hidden layer sizes of mlp
+
+    @property
+    def hf_path(self) -> str:
+        """The model directory of ``hf:PATH`` ("" for any other model), ``~`` expanded."""
+        return str(Path(self.name[len(HF_PREFIX):]).expanduser()) if self.name.startswith(HF_PREFIX) else ""
 
     def check(self, key):
         _require(all(h >= 1 for h in self.hidden), f"{key}.hidden", "must be a list of layer sizes >= 1")
+        if self.name.startswith(HF_PREFIX):  # reserved, and checked before the module:factory rule
+            _require(bool(self.name[len(HF_PREFIX):].strip()), f"{key}.name",
+                     "'hf:' must be followed by the directory of a Hugging Face model, e.g. 'hf:~/models/tiny-llama'")
+            return
         module, colon, factory = self.name.partition(":")
         _require(not colon or (module and factory), f"{key}.name",
                  f"'{self.name}' must be a model name or 'package.module:factory'")
@@ -371,6 +390,23 @@ DP_CODECS = ("none", "topk", "randk")  # a subset of a clipped update's values i
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (``peft``) on an ``hf:`` model: only they are trained, sent and averaged."""
+
+    r: int = 8  # the adapters' rank
+    alpha: float = 16.0  # their scaling is alpha / r
+    dropout: float = 0.0  # dropout on the adapters' input (seeded per client and round like all training)
+    # the modules that get adapters (empty: peft's default for the model's type, e.g. q_proj and v_proj for
+    # Llama and Qwen, c_attn for GPT-2)
+    target_modules: list[str] = field(default_factory=list)
+
+    def check(self, key):
+        _require(self.r >= 1, f"{key}.r", "must be >= 1")
+        _require(self.alpha > 0, f"{key}.alpha", "must be > 0")
+        _require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
     keep: int = 3  # keep the newest K checkpoints
@@ -398,6 +434,7 @@ class RunConfig:
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -433,11 +470,22 @@ class RunConfig:
                  f"must be <= clients.per_round={self.clients.per_round}")
         if self.dp.enabled:
             self._check_dp()
+        hf, text = bool(self.model.hf_path), self.data.name == "text"
+        _require(hf == text or (text and bool(self.data.tokenizer)), "data.name" if hf else "model.name",
+                 "must be 'text' with an hf: model (a language model reads token blocks)" if hf else
+                 "must be an hf: model with data.name = 'text' (or set data.tokenizer)")
+        _require(not text or self.data.partition in ("iid", "natural"), "data.partition",
+                 "must be 'iid' or 'natural' (one user per file) with data.name = 'text': its samples have no "
+                 "class to split by")
         if self.attack.kind:
             self._check_attack()
         _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",
                  f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
+
+    def data_source(self) -> DataConfig:
+        """``[data]`` as the loaders read it: a text dataset's tokenizer defaults to the hf: model's."""
+        return dataclasses.replace(self.data, tokenizer=self.data.tokenizer or self.model.hf_path)
 
     def _check_attack(self) -> None:
         """An omniscient attack needs whole updates at rank 0; a defense refuses more attackers

@@ -10,7 +10,7 @@ where to get the data when something is missing or malformed.
 
 from __future__ import annotations
 
-from fedhpc.data import cifar10, digits, medmnist, shakespeare, synthetic
+from fedhpc.data import cifar10, digits, medmnist, shakespeare, synthetic, text
 from fedhpc.data.dataset import Dataset
 from fedhpc.errors import ConfigError
 
@@ -21,6 +21,7 @@ DATASETS = {
     "shakespeare": shakespeare.load,
     "shakespeare-offline": shakespeare.load_offline,
     "medmnist": medmnist.load,
+    "text": text.load,
 }
 
 __all__ = ["DATASETS", "Dataset", "load_dataset"]

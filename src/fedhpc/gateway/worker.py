@@ -76,7 +76,7 @@ class Worker:
         wan = cfg.gateway.codec if cfg.gateway.codec.name else cfg.codec
         # the error-feedback residual outlives a reconnection to the same job and client
         if self.step is None or (self.step.job_id, self.played) != (self.job, self.client):
-            model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+            model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed, cfg.lora)
             self.layout = Layout(model)
             self.step = ClientStep(cfg, self.job, model, self.layout, data.x_train, data.y_train, wan,
                                    make_clock(cfg.clock))

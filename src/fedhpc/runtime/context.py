@@ -63,11 +63,11 @@ class Context:
 
 def build_context(cfg: RunConfig, mpi_trainers: list[int], gateway: int | None = None) -> Context:
     torch.set_num_threads(cfg.local.threads)
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data_source())
     parts = partition(data.y_train, cfg.clients.total, cfg.data.partition, derive_seed(cfg.seed, SEED_PARTITION),
                       groups=data.groups, max_samples=cfg.data.max_client_samples, alpha=cfg.data.alpha,
                       classes_per_client=cfg.data.classes_per_client)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.seed, cfg.lora)
     return Context(cfg, data, parts, model, Layout(model), mpi_trainers, gateway)
 
 

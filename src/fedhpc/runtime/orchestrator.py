@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import logging
 import shutil
 import time
@@ -339,8 +340,9 @@ class Orchestrator:
         round_s = time.monotonic() - t0
         metrics = {
             "round": r + 1,
-            "accuracy": accuracy,
+            "accuracy": accuracy,  # a language model's: next-token accuracy
             "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)) if loss is not None and cfg.model.hf_path else None,
             "clients_selected": len(selected),
             "clients_reported": len(outcome.results),
             "clients_late": reasons_count.pop("late", 0),
@@ -642,6 +644,8 @@ class Orchestrator:
     @staticmethod
     def _progress_line(m: dict) -> str:
         acc = f"acc {m['accuracy']:.4f} loss {m['loss']:.4f}" if m["accuracy"] is not None else "acc -"
+        if m["perplexity"] is not None:
+            acc += f" ppl {m['perplexity']:.2f}"
         return (f"round {m['round']:>3}: {acc} | {m['clients_reported']}/{m['clients_selected']} reported, "
                 f"{m['clients_late']} late, {m['clients_failed']} failed | up {m['bytes_up'] / 1e6:.2f} MB "
                 f"down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s, training {m['train_seconds']:.2f}s"

@@ -112,13 +112,16 @@ class LocalTrainer:
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on (x, y)."""
+    """(accuracy, mean cross-entropy) of ``model`` on (x, y), per target: per sample, or per
+    token for a language model (``y`` of (N, T) next tokens, logits of (N, vocab, T))."""
     model.eval()
     correct, loss = 0, 0.0
+    per = int(np.prod(y.shape[1:], dtype=np.int64))  # targets per sample
+    batch = max(1, batch // per)  # about ``batch`` targets at once: the logits are (batch, vocab, T)
     with torch.no_grad():
         for a in range(0, len(y), batch):
             xb, yb = torch.from_numpy(x[a : a + batch]), torch.from_numpy(y[a : a + batch])
             out = model(xb)
             loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
-    return correct / max(len(y), 1), loss / max(len(y), 1)
+    return correct / max(y.size, 1), loss / max(y.size, 1)
