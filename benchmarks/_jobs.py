@@ -19,6 +19,7 @@ interrupted benchmark continues where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -79,6 +80,25 @@ def add_output_arguments(p, tag: str) -> None:
     p.add_argument("--json", metavar="FILE", type=optional_path, default=HERE / "results" / f"{tag}.json")
     p.add_argument("--readme", metavar="FILE", type=optional_path, default=HERE / "README.md",
                    help=f"the README whose {tag} section is rewritten ('' = none)")
+
+
+def add_run_arguments(p, sizes, size_help: str, tag: str, shakespeare: bool = False) -> None:
+    """``--size`` (of ``sizes``), ``--reuse``, optionally ``--shakespeare``, and the output arguments
+    (:func:`add_output_arguments`) of a benchmark made of jobs."""
+    p.add_argument("--size", choices=sorted(sizes), default="full", help=size_help)
+    p.add_argument("--reuse", action="store_true", help="keep what an interrupted run finished")
+    if shakespeare:
+        p.add_argument("--shakespeare", type=Path, default=None,
+                       help="a LEAF Shakespeare directory (default: the offline build, built if missing)")
+    add_output_arguments(p, tag)
+
+
+def script(doc: str, add_arguments, main) -> None:
+    """Run a benchmark script: parse its arguments (``add_arguments``; ``doc`` is the help's
+    description) and exit with ``main``'s status."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
 
 
 def replace_section(path: Path, tag: str, text: str) -> None:

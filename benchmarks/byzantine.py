@@ -37,7 +37,6 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -223,14 +222,10 @@ def table(rows: list[dict], cost: list[dict], size: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (about 10 minutes), tiny")
-    p.add_argument("--reuse", action="store_true", help="keep the finished jobs of an interrupted run")
+    _jobs.add_run_arguments(p, SIZES, "full (about 10 minutes), tiny", "byzantine")
     p.add_argument("--medmnist", type=Path, default=None,
                    help="a MedMNIST-format .npz (default: jittered digits written under --out)")
-    _jobs.add_output_arguments(p, "byzantine")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
+    _jobs.script(__doc__, add_arguments, main)

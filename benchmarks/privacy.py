@@ -41,9 +41,7 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -157,16 +155,10 @@ def table(rows: list[dict], cost: dict, rounds: int) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", choices=sorted(SIZES), default="full", help="full (30 rounds, a few minutes), tiny")
-    p.add_argument("--reuse", action="store_true", help="keep the finished jobs of an interrupted run")
+    _jobs.add_run_arguments(p, SIZES, "full (30 rounds, about 8 minutes), tiny", "privacy", shakespeare=True)
     p.add_argument("--workloads", type=lambda s: s.split(","), default=list(WORKLOADS),
                    help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)")
-    p.add_argument("--shakespeare", type=Path, default=None,
-                   help="a LEAF Shakespeare directory (default: the offline build, built if missing)")
-    _jobs.add_output_arguments(p, "privacy")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
+    _jobs.script(__doc__, add_arguments, main)

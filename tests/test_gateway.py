@@ -357,10 +357,11 @@ HYBRID = "rounds = 30\n[clients]\ntotal = 5\nper_round = 7\n[profiles]\nslow_cli
          "[stragglers]\ndeadline_s = 5.0"
 
 
-def start_worker(pki, port, who, client, shard, **env):
+def start_worker(pki, port, who, client, shard, *args, **env):
     cmd = [sys.executable, "-m", "fedhpc", "worker", "--connect", f"127.0.0.1:{port}", "--token-file",
            str(pki / f"{who}.token"), "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{who}.pem"), "--key",
-           str(pki / f"{who}.key"), "--name", who, "--client-id", str(client), "--shard", shard, "--retry-s", "20"]
+           str(pki / f"{who}.key"), "--name", who, "--client-id", str(client), "--shard", shard, "--retry-s", "20",
+           *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env(**env))
 
 
@@ -578,3 +579,26 @@ def test_certs_issue_gives_each_worker_slot_its_own_token_and_certificate(tmp_pa
         assert tokens[(tmp_path / f"cloud-{k}.token").read_text().strip()] == f"cloud-{k}"
     with pytest.raises(ConfigError, match="has credentials already"):
         certs.issue_slots(tmp_path, "cloud", 2)
+
+
+@pytest.mark.e2e
+def test_a_lora_job_trains_a_remote_worker_on_its_own_text(pki, tmp_path):
+    """The worker loads the same base from its disk and its own text with --tokenizer/--block, and
+    sends adapters like the in-job clients."""
+    from datafiles import write_text_users, write_tiny_llm
+
+    model = write_tiny_llm(tmp_path / "model")
+    text = write_text_users(tmp_path / "text", {"alice": 40, "bob": 30, "carol": 25})
+    port = free_port()
+    out = tmp_path / "run"
+    head = (f'rounds = 3\n[clients]\ntotal = 2\nper_round = 3\n[model]\nname = "hf:{model}"\n[data]\n'
+            f'name = "text"\nroot = "{text}"\npartition = "natural"\nblock = 16')
+    job = start_job(job_config(tmp_path, pki, port, head, 1, 1), out)
+    worker = start_worker(pki, port, "w1", 2, "0/1", "--data", "text", "--data-root", str(text / "carol.txt"),
+                          "--tokenizer", str(model), "--block", "16")
+    _, err = job.communicate(timeout=240)
+    assert job.returncode == 0, err[-4000:]
+    assert worker.wait(timeout=60) == 0, worker.stdout.read()
+    with h5py.File(out / "run.h5") as f:
+        assert (f["clients/status"][()] == 1).all()  # both in-job clients and the remote one, every round
+    assert all(r["clients_reported"] == 3 and r["perplexity"] is not None for r in metrics(out))

@@ -62,7 +62,8 @@ class Worker:
 
     # -- setup -----------------------------------------------------------------
     def register(self) -> None:
-        data = load_dataset(DataConfig(name=self.args.data, root=self.args.data_root))
+        data = load_dataset(DataConfig(name=self.args.data, root=self.args.data_root, tokenizer=self.args.tokenizer,
+                                       block=self.args.block))
         order = np.random.default_rng(0).permutation(len(data.y_train))
         self.indices = np.sort(np.array_split(order, self.shard[1])[self.shard[0]])
         grpc.channel_ready_future(self.channel).result(timeout=30)
