@@ -21,9 +21,15 @@ from torch import nn
 from fedhpc.errors import ConfigError
 
 
-def _quiet() -> None:
-    """transformers and peft report on stderr from every rank: progress bars, deprecations."""
-    import transformers
+def _prepare_libraries() -> None:
+    """Check that transformers and peft are there, and keep them from reporting on stderr from
+    every rank (progress bars, deprecations)."""
+    try:
+        import peft  # noqa: F401
+        import transformers
+    except ImportError as exc:
+        raise ConfigError(f"language models (model.name = 'hf:...', data.name = 'text') need transformers and peft "
+                          f"({exc}): pip install 'fedhpc[llm]'") from None
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -40,9 +46,9 @@ def _directory(path: str, what: str) -> Path:
 
 def load_tokenizer(path: str):
     """The tokenizer saved in ``path`` (``tokenizer.json`` or the files of a slow tokenizer)."""
+    _prepare_libraries()
     from transformers import AutoTokenizer
 
-    _quiet()
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"tokenizer directory '{root}' does not exist; it is the model's directory unless "
@@ -71,10 +77,10 @@ def load_causal_lm(path: str, lora, vocab: int) -> CausalLM:
     """The model in ``path`` with LoRA adapters of ``lora`` (a :class:`~fedhpc.config.LoraConfig`);
     everything but the adapters is frozen. ``vocab``: the data's tokenizer size, which the model
     must cover. Raises ConfigError naming the path or the key."""
+    _prepare_libraries()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    _quiet()
     root = _directory(path, "save one there with model.save_pretrained (see the README: language models)")
     try:
         base = AutoModelForCausalLM.from_pretrained(str(root), local_files_only=True, dtype=torch.float32)
@@ -106,10 +112,10 @@ def train_tokenizer(texts, vocab_size: int):
     """A byte-level BPE tokenizer trained on ``texts`` (an iterable of strings), with ``<unk>``,
     ``<s>`` and ``</s>``: what a base model built offline needs (``save_pretrained`` it next to the
     model). Byte-level, so it encodes any text without unknown tokens."""
+    _prepare_libraries()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    _quiet()
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
