@@ -102,6 +102,8 @@ def test_who_attacks_is_a_function_of_the_seed():
     (["attack.kind=scale", "attack.clients=[99]"], "attack.clients' has client id 99"),
     (["attack.kind=scale", "attack.fraction=0.1", "attack.scale=-1"], "attack.scale"),
     (["attack.kind=scale", "attack.fraction=0.1", "attack.start_round=0"], "start_round"),
+    (["attack.kind=scale", "attack.fraction=0.1", "attack.start_round=51"], "after the run's last round"),
+    (["attack.kind=label-flip", "attack.fraction=0.1", "attack.scale=2"], "plays no part in label-flip"),
     (["attack.kind=alie", "attack.fraction=0.1", "fed_dropout.rate=0.5"], "needs whole updates"),
     # 30 % of 20 clients, all 10 a round selected on average 3 attackers: beyond f = 1, and beyond trim 0.1
     (["attack.kind=ipm", "attack.fraction=0.3", "strategy.name=krum", "strategy.f=1"], "raise f"),

@@ -144,6 +144,7 @@ def test_the_clip_converges_to_the_target_quantile_of_the_norms(quantile):
     (["dp.adaptive_clip=true", "clients.per_round=10", "dp.noise_multiplier=1"], "clipped_count_stddev' is too small"),
     (["dp.target_quantile=1"], "target_quantile' must be in"),
     (["dp.clip_learning_rate=0"], "clip_learning_rate' must be > 0"),
+    (["selection.trust=0.3"], "selection.trust' must be 0 with dp.enabled"),
 ])
 def test_configurations_that_break_the_guarantee_are_refused(sets, match):
     with pytest.raises(ConfigError, match=match):

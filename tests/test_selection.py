@@ -253,3 +253,9 @@ def test_distrusted_clients_are_not_selected_while_enough_others_remain(name):
     assert chosen == [c for c in range(10) if c != 3] and "not selecting 1 client(s)" in log[0]
     chosen, log = get_selector("random").select(0, list(range(10)), 8, {}, history, rng())
     assert not any("reputation" in line for line in log)  # trust = 0: nobody is left out
+    # a client never judged (reputation 1/2 by the prior) is never left out, and trust must be below 1/2
+    fresh = {c: ClientHistory() for c in range(10)}
+    assert get_selector("random", trust=0.45).select(0, list(range(10)), 8, {}, fresh, rng())[1][0].startswith(
+        "round 0: chose 8")
+    with pytest.raises(ValueError, match=r"trust must be a number in \[0.0, 0.5\)"):
+        get_selector("random", trust=0.5)

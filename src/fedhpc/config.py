@@ -342,6 +342,7 @@ class DPConfig:
         _require(self.clip_learning_rate > 0, f"{key}.clip_learning_rate", "must be > 0")
         _require(self.clipped_count_stddev >= 0, f"{key}.clipped_count_stddev",
                  "must be >= 0 (0 = expected clients / 20)")
+        _require(self.enabled or not self.adaptive_clip, f"{key}.adaptive_clip", f"needs {key}.enabled = true")
         _require(self.clip > 0, f"{key}.clip", "must be > 0 (the L2 bound on each client's update)")
         _require(self.noise_multiplier >= 0, f"{key}.noise_multiplier", "must be >= 0")
         _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1)")
@@ -374,6 +375,8 @@ class AttackConfig:
                  f"or {key}.clients (not both) must say who attacks")
         _require(self.scale >= 0, f"{key}.scale", "must be >= 0 (0 = the attack's default)")
         _require(self.start_round >= 1, f"{key}.start_round", "must be >= 1")
+        _require(not self.scale or self.kind != "label-flip", f"{key}.scale",
+                 "plays no part in label-flip (its labels are mirrored): leave it 0")
 
     @property
     def omniscient(self) -> bool:
@@ -474,10 +477,15 @@ class RunConfig:
         _require(hf == text or (text and bool(self.data.tokenizer)), "data.name" if hf else "model.name",
                  "must be 'text' with an hf: model (a language model reads token blocks)" if hf else
                  "must be an hf: model with data.name = 'text' (or set data.tokenizer)")
+        _require(not hf or self.fed_dropout.rate == 0, "fed_dropout.rate",
+                 "must be 0 with an hf: model: its LoRA layers share their inputs with the frozen ones, so "
+                 "dropping units would not make a smaller network")
         _require(not text or self.data.partition in ("iid", "natural"), "data.partition",
                  "must be 'iid' or 'natural' (one user per file) with data.name = 'text': its samples have no "
                  "class to split by")
         if self.attack.kind:
+            _require(self.attack.start_round <= self.rounds, "attack.start_round",
+                     f"is {self.attack.start_round}, after the run's last round ({self.rounds}): nobody would attack")
             self._check_attack()
         _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",
                  f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "

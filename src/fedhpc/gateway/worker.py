@@ -23,6 +23,7 @@ import numpy as np
 from fedhpc.clock import make_clock
 from fedhpc.config import DataConfig, load_config_text
 from fedhpc.data import load_dataset
+from fedhpc.errors import ConfigError
 from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
 from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY
@@ -62,6 +63,9 @@ class Worker:
 
     # -- setup -----------------------------------------------------------------
     def register(self) -> None:
+        if self.args.data == "text" and not (self.args.tokenizer and self.args.block >= 1):
+            raise ConfigError("--data text needs --tokenizer DIR (the job's hf: model directory) and --block N >= 1 "
+                              "(the job's data.block)")
         data = load_dataset(DataConfig(name=self.args.data, root=self.args.data_root, tokenizer=self.args.tokenizer,
                                        block=self.args.block))
         order = np.random.default_rng(0).permutation(len(data.y_train))
@@ -73,6 +77,8 @@ class Worker:
                                    metadata=self.metadata, timeout=30)
         self.session, self.client, self.job = reply.session, reply.client_id, reply.job_id
         cfg = load_config_text(reply.config_toml, source="the gateway's run config")
+        if self.args.data == "text" and self.args.block != cfg.data.block:
+            raise ConfigError(f"--block {self.args.block} is not the job's data.block = {cfg.data.block}")
         self.cfg = cfg
         wan = cfg.gateway.codec if cfg.gateway.codec.name else cfg.codec
         # the error-feedback residual outlives a reconnection to the same job and client
@@ -170,7 +176,8 @@ class Worker:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    """Register and serve, reconnecting with backoff; 0 when the job ends, 2 when refused, 1 on giving up."""
+    """Register and serve, reconnecting with backoff; 0 when the job ends, 2 when refused or misconfigured,
+    1 on giving up."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [worker {args.name}] %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     worker = Worker(args)
@@ -182,6 +189,9 @@ def run_worker(args: argparse.Namespace) -> int:
             worker.serve()
             worker.channel.close()
             return 0
+        except ConfigError as exc:  # its data, or its data against the job's config: no retry helps
+            log.error("%s", exc)
+            return 2
         except grpc.FutureTimeoutError:
             reason = f"cannot reach the gateway at {args.connect} (or the TLS handshake failed: check --ca/--cert)"
         except grpc.RpcError as exc:

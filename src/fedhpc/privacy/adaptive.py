@@ -25,9 +25,7 @@ import math
 
 import numpy as np
 
-from fedhpc.seeds import SEED_DP, derive_seed
-
-_COUNT_STREAM = 1  # the bit sum's noise: a stream of its own beside the vector's (derive_seed(seed, round, SEED_DP))
+from fedhpc.seeds import SEED_DP_COUNT, derive_seed
 
 
 def count_stddev(configured: float, expected_clients: int) -> float:
@@ -50,7 +48,7 @@ def vector_noise_multiplier(total: float, count_std: float) -> float:
 
 def count_noise(seed: int, round_: int, std: float) -> float:
     """One draw of N(0, std^2) for round ``round_``'s clipped-count sum, from the run's secret noise seed."""
-    return float(np.random.default_rng(derive_seed(seed, round_, SEED_DP, _COUNT_STREAM)).standard_normal() * std)
+    return float(np.random.default_rng(derive_seed(seed, round_, SEED_DP_COUNT)).standard_normal() * std)
 
 
 def unclipped_fraction(unclipped: int, reported: int, noise: float, expected_clients: int) -> float:

@@ -30,7 +30,7 @@ from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
-from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total
+from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total, run_ring
 from fedhpc.runtime.messages import (
     Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, Restored, RoundTask, SaveState, Stop, Verdict,
 )
@@ -319,8 +319,8 @@ class Orchestrator:
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
         if folds(cfg, self.strategy):
             self.weights = self.fold_round(r, outcome)
-        else:
-            self.weights = self.strategy.aggregate(self.weights, outcome)
+        else:  # the run's ring (aggregation.scale_bits) also for a sum-decomposable rule under an omniscient attack
+            self.weights = self.strategy.aggregate(self.weights, outcome, run_ring(cfg))
         self.selector.update(outcome, self.history, r, self.strategy.flagged)
         self.updates.reclaim()  # nothing refers to this round's deltas any more
         rate = epsilon = epsilon_pld = None

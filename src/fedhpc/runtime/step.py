@@ -129,7 +129,8 @@ class ClientStep:
                 self.train_s += time.perf_counter() - t0
             clipped = False
             if cfg.dp.enabled:  # what leaves the client is bounded (error feedback is refused with DP)
-                assert task.clip > 0, "a DP round's task carries its clip"
+                if not task.clip > 0:
+                    raise RuntimeError(f"round {r}'s task has no DP clip ({task.clip}): rank 0 and this rank disagree")
                 clipped = clip(delta, task.clip) > task.clip
             if plan is not None and isinstance(plan.attack, UpdateAttack):  # what it sends is its own choice
                 plan.attack.corrupt(delta, plan.rng(cfg.seed, r, cid))

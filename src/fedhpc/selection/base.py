@@ -33,9 +33,9 @@ class Selector(ABC):
     keyword arguments of ``__init__`` (validated, ``ValueError`` naming the
     parameter) and implement :meth:`_select`. ``ema_alpha`` is the weight of
     the newest observation in the moving averages of completion time and
-    update quality. ``trust`` > 0 leaves out of the pool every client whose
-    :func:`reputation` is below it,
-    as long as enough others remain.
+    update quality. ``trust`` in (0, 1/2) leaves out of the pool every client
+    whose :func:`reputation` is below it, as long as enough others remain (a
+    client never judged is not left out).
     """
 
     name: ClassVar[str]
@@ -43,7 +43,8 @@ class Selector(ABC):
 
     def __init__(self, ema_alpha: float = 0.3, trust: float = 0.0):
         self.ema_alpha = self._check("ema_alpha", ema_alpha, lo=0.0, hi=1.0, lo_open=True)
-        self.trust = self._check("trust", trust, lo=0.0, hi=1.0, hi_open=True)
+        # below 1/2: a client is left out only once the defenses flagged more of its updates than they kept
+        self.trust = self._check("trust", trust, lo=0.0, hi=0.5, hi_open=True)
 
     def select(
         self,
@@ -82,7 +83,7 @@ class Selector(ABC):
         readmitted, best first, if fewer than ``n`` would remain), and a log line naming them."""
         if not self.trust:
             return pool, []
-        rep = {c: reputation(history[c]) for c in pool if c in history}
+        rep = {c: reputation(history[c]) for c in pool if c in history and history[c].kept + history[c].flagged}
         out = sorted((c for c, v in rep.items() if v < self.trust), key=lambda c: (-rep[c], c))
         back = out[: max(0, n - (len(pool) - len(out)))]
         out = out[len(back):]

@@ -188,7 +188,10 @@ def combination(results: list[ClientResult], coefs: np.ndarray) -> np.ndarray:
     coefs = np.asarray(coefs, dtype=np.float64)
     out = np.empty(results[0].size, dtype=np.float32)
     for lo, hi, rows in blocks(results):
-        out[lo:hi] = coefs @ rows.astype(np.float64)
+        acc = np.zeros(hi - lo)
+        for c, row in zip(coefs, rows):  # row by row: the same bits on any BLAS and CPU (a matmul's order is not)
+            acc += c * row.astype(np.float64)
+        out[lo:hi] = acc
     return out
 
 

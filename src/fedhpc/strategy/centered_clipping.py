@@ -12,7 +12,7 @@ class CenteredClipping(Strategy):
     first round: the paper's momentum is the server's history), then
     ``iterations`` times: v <- v + mean_i (delta_i - v) * min(1, tau / ||delta_i - v||).
     A Byzantine delta moves v by at most tau / K whatever its size; the
-    deltas clipped in any iteration are :attr:`flagged`.
+    deltas farther than tau from the result are :attr:`flagged`.
     Unweighted; the center is server state, kept in checkpoints. Its breakdown
     point is 1/2 (the paper's convergence bound asks for a smaller fraction).
     """
@@ -31,14 +31,15 @@ class CenteredClipping(Strategy):
     def _combine(self, results):
         k, n = len(results), results[0].size
         v = self.center.copy() if self.center is not None and self.center.size == n else np.zeros(n, np.float32)
-        clipped = np.zeros(k, dtype=bool)
         for _ in range(self.iterations):
             dist = np.sqrt(sq_dists_to(results, v))
-            clipped |= dist > self.tau
             c = np.minimum(1.0, self.tau / np.maximum(dist, np.finfo(np.float64).tiny)) / k
             v = (combination(results, c) + (1.0 - c.sum()) * v.astype(np.float64)).astype(np.float32)
         self.center = v.copy()
-        self.flagged = frozenset(r.client_id for r, c in zip(results, clipped) if c)
+        # flagged: the deltas it would still clip around the result (not those clipped on the way
+        # from a first-round center of zero, where every large honest delta is)
+        far = np.sqrt(sq_dists_to(results, v)) > self.tau
+        self.flagged = frozenset(r.client_id for r, f in zip(results, far) if f)
         return v
 
     def state_dict(self) -> StateDict:
