@@ -15,6 +15,7 @@ initial values on the orchestrator, so prefer GroupNorm/LayerNorm.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 
@@ -107,7 +108,13 @@ class Layout:
             self.shapes.append(tuple(p.shape))
             self.offsets.append(self.offsets[-1] + p.numel())
         self.size = self.offsets[-1]
-        self.base = frozen_digest(module)  # what the flat vector is fine-tuned on ("" = nothing frozen)
+        self._module = module
+
+    @functools.cached_property
+    def base(self) -> str:
+        """The digest of what the flat vector is fine-tuned on ("" = nothing frozen), computed when
+        first asked (by rank 0's checkpoints: hashing a large base takes seconds)."""
+        return frozen_digest(self._module)
 
     def flatten(self, module: nn.Module) -> np.ndarray:
         """A new flat float32 copy of the module's parameters."""
