@@ -170,7 +170,8 @@ _COLUMNS = (("round", "round", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"), ("
             ("clients_failed", "failed", "{:.0f}"), ("bytes_up", "bytes up", "{:,.0f}"),
             ("bytes_down", "bytes down", "{:,.0f}"), ("round_seconds", "round s", "{:.3f}"),
             ("train_seconds", "training s", "{:.3f}"), ("overhead_seconds", "overhead s", "{:.3f}"),
-            ("epsilon", "epsilon", "{:.3f}"), ("dp_clip", "DP clip", "{:.4g}"))
+            ("epsilon", "epsilon", "{:.3f}"), ("dp_clip", "DP clip", "{:.4g}"), ("perplexity", "perplexity", "{:.2f}"),
+            ("clients_flagged", "flagged", "{:.0f}"))
 
 
 def _html(out: Path, facts: list[str], r: dict, plots: list[Path], config: str) -> str:
