@@ -15,7 +15,7 @@ differs. Three workloads with enough clients for user-level DP to mean something
   as clients (natural partition), each capped at 64 training windows
   (``data.max_client_samples``: the largest role has 49,415, and an LSTM on
   all of them is hours on 2 cores), the benchmarks' small char-LSTM (82k
-  parameters), 82 a round on average (q = 0.1), 1 local epoch, lr 0.8,
+  parameters), 82 a round on average (q = 0.1), 4 local epochs, lr 1.0,
   30 rounds, clip 1.0, delta 1e-4, evaluated on 4,000 test windows.
 
 Besides the fixed clip at each target, each workload runs at epsilon 8 with
@@ -58,7 +58,7 @@ WORKLOADS = {
         "data.synthetic.samples=25000", "model.hidden=[64]", "local.epochs=2", "local.lr=0.1"]},
     "shakespeare-816": {"rate": 0.1, "delta": 1e-4, "clip": 1.0, "sets": [
         "clients.total=816", "clients.per_round=82", "data.name=shakespeare", "data.partition=natural",
-        "data.max_client_samples=64", "model.name=paper:small_char_lstm", "local.epochs=1", "local.lr=0.8",
+        "data.max_client_samples=64", "model.name=paper:small_char_lstm", "local.epochs=4", "local.lr=1.0",
         "eval.max_samples=4000"]},
 }
 SIZES = {"full": 30, "tiny": 3}  # rounds
