@@ -155,7 +155,7 @@ def table(rows: list[dict], cost: dict, rounds: int) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    _jobs.add_run_arguments(p, SIZES, "full (30 rounds, about 8 minutes), tiny", "privacy", shakespeare=True)
+    _jobs.add_run_arguments(p, SIZES, "full (30 rounds, about 25 minutes), tiny", "privacy", shakespeare=True)
     p.add_argument("--workloads", type=lambda s: s.split(","), default=list(WORKLOADS),
                    help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)")
 
