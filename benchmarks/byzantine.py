@@ -200,8 +200,8 @@ def table(rows: list[dict], cost: list[dict], size: dict) -> str:
                      + " |")
         clean = cell[("fedavg", "none", 0.0)]["accuracy"]
         lines += ["", f"With 20 % attackers, the best defense per attack against clean FedAvg ({clean:.3f}) and "
-                      f"against FedAvg without the attackers' clients ({absent[0.2]:.3f}, what a defense that removed exactly them would "
-                      f"lose: their data goes with their updates):"]
+                      f"against FedAvg without the attackers' clients ({absent[0.2]:.3f}, what a defense that removed "
+                      f"exactly them would lose: their data goes with their updates):"]
         for a in size["attacks"]:
             ran = [cell[(d, a, 0.2)] for d in size["defenses"] if not cell[(d, a, 0.2)]["refused"]]
             top = max(ran, key=lambda v: v["accuracy"])

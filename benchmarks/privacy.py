@@ -113,7 +113,8 @@ def main(args: argparse.Namespace) -> int:
             sigma = noise_for(eps, w["rate"], rounds, w["delta"])
             cases.append((f"epsilon {eps:g}", sigma, [*base, "dp.enabled=true", f"dp.clip={w['clip']}",
                                                       f"dp.noise_multiplier={sigma:.6f}", f"dp.delta={w['delta']}"]))
-        cases.append((f"epsilon {TARGETS[-1]:g}, adaptive clip", cases[-1][1], [*cases[-1][2], "dp.adaptive_clip=true"]))
+        label, sigma, sets = cases[-1]
+        cases.append((f"{label}, adaptive clip", sigma, [*sets, "dp.adaptive_clip=true"]))
         for label, sigma, sets in cases:
             out = args.out / name / label.replace(" ", "-")
             jobs.append({"out": str(out), "sets": sets})

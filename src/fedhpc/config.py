@@ -491,6 +491,11 @@ class RunConfig:
                  f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
 
+    @property
+    def round_size(self) -> int:
+        """How many of the in-job clients a round selects (on average, with Poisson sampling)."""
+        return min(self.clients.per_round, self.clients.total)
+
     def data_source(self) -> DataConfig:
         """``[data]`` as the loaders read it: a text dataset's tokenizer defaults to the hf: model's."""
         return dataclasses.replace(self.data, tokenizer=self.data.tokenizer or self.model.hf_path)
@@ -504,7 +509,7 @@ class RunConfig:
             _require(not self.dp.enabled and self.fed_dropout.rate == 0, "attack.kind",
                      f"'{self.attack.kind}' forges updates from the honest ones at rank 0, which needs whole "
                      f"updates: set dp.enabled = false and fed_dropout.rate = 0")
-        total, per_round = self.clients.total, min(self.clients.per_round, self.clients.total)
+        total, per_round = self.clients.total, self.round_size
         count = len(set(self.attack.clients)) if self.attack.clients else round(self.attack.fraction * total)
         attackers = math.ceil(count * per_round / total)
         try:
@@ -547,8 +552,7 @@ class RunConfig:
         if self.dp.adaptive_clip:
             from fedhpc.privacy.adaptive import count_stddev, vector_noise_multiplier
 
-            expected = min(self.clients.per_round, self.clients.total)
-            std = count_stddev(self.dp.clipped_count_stddev, expected)
+            std = count_stddev(self.dp.clipped_count_stddev, self.round_size)
             try:
                 vector_noise_multiplier(self.dp.noise_multiplier, std)
             except ValueError as exc:
@@ -560,7 +564,7 @@ class RunConfig:
             from fedhpc.privacy import Accountant
 
             first = Accountant(self.dp.noise_multiplier, self.dp.delta).epsilon(
-                [min(self.clients.per_round, self.clients.total) / self.clients.total])
+                [self.round_size / self.clients.total])
             _require(first <= self.dp.target_epsilon, "dp.target_epsilon",
                      f"is {self.dp.target_epsilon:g}, but one round already costs epsilon {first:.3g} at delta "
                      f"{self.dp.delta:g}: raise dp.noise_multiplier, lower clients.per_round or raise the target")

@@ -112,8 +112,8 @@ def seal_update(h: UpdateHeader, buf: np.ndarray) -> np.ndarray:
     """Write the Update header into the first ``HEADER.size`` bytes of ``buf``,
     whose rest is the body already in place (a codec frame encoded with that
     much headroom); return ``buf``."""
-    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), FLAG_CLIPPED if h.clipped else 0, h.job, h.round, h.client, h.num_samples,
-              h.loss, h.compute_s, h.sim_s, buf.nbytes - HEADER.size)
+    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), FLAG_CLIPPED if h.clipped else 0, h.job, h.round, h.client,
+              h.num_samples, h.loss, h.compute_s, h.sim_s, buf.nbytes - HEADER.size)
     HEADER.pack_into(buf, 0, *fields, 0)
     HEADER.pack_into(buf, 0, *fields, K.crc32c(buf[: HEADER.size]))
     return buf

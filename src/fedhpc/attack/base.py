@@ -27,6 +27,7 @@ import numpy as np
 from fedhpc import kernels as K
 from fedhpc.registry import check_number
 from fedhpc.seeds import SEED_ATTACK, derive_seed
+from fedhpc.strategy.base import blocks
 from fedhpc.types import ClientResult, RoundOutcome
 
 
@@ -87,24 +88,21 @@ class AttackPlan:
         (unchanged when the attack is not omniscient, or no attacker or no honest client reported)."""
         if not isinstance(self.attack, OmniscientAttack):
             return outcome
-        bad = [r for r in outcome.results if self.attacks(outcome.round, r.client_id)]
-        honest = sorted((r for r in outcome.results if not self.attacks(outcome.round, r.client_id)),
-                        key=lambda r: r.client_id)
+        bad = {r.client_id for r in outcome.results if self.attacks(outcome.round, r.client_id)}
+        honest = sorted((r for r in outcome.results if r.client_id not in bad), key=lambda r: r.client_id)
         if not bad or not honest:
             return outcome
         mean, std = honest_moments(honest)
         forged = np.ascontiguousarray(self.attack.forge(mean, std, len(outcome.results), len(bad)), np.float32)
         norm = K.l2_norm(forged)
-        results = [dataclasses.replace(r, delta=forged, frame=None, kept=None, norm=norm)
-                   if self.attacks(outcome.round, r.client_id) else r for r in outcome.results]
+        results = [dataclasses.replace(r, delta=forged, frame=None, kept=None, norm=norm) if r.client_id in bad else r
+                   for r in outcome.results]
         return dataclasses.replace(outcome, results=results)
 
 
 def honest_moments(results: list[ClientResult]) -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate mean and (population) standard deviation of the results' deltas, in float64,
     block by block (a result kept compressed is decoded one block at a time)."""
-    from fedhpc.strategy.base import blocks
-
     n = results[0].size
     mean, std = np.empty(n), np.empty(n)
     for lo, hi, rows in blocks(results):

@@ -145,18 +145,17 @@ def summary(data, parts: list[np.ndarray], name: str) -> dict:
     A dataset whose targets are sequences (text: a token per position) has no classes to count."""
     # every client's class counts at once (one np.unique per client took seconds for 100,000)
     sizes = np.array([len(p) for p in parts], dtype=np.int64)
-    classes = data.y_train.ndim == 1
-    labels = data.y_train[np.concatenate(parts)] if parts and classes else np.zeros(0, dtype=np.int64)
-    counts = np.zeros((len(parts), max(int(data.num_classes), int(labels.max(initial=-1)) + 1) if classes else 0),
-                      dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(len(parts)), sizes if classes else 0), labels), 1)
+    counts = None
+    if data.y_train.ndim == 1:
+        labels = data.y_train[np.concatenate(parts)] if parts else np.zeros(0, dtype=np.int64)
+        counts = np.zeros((len(parts), max(int(data.num_classes), int(labels.max(initial=-1)) + 1)), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(len(parts)), sizes), labels), 1)
     clients = []
     for cid, p in enumerate(parts):
-        row = counts[cid]
-        present = np.flatnonzero(row)
         entry: dict[str, object] = {"client": cid, "samples": int(sizes[cid])}
-        if classes:
-            entry["classes"] = dict(zip(map(str, present), row[present].tolist()))
+        if counts is not None:
+            present = np.flatnonzero(counts[cid])
+            entry["classes"] = dict(zip(map(str, present), counts[cid][present].tolist()))
         if name == "natural":
             entry["user"] = data.users[int(data.groups[p[0]])]
         clients.append(entry)

@@ -36,14 +36,6 @@ def _prepare_libraries() -> None:
     logging.getLogger("peft").setLevel(logging.ERROR)
 
 
-def _directory(path: str, what: str) -> Path:
-    root = Path(path).expanduser()
-    if not (root / "config.json").is_file():
-        raise ConfigError(f"model.name 'hf:{path}': '{root}' is not a Hugging Face model directory (no config.json); "
-                          f"{what}")
-    return root
-
-
 def load_tokenizer(path: str):
     """The tokenizer saved in ``path`` (``tokenizer.json`` or the files of a slow tokenizer)."""
     _prepare_libraries()
@@ -81,7 +73,10 @@ def load_causal_lm(path: str, lora, vocab: int) -> CausalLM:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    root = _directory(path, "save one there with model.save_pretrained (see the README: language models)")
+    root = Path(path).expanduser()
+    if not (root / "config.json").is_file():
+        raise ConfigError(f"model.name 'hf:{path}': '{root}' is not a Hugging Face model directory (no config.json); "
+                          f"save one there with model.save_pretrained (see the README: language models)")
     try:
         base = AutoModelForCausalLM.from_pretrained(str(root), local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:

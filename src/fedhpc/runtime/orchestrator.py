@@ -405,8 +405,6 @@ class Orchestrator:
         accepted clients, from this rank's folder or reduced over the hosting ranks."""
         dp = self.ctx.cfg.dp
         accepted = [res.client_id for res in outcome.results]
-        total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale, dp.enabled)
-                             for res in outcome.results])
         if dp.enabled:
             # DP-FedAvg: the sum over the expected number of clients, a fixed denominator, plus noise of
             # std noise_multiplier * clip on the sum, released every round, whoever reported
@@ -422,6 +420,8 @@ class Orchestrator:
             delta = self._mean(r, accepted, total) if accepted else np.zeros(self.ctx.layout.size, np.float32)
             delta += gaussian_noise(self.noise_seed, r, delta.size, multiplier * self.clip / total)
             return self.strategy.step(self.weights, delta)
+        total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale)
+                             for res in outcome.results])
         if not accepted or total == 0:
             return self.weights  # nothing counts: the model stays and server state does not advance
         return self.strategy.step(self.weights, self._mean(r, accepted, total))

@@ -51,8 +51,8 @@ def attack_plan(cfg: RunConfig) -> AttackPlan | None:
     a = cfg.attack
     if not a.kind:
         return None
-    return AttackPlan(get_attack(a.kind, a.scale), AttackPlan.choose(cfg.clients.total, a.fraction, a.clients, cfg.seed),
-                      a.start_round - 1)
+    attackers = AttackPlan.choose(cfg.clients.total, a.fraction, a.clients, cfg.seed)
+    return AttackPlan(get_attack(a.kind, a.scale), attackers, a.start_round - 1)
 
 
 class ClientStep:

@@ -93,8 +93,8 @@ class Selector(ABC):
                           for c in out[:_TRUST_LOG])
         more = f" and {len(out) - _TRUST_LOG} more" if len(out) > _TRUST_LOG else ""
         left = set(out)
-        return [c for c in pool if c not in left], [
-            f"round {round}: not selecting {len(out)} client(s) whose reputation is below {self.trust:g}: {named}{more}"]
+        return [c for c in pool if c not in left], [f"round {round}: not selecting {len(out)} client(s) whose "
+                                                    f"reputation is below {self.trust:g}: {named}{more}"]
 
     @abstractmethod
     def _select(

@@ -6,7 +6,7 @@ import numpy as np
 
 from fedhpc import kernels as K
 from fedhpc.strategy.base import Strategy, columnwise
-from fedhpc.strategy.krum import krum_scores, pairwise_sq_dists
+from fedhpc.strategy.krum import f_bound, krum_scores, median_instead, pairwise_sq_dists
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,12 @@ class Bulyan(Strategy):
         self.f = self._check("f", f, integer=True, lo=0)
 
     def tolerates(self, attackers, clients):
-        if attackers > self.f:
-            return f"'bulyan' with f={self.f} assumes at most {self.f} attackers, not {attackers}; raise f"
-        if clients < 4 * self.f + 3:
-            return (f"'bulyan' with f={self.f} needs at least {4 * self.f + 3} clients a round, not {clients}; raise "
-                    f"clients.per_round or lower f")
-        return ""
+        return f_bound(self.name, self.f, 4 * self.f + 3, attackers, clients)
 
     def _combine(self, results):
         n, f = len(results), self.f
         if n < 4 * f + 3:
-            log.warning("bulyan: %d update(s) are too few to tolerate f=%d Byzantine clients (need %d); using the "
-                        "coordinate median this round", n, f, 4 * f + 3)
-            return columnwise(results, K.median)
+            return median_instead(log, self.name, results, f, 4 * f + 3)
         dists = pairwise_sq_dists(results)
         left, picked = list(range(n)), []
         for _ in range(n - 2 * f):

@@ -1,4 +1,5 @@
-"""``centered-clipping``: centered clipping (Karimireddy et al. 2021, "Learning from History for Byzantine Robust Optimization")."""
+"""``centered-clipping``: centered clipping (Karimireddy et al. 2021, "Learning from History for
+Byzantine Robust Optimization")."""
 
 import numpy as np
 

@@ -30,22 +30,12 @@ class Krum(Strategy):
         self.m = self._check("m", m, integer=True, lo=1)
 
     def tolerates(self, attackers, clients):
-        if attackers > self.f:
-            return f"'krum' with f={self.f} assumes at most {self.f} attackers, not {attackers}; raise f"
-        if clients <= 2 * self.f + 2:
-            return (f"'krum' with f={self.f} needs more than {2 * self.f + 2} clients a round, not {clients}; raise "
-                    f"clients.per_round or lower f")
-        return ""
+        return f_bound(self.name, self.f, 2 * self.f + 3, attackers, clients)
 
     def _combine(self, results):
         n = len(results)
-        if n <= 2 * self.f + 2:
-            log.warning(
-                "krum: %d update(s) are too few to tolerate f=%d Byzantine clients (need more than %d); "
-                "using the coordinate median this round",
-                n, self.f, 2 * self.f + 2,
-            )
-            return columnwise(results, K.median)
+        if n < 2 * self.f + 3:
+            return median_instead(log, self.name, results, self.f, 2 * self.f + 3)
         scores = krum_scores(pairwise_sq_dists(results), self.f)
         # rows are in client-id order, so a stable sort breaks score ties by lower id
         order = np.argsort(scores, kind="stable")
@@ -54,6 +44,25 @@ class Krum(Strategy):
         self.flagged = frozenset(results[i].client_id for i in order[n - self.f:])
         log.debug("krum: kept client(s) %s of %d", [results[i].client_id for i in best], n)
         return weighted_mean([results[i] for i in best], np.ones(best.size), Ring(DEFAULT_SCALE_BITS, best.size))
+
+
+def f_bound(name: str, f: int, least: int, attackers: int, clients: int) -> str:
+    """Why a rule that assumes at most ``f`` attackers and needs ``least`` clients a round cannot
+    hold with ``attackers`` of ``clients`` ("" = it can)."""
+    if attackers > f:
+        return f"'{name}' with f={f} assumes at most {f} attackers, not {attackers}; raise f"
+    if clients < least:
+        return (f"'{name}' with f={f} needs at least {least} clients a round, not {clients}; raise "
+                f"clients.per_round or lower f")
+    return ""
+
+
+def median_instead(logger: logging.Logger, name: str, results, f: int, least: int) -> np.ndarray:
+    """The coordinate median of a round with fewer than the ``least`` updates the rule needs for
+    ``f``, said in the rule's log."""
+    logger.warning("%s: %d update(s) are too few to tolerate f=%d Byzantine clients (need %d); using the coordinate "
+                   "median this round", name, len(results), f, least)
+    return columnwise(results, K.median)
 
 
 def pairwise_sq_dists(results) -> np.ndarray:
