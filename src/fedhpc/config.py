@@ -188,6 +188,11 @@ class FaultsConfig:
     error_clients: list[int] = field(default_factory=list)
     corrupt_clients: list[int] = field(default_factory=list)
     crash_ranks: list[int] = field(default_factory=list)  # these trainer ranks die in the first round
+    # secure aggregation's steps (see fedhpc.secagg): these clients go silent when asked for their keys,
+    # for their shares, or for what they reveal to unmask the sum
+    drop_at_keys: list[int] = field(default_factory=list)
+    drop_at_shares: list[int] = field(default_factory=list)
+    drop_at_unmask: list[int] = field(default_factory=list)
 
     def check(self, key):
         _require(0 <= self.dropout_prob < 1, f"{key}.dropout_prob", "must be in [0, 1)")
@@ -353,6 +358,21 @@ class DPConfig:
 
 
 @dataclass
+class SecAggConfig:
+    """Secure aggregation (see fedhpc.secagg): rank 0 only ever sees the masked sum of the survivors' updates."""
+
+    enabled: bool = False
+    # the fraction of a client's neighbours that must reveal their shares to recover its secrets;
+    # also the least a round's survivors may be (fewer: the round fails and the model stays)
+    threshold: float = 0.5
+    neighbors: int = 0  # each client's neighbours in SecAgg+'s random graph (rounded up to even); 0 = all (SecAgg)
+
+    def check(self, key):
+        _require(0 < self.threshold <= 1, f"{key}.threshold", "must be in (0, 1]")
+        _require(self.neighbors >= 0, f"{key}.neighbors", "must be >= 0 (0 = the complete graph)")
+
+
+@dataclass
 class AttackConfig:
     """Simulated Byzantine clients, to measure the defenses (see fedhpc.attack): how, who, from when."""
 
@@ -454,6 +474,7 @@ class RunConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")
@@ -464,7 +485,10 @@ class RunConfig:
         _require(self.seed >= 0, "seed", "must be >= 0")
         for key, ids in (("profiles.slow_clients", self.profiles.slow_clients), ("attack.clients", self.attack.clients),
                          ("faults.error_clients", self.faults.error_clients),
-                         ("faults.corrupt_clients", self.faults.corrupt_clients)):
+                         ("faults.corrupt_clients", self.faults.corrupt_clients),
+                         ("faults.drop_at_keys", self.faults.drop_at_keys),
+                         ("faults.drop_at_shares", self.faults.drop_at_shares),
+                         ("faults.drop_at_unmask", self.faults.drop_at_unmask)):
             for c in ids:
                 _require(0 <= c < self.clients.total, key, f"has client id {c}, not in [0, {self.clients.total})")
         _require(not self.stragglers.partial_work or self.stragglers.deadline_s > 0, "stragglers.partial_work",
@@ -473,6 +497,12 @@ class RunConfig:
                  f"must be <= clients.per_round={self.clients.per_round}")
         if self.dp.enabled:
             self._check_dp()
+        if self.secagg.enabled:
+            self._check_secagg()
+        else:
+            f = self.faults
+            _require(not (f.drop_at_keys or f.drop_at_shares or f.drop_at_unmask), "faults.drop_at_keys",
+                     "and faults.drop_at_shares and faults.drop_at_unmask need secagg.enabled = true")
         hf, text = bool(self.model.hf_path), self.data.name == "text"
         _require(hf == text or (text and bool(self.data.tokenizer)), "data.name" if hf else "model.name",
                  "must be 'text' with an hf: model (a language model reads token blocks)" if hf else
@@ -519,6 +549,34 @@ class RunConfig:
         _require(not why, "strategy.name",
                  f"refuses this attack: {why} ({count} of clients.total={total} attack, about {attackers} of the "
                  f"{per_round} clients a round)")
+
+    def _check_secagg(self) -> None:
+        """What secure aggregation needs: a sum (of several clients) to unmask, dense frames,
+        and no server-side check that would need one client's update."""
+        from fedhpc.compress import get_codec
+        from fedhpc.strategy import get_strategy
+
+        _require(self.clients.per_round >= 2, "clients.per_round",
+                 "must be >= 2 with secagg.enabled: the sum of one client is that client's update")
+        try:
+            decomposable = get_strategy(self.strategy.name, **self.strategy.params).decomposable
+            sparse = get_codec(self.codec.name, **self.codec.params).sparse
+        except (KeyError, ValueError, TypeError):
+            return  # a wrong strategy or codec is reported where it is built
+        _require(decomposable, "strategy.name",
+                 f"'{self.strategy.name}' needs every client's update, which secure aggregation hides: use a "
+                 f"sum-decomposable rule (fedavg, fedprox, weighted, fedadam, fedyogi) with secagg.enabled")
+        _require(not sparse, "codec.name",
+                 f"'{self.codec.name}' sends the positions it keeps, which masking would reveal: use a dense codec "
+                 f"(none, fp16, bf16, int8, int4) with secagg.enabled")
+        _require(self.guard.norm_multiple == 0 and self.guard.norm_limit == 0, "guard.norm_multiple",
+                 "and guard.norm_limit must be 0 with secagg.enabled: rank 0 cannot see one client's norm; bound "
+                 "what clients send with dp.clip instead (the sum's range is checked after unmasking)")
+        _require(self.fed_dropout.rate == 0, "fed_dropout.rate", "must be 0 with secagg.enabled (not built yet)")
+        _require(not self.attack.omniscient, "attack.kind",
+                 f"'{self.attack.kind}' forges from the whole honest updates, which secure aggregation hides")
+        _require(not self.gateway.enabled, "gateway.enabled",
+                 "must be false with secagg.enabled: remote workers do not run the protocol yet")
 
     def _check_dp(self) -> None:
         """What DP-FedAvg's guarantee relies on: Poisson sampling (what the accountant assumes),

@@ -78,9 +78,10 @@ class Accumulator:
     """One ring sum of ``n`` values, with the per-coordinate coverage that federated
     dropout averages by (``coverage``)."""
 
-    def __init__(self, ring: Ring, n: int, coverage: bool = False):
+    def __init__(self, ring: Ring, n: int, coverage: bool = False, out: np.ndarray | None = None):
         self.ring, self.n = ring, n
-        self._acc = np.empty(n, dtype=np.int64)
+        # out: an int64 array of n to hold the sum (a client's masked frame, written in place)
+        self._acc = np.empty(n, dtype=np.int64) if out is None else out
         self._coverage = np.empty(n, dtype=np.int64) if coverage else None
         self._ones = np.ones(0, dtype=np.float32)
         # nothing folded yet: the arrays hold garbage, and the first dense fold writes them
@@ -142,12 +143,31 @@ class Accumulator:
         self._empty = False
         return sumsq
 
+    def add(self, vec: np.ndarray, subtract: bool = False) -> None:
+        """Add (``subtract``: take out) ``vec``, values already in the ring (a masked input of
+        secure aggregation), modulo 2**64."""
+        if self._empty and not subtract:
+            self._acc[:] = vec
+            self._empty = False
+            return
+        acc, v = self.acc.view(np.uint64), vec.view(np.uint64)  # unsigned: numpy wraps modulo 2**64
+        (np.subtract if subtract else np.add)(acc, v, out=acc)
+
     def mean(self, total: float, out: np.ndarray | None = None) -> np.ndarray:
         """The weighted mean: the sum divided by ``total`` (the accepted clients' coefficients
         added up), or with coverage, by each coordinate's coverage (0 where nobody trained);
         a float32 vector (``out`` if given)."""
         out = np.empty(self.n, dtype=np.float32) if out is None else out
         return ring_mean(self.acc, total, self.ring, out, self.coverage)
+
+
+def out_of_range(acc: np.ndarray) -> int:
+    """The first position of a sum beyond what honest clients' contributions can add up to
+    (``SUM_BOUND``), or -1: the check a sum gets when its terms could not be checked one by
+    one (secure aggregation's, after unmasking)."""
+    bound = 1 << 62  # SUM_BOUND, as an integer: compared exactly
+    bad = np.flatnonzero((acc > bound) | (acc < -bound))
+    return int(bad[0]) if bad.size else -1
 
 
 def ring_mean(acc: np.ndarray, total: float, ring: Ring, out: np.ndarray, coverage: np.ndarray | None = None

@@ -32,7 +32,8 @@ UPDATE_VERSION = 2
 # magic, version, status, flags, job, round, client, samples, loss, compute_s, sim_s, body_len, crc
 HEADER = struct.Struct("<4sBBBxIIIIdddQI4x")
 FLAG_CLIPPED = 1  # differential privacy: the update's norm was above the round's clip
-FLAGS = FLAG_CLIPPED  # every flag there is; any other bit set is a corrupt header
+FLAG_MASKED = 2  # secure aggregation: the body is a masked ring vector (fedhpc.secagg.frame), not a codec frame
+FLAGS = FLAG_CLIPPED | FLAG_MASKED  # every flag there is; any other bit set is a corrupt header
 MAX_BODY = 1 << 40
 MAX_REASON_BYTES = 4096  # a failure's reason is cut to this
 
@@ -49,6 +50,7 @@ class UpdateHeader:
     sim_s: float = 0.0  # completion time on the simulated clock
     body_len: int = 0  # filled in from the buffer when sealing
     clipped: bool = False  # DP: the client's norm was above the round's clip (adaptive clipping counts them)
+    masked: bool = False  # secure aggregation: the body is the client's masked ring vector
 
 
 def max_update_bytes(num_params: int) -> int:
@@ -112,7 +114,8 @@ def seal_update(h: UpdateHeader, buf: np.ndarray) -> np.ndarray:
     """Write the Update header into the first ``HEADER.size`` bytes of ``buf``,
     whose rest is the body already in place (a codec frame encoded with that
     much headroom); return ``buf``."""
-    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), FLAG_CLIPPED if h.clipped else 0, h.job, h.round, h.client,
+    flags = (FLAG_CLIPPED if h.clipped else 0) | (FLAG_MASKED if h.masked else 0)
+    fields = (UPDATE_MAGIC, UPDATE_VERSION, int(h.status), flags, h.job, h.round, h.client,
               h.num_samples, h.loss, h.compute_s, h.sim_s, buf.nbytes - HEADER.size)
     HEADER.pack_into(buf, 0, *fields, 0)
     HEADER.pack_into(buf, 0, *fields, K.crc32c(buf[: HEADER.size]))
@@ -139,7 +142,8 @@ def unpack_update(buf) -> tuple[UpdateHeader, memoryview]:
         raise CorruptUpdateError(f"Update length mismatch: header says {HEADER.size}+{blen}, got {view.nbytes}")
     if not (np.isfinite(loss) and np.isfinite(comp) and np.isfinite(sim) and comp >= 0 and sim >= 0):
         raise CorruptUpdateError(f"Update has non-finite or negative loss/times ({loss}, {comp}, {sim})")
-    h = UpdateHeader(Status(status), job, rnd, client, samples, loss, comp, sim, blen, bool(flags & FLAG_CLIPPED))
+    h = UpdateHeader(Status(status), job, rnd, client, samples, loss, comp, sim, blen, bool(flags & FLAG_CLIPPED),
+                     bool(flags & FLAG_MASKED))
     return h, view[HEADER.size :]
 
 

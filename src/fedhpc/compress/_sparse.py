@@ -10,6 +10,8 @@ from fedhpc.errors import CorruptUpdateError
 class SparseCodec(Codec):
     """Keep k of n values; the receiver scatters them into zeros."""
 
+    sparse = True
+
     def __init__(self, ratio: float | None = None, k: int | None = None, max_n: int = DEFAULT_MAX_N):
         super().__init__(max_n)
         self.ratio, self.k = check_ratio_k(self.name, ratio, k)

@@ -67,6 +67,7 @@ class Codec(ABC):
     codec_id: ClassVar[int]
     params: ClassVar[struct.Struct] = struct.Struct("<")
     lossless: ClassVar[bool] = False  # error feedback is pointless when True
+    sparse: ClassVar[bool] = False  # a frame names the positions it sends (secure aggregation would reveal them)
 
     def __init__(self, max_n: int = DEFAULT_MAX_N):
         if not 0 < max_n < 1 << 32:

@@ -36,9 +36,10 @@ from fedhpc.config import RunConfig
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.ring import Accumulator, FoldError, Ring
 from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.secagg import frame as masked_frame
 from fedhpc.runtime.messages import Folded
 from fedhpc.strategy import Strategy
-from fedhpc.update import Status, unpack_update
+from fedhpc.update import Status, UpdateHeader, unpack_update
 
 log = logging.getLogger("fedhpc.fold")
 
@@ -74,8 +75,8 @@ def round_total(coefs: Collection[float]) -> float:
 
 @dataclass
 class _Held:
-    body: memoryview  # the client's codec frame, until the round is settled
-    codec: Codec
+    body: memoryview  # the client's codec frame (or masked input), until the round is settled
+    codec: Codec | None  # None: a masked input of secure aggregation
     coef: float
     kept: np.ndarray | None  # federated dropout's coordinates of the client
     release: Callable[[], None]  # gives the frame's buffer back to its pool
@@ -95,6 +96,7 @@ class Folder:
         self.strategy, self.n, self.job_id, self.codec_of, self.feddrop = strategy, n, job_id, codec_of, feddrop
         self.scale = scale  # the run's coefficient_scale
         self.uniform = cfg.dp.enabled
+        self.masked = cfg.secagg.enabled  # every Update is a masked input, and no other is taken
         self.acc = Accumulator(run_ring(cfg), n, coverage=feddrop is not None)
         self.round = -1
         self.expected: frozenset[int] = frozenset()
@@ -135,6 +137,12 @@ class Folder:
         cid = head.client
         if head.job != self.job_id or head.round != self.round or cid not in self.expected or cid in self.folded:
             return Folded(head, buf.nbytes), False
+        if head.masked != self.masked:
+            why = ("is not masked: secure aggregation is on" if self.masked else
+                   "is masked, but secure aggregation is off")
+            return Folded(head, buf.nbytes, refused="corrupt", detail=f"client {cid}'s update {why}"), False
+        if self.masked:
+            return self._take_masked(head, body, buf.nbytes, release)
         kept = None if self.feddrop is None else self.feddrop.kept(head.round, cid)
         coef = coefficient(self.strategy, head.num_samples, head.loss, self.scale, self.uniform)
         codec = self.codec_of(cid)
@@ -151,6 +159,19 @@ class Folder:
         self.held_bytes += body.nbytes
         self.folded.add(cid)
         return Folded(head, buf.nbytes, norm=math.sqrt(sumsq)), True
+
+    def _take_masked(self, head: UpdateHeader, body: memoryview, nbytes: int, release: Callable[[], None]
+                     ) -> tuple[Folded, bool]:
+        """Fold a masked input as it is: its values are already in the ring, and its norm is
+        nobody's to know (NaN)."""
+        try:
+            self.acc.add(masked_frame.read(body, self.n))
+        except CorruptUpdateError as exc:
+            return Folded(head, nbytes, refused="corrupt", detail=str(exc)), False
+        self.held[head.client] = _Held(body, None, 1.0, None, release)
+        self.held_bytes += body.nbytes
+        self.folded.add(head.client)
+        return Folded(head, nbytes), True
 
     def verdict(self, round_: int, client: int, keep: bool) -> None:
         """Rank 0's final word on a folded client: keep it, or take it out now; its frame
@@ -176,6 +197,9 @@ class Folder:
 
     def _take_out(self, h: _Held) -> None:
         """Subtract exactly what folding ``h`` added."""
+        if h.codec is None:
+            self.acc.add(masked_frame.read(h.body, self.n), subtract=True)
+            return
         part = h.codec.decode_parts(h.body, self.n if h.kept is None else h.kept.size, check_finite=False)
         self.acc.fold(part.vals, h.coef, _positions(part, h.kept), subtract=True)
 

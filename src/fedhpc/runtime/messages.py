@@ -1,12 +1,13 @@
 """The control messages between rank 0 and the ranks that host clients.
 
 Small, typed and frozen: what a rank may be told (:class:`RoundTask`,
-:class:`Reduce`, :class:`SaveState`, :class:`RestoreState`, :class:`Stop`,
-broadcast by rank 0; :class:`Close` and :class:`Verdict`, sent to each rank) and what it answers
-(:class:`Folded` for each Update it folded, :class:`Done`; a
-:class:`~fedhpc.checkpoint.Shard` or :class:`Restored` for a checkpoint;
-:class:`Workers` from the gateway before the first round). They are pickled
-by mpi4py; models and Updates never travel in them.
+:class:`Reduce`, :class:`Unmask`, :class:`SaveState`, :class:`RestoreState`,
+:class:`Stop`, broadcast by rank 0; :class:`Close` and :class:`Verdict`, sent to
+each rank) and what it answers (:class:`Folded` for each Update it folded,
+:class:`Done`; a :class:`~fedhpc.checkpoint.Shard` or :class:`Restored` for a
+checkpoint; :class:`Workers` from the gateway before the first round), and the
+steps of secure aggregation (``SecAgg*``). They are pickled by mpi4py; models
+and Updates never travel in them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedhpc.checkpoint import Shard
+from fedhpc.secagg import PublicKeys, Reveal, SealedShare
 from fedhpc.update import UpdateHeader
 
 
@@ -141,4 +143,61 @@ class Workers:
     connected: dict[int, RemoteProfile] = field(default_factory=dict)
 
 
-Command = RoundTask | Reduce | SaveState | RestoreState | Stop
+# -- secure aggregation (fedhpc.secagg): its steps, each a message per hosting rank ---------------
+
+@dataclass(frozen=True)
+class SecAggKeys:
+    """A hosting rank's clients' public keys for round ``round`` (step 1)."""
+
+    round: int
+    keys: tuple[PublicKeys, ...]
+
+
+@dataclass(frozen=True)
+class SecAggNeighbours:
+    """Rank 0 to a hosting rank: each of its clients' neighbours' keys, and how many of
+    them must reveal to recover a client's secrets."""
+
+    round: int
+    threshold: int
+    neighbours: dict[int, tuple[PublicKeys, ...]]
+
+
+@dataclass(frozen=True)
+class SecAggShares:
+    """A hosting rank's clients' sealed shares (step 2)."""
+
+    round: int
+    shares: tuple[SealedShare, ...]
+
+
+@dataclass(frozen=True)
+class SecAggRouted:
+    """Rank 0 to a hosting rank: the shares sealed for its clients, and every client that
+    shared (the protocol's U2): only they train, and they mask with each other."""
+
+    round: int
+    sharers: frozenset[int]
+    inbox: dict[int, tuple[SealedShare, ...]]
+
+
+@dataclass(frozen=True)
+class Unmask:
+    """Round ``round``'s sum holds exactly the ``survivors``' masked inputs; the other
+    clients that shared ``dropped``: reveal what unmasks that sum (step 4)."""
+
+    round: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SecAggReveals:
+    """A hosting rank's clients' reveals, or why one of them refused (``errors``)."""
+
+    round: int
+    reveals: tuple[Reveal, ...]
+    errors: tuple[str, ...] = ()
+
+
+Command = RoundTask | Reduce | SaveState | RestoreState | Stop | Unmask

@@ -10,7 +10,8 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from fedhpc.errors import CorruptUpdateError
 from fedhpc.privacy import Accountant, gaussian_noise, noise_seed
 from fedhpc.privacy.adaptive import count_noise, count_stddev, next_clip, unclipped_fraction, vector_noise_multiplier
 from fedhpc.record import STATUS, RunRecord
+from fedhpc.ring import out_of_range, ring_mean
 from fedhpc.runtime import signals
 from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
 from fedhpc.runtime.context import Context, simulated_profiles
@@ -32,7 +34,8 @@ from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
 from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total, run_ring
 from fedhpc.runtime.messages import (
-    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, Restored, RoundTask, SaveState, Stop, Verdict,
+    Close, Command, Done, Folded, Reduce, RemoteProfile, RestoreState, Restored, RoundTask, SaveState, SecAggNeighbours,
+    SecAggReveals, SecAggRouted, Stop, Unmask, Verdict,
 )
 from fedhpc.runtime.rank import codec_of_client, folds
 from fedhpc.runtime.step import attack_plan
@@ -40,7 +43,8 @@ from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import (
     Tag, abort_job, bcast_array, bcast_object, gather_mean, recv_object, recv_update,
 )
-from fedhpc.seeds import SEED_EVAL, SEED_SELECT, derive_seed
+from fedhpc.secagg import SealedShare, SecAggError, SecAggServer
+from fedhpc.seeds import SEED_EVAL, SEED_SECAGG, SEED_SELECT, derive_seed
 from fedhpc.selection import get_selector
 from fedhpc.selection.base import REFUSED_REASONS
 from fedhpc.strategy import get_strategy
@@ -57,6 +61,36 @@ SIGNAL_CHECK_S = 0.01  # how often the receive loop looks for a second stop sign
 IDLE_MIN_S, IDLE_MAX_S = 0.0002, 0.002
 PROGRESS_S = 5.0  # how often long work (a checkpoint) says how far it got
 VERDICT_MIN_BYTES = 1 << 20  # a folding rank is told early to let go of frames of at least this size
+
+
+@dataclass
+class SecureRound:
+    """Rank 0's secure aggregation of one round: its protocol state (None once it failed),
+    who dropped after sharing, its cost, and why it failed."""
+
+    round: int
+    session: SecAggServer | None = None
+    dropped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    nbytes: int = 0
+    error: str | None = None
+
+    def server(self) -> SecAggServer:
+        if self.session is None:
+            raise SecAggError(self.error or "secure aggregation was not set up")
+        return self.session
+
+    def fail(self, why: str) -> None:
+        log.warning("round %d: secure aggregation cannot go on: %s", self.round + 1, why)
+        self.session, self.error = None, why
+
+    def sharers(self) -> frozenset[int]:
+        return self.session.sharers if self.session is not None else frozenset()
+
+
+def wire_size(msg) -> int:
+    """The bytes a control message takes on the wire (mpi4py pickles it)."""
+    return len(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @dataclass
@@ -183,18 +217,19 @@ class Orchestrator:
                  time.monotonic() - t0, sum(s.clients for s in written), len(written))
         return path
 
-    def reports(self, what: str) -> list:
-        """The STATE report of every hosting rank (a checkpoint shard written, or client states
-        restored), in rank order; says every ``PROGRESS_S`` how many have come. A rank silent
-        for ``stragglers.timeout_s`` aborts the job."""
+    def reports(self, what: str, tag: int = Tag.STATE) -> list:
+        """The report of every hosting rank (``Tag.STATE``: a checkpoint shard written, or client
+        states restored; ``Tag.SECAGG``: a step of secure aggregation), in rank order; says
+        every ``PROGRESS_S`` how many have come. A rank silent for ``stragglers.timeout_s``
+        aborts the job."""
         timeout, ranks = self.ctx.cfg.stragglers.timeout_s, self.ctx.trainers
         got: dict[int, object] = {}
         status = MPI.Status()
         t0 = last = heard = time.monotonic()
         while len(got) < len(ranks):
-            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.STATE, status=status):
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=tag, status=status):
                 src = status.Get_source()
-                got[src] = self.comm.recv(source=src, tag=Tag.STATE)
+                got[src] = self.comm.recv(source=src, tag=tag)
                 heard = time.monotonic()
                 continue
             now = time.monotonic()
@@ -309,15 +344,24 @@ class Orchestrator:
         if self.folder is not None:
             self.folder.begin(r, selected)
         self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu, self.clip))
-        got = self.collect(r, selected, t0)
+        secure = SecureRound(r) if cfg.secagg.enabled else None
+        got = self.collect(r, selected, t0, self.secagg_setup(secure, selected) if secure is not None else [])
         outcome, closed_at, _ = got.collector.outcome()
         attackers = None  # simulated attackers among the round's results, before any defense
         if self.attack is not None:
             outcome = self.attack.forge_round(outcome)
             attackers = sum(self.attack.attacks(r, res.client_id) for res in outcome.results)
-        outcome, norm_median, norms = self.guard.screen(outcome)
+        norm_median, norms = None, list[float]()
+        if secure is None:  # with secure aggregation nobody's norm is known: the clients bound their own
+            outcome, norm_median, norms = self.guard.screen(outcome)
         sim_seconds = closed_at if cfg.clock == "simulated" else None  # the wall clock's is round_seconds
-        if folds(cfg, self.strategy):
+        if secure is not None:
+            try:
+                self.weights = self.fold_round(r, outcome, secure)
+            except SecAggError as exc:
+                secure.error = str(exc)
+                log.warning("round %d: secure aggregation failed, the model stays as it was: %s", r + 1, exc)
+        elif folds(cfg, self.strategy):
             self.weights = self.fold_round(r, outcome)
         else:  # the run's ring (aggregation.scale_bits) also for a sum-decomposable rule under an omniscient attack
             self.weights = self.strategy.aggregate(self.weights, outcome, run_ring(cfg))
@@ -367,6 +411,11 @@ class Orchestrator:
             "state_spills": got.state_spills,
             "state_loads": got.state_loads,
             "attackers_reported": attackers,
+            # secure aggregation: rank 0's seconds in its steps, their control bytes both ways, and why it failed
+            "secagg_seconds": secure.seconds if secure is not None else None,
+            "secagg_bytes": secure.nbytes if secure is not None else 0,
+            "secagg_dropped": len(secure.dropped) if secure is not None else None,
+            "secagg_error": secure.error if secure is not None else None,
         }
         if self.unclipped is not None:
             self.clip = self.next_clip(self.clip, self.unclipped)
@@ -400,9 +449,10 @@ class Orchestrator:
         dp = self.ctx.cfg.dp
         return next_clip(clip, unclipped, dp.target_quantile, dp.clip_learning_rate)
 
-    def fold_round(self, r: int, outcome: RoundOutcome) -> np.ndarray:
+    def fold_round(self, r: int, outcome: RoundOutcome, secure: SecureRound | None = None) -> np.ndarray:
         """The new weights of a sum-decomposable strategy: the ring sum of exactly the
-        accepted clients, from this rank's folder or reduced over the hosting ranks."""
+        accepted clients, from this rank's folder or reduced over the hosting ranks (and
+        unmasked here, with ``secure``: raises SecAggError when it cannot be)."""
         dp = self.ctx.cfg.dp
         accepted = [res.client_id for res in outcome.results]
         if dp.enabled:
@@ -417,18 +467,23 @@ class Orchestrator:
                                                     len(outcome.results), count_noise(self.noise_seed, r, std),
                                                     expected)
             total = float(expected)
-            delta = self._mean(r, accepted, total) if accepted else np.zeros(self.ctx.layout.size, np.float32)
+            delta = (self._mean(r, accepted, total, secure) if accepted or secure is not None
+                     else np.zeros(self.ctx.layout.size, np.float32))
             delta += gaussian_noise(self.noise_seed, r, delta.size, multiplier * self.clip / total)
             return self.strategy.step(self.weights, delta)
         total = round_total([coefficient(self.strategy, res.num_samples, res.loss, self.scale)
                              for res in outcome.results])
+        if secure is not None and not (accepted and total):
+            secure.server().check_survivors(accepted)  # says why nothing is left to unmask
         if not accepted or total == 0:
             return self.weights  # nothing counts: the model stays and server state does not advance
-        return self.strategy.step(self.weights, self._mean(r, accepted, total))
+        return self.strategy.step(self.weights, self._mean(r, accepted, total, secure))
 
-    def _mean(self, r: int, accepted: list[int], total: float) -> np.ndarray:
+    def _mean(self, r: int, accepted: list[int], total: float, secure: SecureRound | None = None) -> np.ndarray:
         """The ring sum of exactly the ``accepted`` clients over ``total``, from this rank's
-        folder or reduced over the hosting ranks."""
+        folder or reduced over the hosting ranks (``secure``: unmasked here first)."""
+        if secure is not None:
+            return self._secure_mean(r, accepted, total, secure)
         if self.folder is not None:
             self.folder.settle(accepted)
             delta = self.folder.acc.mean(total)
@@ -440,6 +495,99 @@ class Orchestrator:
             except TimeoutError as exc:
                 self.abort(f"{exc}; aborting the job (a rank is stopped, hung or dead)")
         return delta
+
+    def secagg_setup(self, secure: SecureRound, selected: list[int]) -> list[ClientFailure]:
+        """Secure aggregation's first steps at rank 0: take the selected clients' keys, send
+        each hosting rank its clients' neighbours, and route the shares they seal. Return the
+        failures of the clients that did not share (they do not train). If the steps cannot
+        go on (fewer than two clients advertised, a share that breaks the protocol), nobody
+        shares, every rank is still answered, and the round has no result."""
+        r, t0, cfg = secure.round, time.monotonic(), self.ctx.cfg
+        chosen = frozenset(selected)
+        msgs = self.reports(f"round {r + 1}'s secure aggregation keys", Tag.SECAGG)
+        keys = [k for rank, m in zip(self.ctx.trainers, msgs) for k in m.keys
+                if self._hosts(rank, k.client, chosen, "advertised keys")]
+        secure.nbytes += sum(wire_size(m) for m in msgs)
+        try:
+            secure.session = SecAggServer(r, keys, cfg.secagg.neighbors, cfg.secagg.threshold,
+                                          derive_seed(cfg.seed, r, SEED_SECAGG))
+            advertised = {k.client for k in keys}
+            secure.server().check_survivors(advertised, advertised)  # at least two, and the threshold
+        except SecAggError as exc:
+            secure.fail(f"{exc} at the key step")
+        server = secure.session
+        if server is None:
+            advertised = set()
+        for rank in self.ctx.trainers:
+            mine = {c: server.neighbour_keys(c) for c in self.ctx.clients_of(rank) if c in advertised
+                    } if server is not None else {}
+            secure.nbytes += self._send_secagg(SecAggNeighbours(r, server.threshold if server else 0, mine), rank)
+        msgs = self.reports(f"round {r + 1}'s secure aggregation shares", Tag.SECAGG)
+        secure.nbytes += sum(wire_size(m) for m in msgs)
+        inbox: dict[int, list[SealedShare]] = {}
+        if server is not None:
+            try:
+                inbox = server.route(s for rank, m in zip(self.ctx.trainers, msgs) for s in m.shares
+                                     if self._hosts(rank, s.sender, chosen, "sealed shares"))
+                server.check_survivors(server.sharers)
+            except SecAggError as exc:
+                secure.fail(f"{exc} at the sharing step")
+        sharers = secure.sharers()
+        for rank in self.ctx.trainers:
+            routed = SecAggRouted(r, sharers, {c: tuple(inbox.get(c, ())) for c in self.ctx.clients_of(rank)
+                                               if c in sharers})
+            secure.nbytes += self._send_secagg(routed, rank)
+        secure.seconds += time.monotonic() - t0
+        why = {c: "did not advertise its keys" if c not in advertised else "did not share its secrets"
+               for c in selected if c not in sharers}
+        if secure.error:
+            why = dict.fromkeys(selected, secure.error)
+        return [ClientFailure(c, "secagg", why[c]) for c in sorted(why)]
+
+    def _hosts(self, rank: int, client: int, chosen: frozenset[int], what: str) -> bool:
+        """Whether ``rank`` may speak for ``client`` this round (it hosts it and it was selected)."""
+        if client in chosen and self.ctx.host_of(client) == rank:
+            return True
+        log.warning("rank %d %s for client %d, which it does not host this round: ignored", rank, what, client)
+        return False
+
+    def _send_secagg(self, msg, rank: int) -> int:
+        """Send one step of secure aggregation to ``rank``; return its size."""
+        self.comm.send(msg, dest=rank, tag=Tag.SECAGG)
+        return wire_size(msg)
+
+    def _secure_mean(self, r: int, accepted: list[int], total: float, secure: SecureRound) -> np.ndarray:
+        """Secure aggregation's last step: ask the survivors to reveal, reduce the masked sum
+        here, remove its masks, check its range and take the mean."""
+        t0, server = time.monotonic(), secure.server()
+        server.check_survivors(accepted)
+        secure.dropped = sorted(server.sharers - set(accepted))
+        unmask = Unmask(r, tuple(accepted), tuple(secure.dropped))
+        self.command(unmask)
+        msgs: list[SecAggReveals] = self.reports(f"round {r + 1}'s secure aggregation reveals", Tag.SECAGG)
+        secure.nbytes += wire_size(unmask) * len(self.ctx.trainers) + sum(wire_size(m) for m in msgs)
+        refused = [e for m in msgs for e in m.errors]
+        if refused:
+            raise SecAggError(refused[0] + (f" (and {len(refused) - 1} more refusals)" if len(refused) > 1 else ""))
+        reveals = [rv for rank, m in zip(self.ctx.trainers, msgs) for rv in m.reveals
+                   if self._hosts(rank, rv.sender, frozenset(accepted), "revealed shares")]
+        if self.folder is not None:
+            self.folder.settle(accepted)
+            acc = self.folder.acc.acc
+        else:
+            self.command(Reduce(r, tuple(accepted), total))
+            try:
+                acc = gather_mean(self.comm, self.ctx.layout.size, self.ctx.cfg.stragglers.timeout_s,
+                                  f"every hosting rank's shard of round {r}'s masked sum", masked=True)
+            except TimeoutError as exc:
+                self.abort(f"{exc}; aborting the job (a rank is stopped, hung or dead)")
+        server.unmask(acc, accepted, reveals)
+        at = out_of_range(acc)
+        if at >= 0:
+            raise SecAggError(f"the unmasked sum is out of range at value {at} ({acc[at]}): a client's input was "
+                              f"beyond the ring's bound, which only this check after unmasking can see")
+        secure.seconds += time.monotonic() - t0
+        return ring_mean(acc, total, run_ring(self.ctx.cfg), np.empty(acc.size, dtype=np.float32))
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(status, bytes up, seconds) per client for the run record."""
@@ -456,12 +604,15 @@ class Orchestrator:
         return status, nbytes, seconds
 
     # -- collecting updates ---------------------------------------------------
-    def collect(self, r: int, selected: list[int], t0: float) -> _Collected:
+    def collect(self, r: int, selected: list[int], t0: float, failures: list[ClientFailure]) -> _Collected:
         """Feed the round's arrivals to its :class:`RoundCollector` until it says
         the round is over, close the round on every rank, and drain exactly
-        what the ranks still had in flight."""
+        what the ranks still had in flight; ``failures``: the selected clients
+        already out (secure aggregation's first steps)."""
         timeout, grace = self.ctx.cfg.stragglers.timeout_s, self.ctx.cfg.stragglers.close_grace_s
         got = _Collected(RoundCollector(r, frozenset(selected), self.rules, self.clock))
+        for f in failures:
+            got.collector.add_failure(f)
         self.verdicts.clear()
         col, trainers = got.collector, self.ctx.trainers
         done: dict[int, Done] = {}

@@ -28,7 +28,8 @@ from fedhpc.runtime.context import Context
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import Folder, coefficient_scale
 from fedhpc.runtime.messages import (
-    Close, Done, Reduce, RestoreState, Restored, RoundTask, SaveState, Stop, Verdict,
+    Close, Done, Reduce, RestoreState, Restored, RoundTask, SaveState, SecAggKeys, SecAggNeighbours, SecAggReveals,
+    SecAggRouted, SecAggShares, Stop, Unmask, Verdict,
 )
 from fedhpc.runtime.state import ClientStates, StateError
 from fedhpc.runtime.training import host_memory_gb
@@ -36,6 +37,7 @@ from fedhpc.runtime.transport import (
     Tag, bcast_array, bcast_object, isend_chunked, poll, recv_object, reduce_mean, wait_with_deadline,
 )
 from fedhpc.config import RunConfig
+from fedhpc.secagg import SealedShare, SecAggClient, SecAggError
 from fedhpc.strategy import Strategy, get_strategy
 
 log = logging.getLogger("fedhpc.rank")
@@ -74,6 +76,8 @@ class HostRank(ABC):
         self.verdicts = 0  # Verdict messages received this round
         self.memory_bytes = host_memory_gb() * 2**30
         self.warned_round = -1  # the round it last warned of the frames it holds
+        self.sessions: dict[int, SecAggClient] = {}  # secure aggregation: the round's clients that shared
+        self.secagg_errors: dict[int, str] = {}  # and why one that shared cannot go on
         cfg = ctx.cfg
         strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
@@ -134,11 +138,58 @@ class HostRank(ABC):
                 if self.folder is not None:
                     self.folder.begin(cmd.round, cmd.clients_of(self.comm.rank))
                     self.verdicts = 0
+                if self.ctx.cfg.secagg.enabled:
+                    self.secagg_setup(cmd)
                 self.train_round(cmd)
+            elif isinstance(cmd, Unmask):
+                self.comm.send(self.reveal(cmd), dest=0, tag=Tag.SECAGG)
             elif isinstance(cmd, Reduce):
                 self.reduce(cmd)
             else:
                 raise RuntimeError(f"rank {self.comm.rank}: unknown command from rank 0: {cmd!r}")
+
+    def secagg_setup(self, task: RoundTask) -> None:
+        """Secure aggregation's first two steps for this rank's clients of the round: advertise
+        their keys, seal their shares for their neighbours, and take the shares sealed for
+        them. Afterwards :attr:`sessions` holds the clients that shared (only they train);
+        :attr:`secagg_errors`, why a client of this rank that shared cannot go on."""
+        r, me = task.round, self.comm.rank
+        st, faults = self.ctx.cfg.stragglers, self.ctx.cfg.faults
+        sessions = {cid: SecAggClient(r, cid) for cid in task.clients_of(me)}
+        self.sessions, self.secagg_errors = {}, {}
+        keys = tuple(s.keys() for cid, s in sessions.items() if cid not in faults.drop_at_keys)
+        self.comm.send(SecAggKeys(r, keys), dest=0, tag=Tag.SECAGG)
+        nb: SecAggNeighbours = recv_object(self.comm, 0, Tag.SECAGG, st.timeout_s,
+                                           f"rank 0's secure aggregation neighbours for round {r}")
+        shares: list[SealedShare] = []
+        for cid, keys_of in sorted(nb.neighbours.items()):
+            if cid in sessions and cid not in faults.drop_at_shares:
+                try:
+                    shares += sessions[cid].share(keys_of, nb.threshold)
+                except SecAggError as exc:
+                    log.warning("rank %d: round %d: %s", me, r, exc)
+        self.comm.send(SecAggShares(r, tuple(shares)), dest=0, tag=Tag.SECAGG)
+        routed: SecAggRouted = recv_object(self.comm, 0, Tag.SECAGG, st.timeout_s,
+                                           f"rank 0's routed secure aggregation shares for round {r}")
+        for cid in sorted(routed.sharers & sessions.keys()):
+            try:
+                sessions[cid].receive(routed.inbox.get(cid, ()), routed.sharers)
+                self.sessions[cid] = sessions[cid]
+            except SecAggError as exc:
+                self.secagg_errors[cid] = str(exc)
+
+    def reveal(self, cmd: Unmask) -> SecAggReveals:
+        """What this rank's surviving clients reveal to unmask round ``cmd.round``'s sum, or
+        why they refuse."""
+        reveals, errors = [], []
+        for cid, session in sorted(self.sessions.items()):
+            if cid in cmd.survivors and cid not in self.ctx.cfg.faults.drop_at_unmask:
+                try:
+                    reveals += session.reveal(cmd.survivors, cmd.dropped)
+                except SecAggError as exc:
+                    errors.append(str(exc))
+        self.sessions = {}  # a round's secrets are used once
+        return SecAggReveals(cmd.round, tuple(reveals), tuple(errors))
 
     def command_wait_s(self) -> float:
         """How long this rank waits for rank 0's next command: a whole round with its grace,
@@ -187,7 +238,8 @@ class HostRank(ABC):
         reduction of the round's mean (:func:`~fedhpc.runtime.transport.reduce_mean`)."""
         assert self.folder is not None, "rank 0 asked a rank without a folder to reduce"
         self.folder.settle(cmd.accepted)
-        reduce_mean(self.comm, self.hosts, self.folder.acc, cmd.total, self.ctx.cfg.stragglers.timeout_s,
+        total = None if self.ctx.cfg.secagg.enabled else cmd.total  # a masked sum goes to rank 0 as it is
+        reduce_mean(self.comm, self.hosts, self.folder.acc, total, self.ctx.cfg.stragglers.timeout_s,
                     f"the hosting ranks to reduce round {cmd.round} and rank 0 to take its mean")
 
     def round_closed(self) -> bool:

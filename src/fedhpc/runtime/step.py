@@ -26,10 +26,15 @@ from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.config import CodecConfig, RunConfig
 from fedhpc.models import Layout
 from fedhpc.privacy import clip
+from fedhpc.ring import Accumulator
 from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.runtime.fold import coefficient, run_ring
 from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.training import Abandoned, LocalTrainer
+from fedhpc.secagg import SecAggClient
+from fedhpc.secagg import frame as masked_frame
 from fedhpc.seeds import SEED_CODEC, SEED_DROPOUT, derive_seed
+from fedhpc.strategy import get_strategy
 from fedhpc.types import ClientProfile
 from fedhpc.update import HEADER, BufferPool, Status, UpdateHeader, failure_update, seal_update
 
@@ -68,8 +73,13 @@ class ClientStep:
     """
 
     def __init__(self, cfg: RunConfig, job_id: int, model: nn.Module, layout: Layout, x: np.ndarray,
-                 y: np.ndarray, codec: CodecConfig, clock: Clock, states: ClientStates | None = None):
+                 y: np.ndarray, codec: CodecConfig, clock: Clock, states: ClientStates | None = None,
+                 scale: float = 1.0):
         self.cfg, self.job_id, self.layout, self.clock = cfg, job_id, layout, clock
+        # secure aggregation: the client puts its update into the round's ring itself, weighted as
+        # rank 0 weighs it (the run's coefficient_scale), before masking it
+        self.ring, self.scale = run_ring(cfg), scale
+        self.strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params) if cfg.secagg.enabled else None
         self.codec = get_codec(codec.name, **codec.params)
         self.use_ef = codec.error_feedback and not self.codec.lossless
         self.states = states if states is not None else ClientStates(layout.size, codec.residual_dtype)
@@ -89,9 +99,11 @@ class ClientStep:
         self.train_s = 0.0
 
     def run(self, task: ClientTask, weights: np.ndarray, indices: np.ndarray, profile: ClientProfile,
-            should_stop: Callable[[], bool], round_start: float) -> np.ndarray:
+            should_stop: Callable[[], bool], round_start: float, secagg: SecAggClient | None = None) -> np.ndarray:
         """Train ``task.client`` on the samples ``indices`` from the global ``weights``;
         return its sealed Update: OK, DROPOUT (simulated) or ERROR (training raised).
+        With ``secagg`` (the client's side of the round's secure aggregation) an OK
+        Update carries its masked input instead of its codec frame.
 
         ``should_stop()`` is polled between batches (the round closed: raises
         :class:`~fedhpc.runtime.training.Abandoned`); ``round_start`` is the
@@ -135,6 +147,8 @@ class ClientStep:
             if plan is not None and isinstance(plan.attack, UpdateAttack):  # what it sends is its own choice
                 plan.attack.corrupt(delta, plan.rng(cfg.seed, r, cid))
             payload = self.encode(r, cid, delta, kept)
+            if secagg is not None:
+                payload = self.mask(payload, secagg, len(indices), loss)
         except Abandoned:
             raise
         except Exception as exc:  # one client's failure is data for the orchestrator, not a crash
@@ -145,7 +159,7 @@ class ClientStep:
         compute = len(indices) * epochs * cfg.profiles.cost_per_sample_s
         sim_s = client_round_seconds(profile, compute, 4 * self.layout.size, payload.nbytes - HEADER.size)
         head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), loss, time.perf_counter() - t0, sim_s,
-                            clipped=clipped)
+                            clipped=clipped, masked=secagg is not None)
         return seal_update(head, payload)
 
     def epochs(self, profile: ClientProfile, samples: int) -> int:
@@ -158,6 +172,24 @@ class ClientStep:
         per_epoch = samples * cfg.profiles.cost_per_sample_s / profile.speed
         fixed = client_round_seconds(profile, 0.0, 4 * self.layout.size, self.codec.wire_size(self.layout.size))
         return self.clock.planned_epochs(cfg.local.epochs, per_epoch, fixed, cfg.stragglers.deadline_s)
+
+    def mask(self, payload: np.ndarray, secagg: SecAggClient, samples: int, loss: float) -> np.ndarray:
+        """The masked input of an encoded update (``payload``: its codec frame after the
+        header's room): the frame decoded as rank 0 would decode it, folded into the ring with
+        the client's coefficient exactly as a folder would fold it (the range check included),
+        then masked. The codec frame is let go."""
+        n = self.layout.size
+        assert self.strategy is not None, "masking without secure aggregation"
+        part = self.codec.decode_parts(memoryview(payload)[HEADER.size :], n, check_finite=False)
+        out = self.frames.take(HEADER.size + masked_frame.frame_bytes(n))
+        body = out[HEADER.size :]
+        vals = masked_frame.values(body, n)
+        coef = coefficient(self.strategy, samples, loss, self.scale, self.cfg.dp.enabled)
+        Accumulator(self.ring, n, out=vals).fold(part.vals, coef, part.idx)
+        secagg.mask(vals)
+        masked_frame.seal(body, n)
+        self.frames.release(payload)
+        return out
 
     def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
         """Encode the client's delta (only the ``kept`` coordinates under federated

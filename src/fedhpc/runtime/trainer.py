@@ -11,11 +11,13 @@ from mpi4py import MPI
 
 from fedhpc.clock import make_clock
 from fedhpc.runtime.context import Context, simulated_profiles
+from fedhpc.runtime.fold import coefficient_scale
 from fedhpc.runtime.messages import Done, RoundTask
 from fedhpc.runtime.rank import HostRank
 from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.step import ClientStep, ClientTask
 from fedhpc.runtime.training import Abandoned
+from fedhpc.update import Status, failure_update
 
 log = logging.getLogger("fedhpc.trainer")
 
@@ -28,7 +30,7 @@ class TrainerRank(HostRank):
         cfg = ctx.cfg
         self.profiles = simulated_profiles(cfg)
         self.step = ClientStep(cfg, job_id, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train, cfg.codec,
-                               make_clock(cfg.clock), states)
+                               make_clock(cfg.clock), states, coefficient_scale(ctx.parts))
 
     def train_round(self, task: RoundTask) -> None:
         start = time.monotonic()  # the model just arrived: the round's origin for partial work
@@ -45,11 +47,17 @@ class TrainerRank(HostRank):
             in_flight = [(reqs, frame) for reqs, frame in in_flight if not self._let_go(reqs, frame)]
             if self.round_closed():
                 break
-            try:
-                buf = self.step.run(ClientTask(r, cid, task.mu, task.clip), self.weights, self.ctx.parts[cid], self.profiles[cid],
-                                    self.round_closed, start)
-            except Abandoned:
-                break
+            secure = self.sessions.get(cid)
+            if self.ctx.cfg.secagg.enabled and secure is None:
+                if cid not in self.secagg_errors:
+                    continue  # it did not share: rank 0 has already counted it out
+                buf = failure_update(Status.ERROR, self.job_id, r, cid, self.secagg_errors[cid])
+            else:
+                try:
+                    buf = self.step.run(ClientTask(r, cid, task.mu, task.clip), self.weights, self.ctx.parts[cid],
+                                        self.profiles[cid], self.round_closed, start, secure)
+                except Abandoned:
+                    break
             reqs = self.deliver(buf, functools.partial(self.step.frames.release, buf))
             pending += reqs
             sent += bool(reqs)

@@ -34,6 +34,7 @@ class Tag(IntEnum):
     PROBE = 18  # 0 <-> each rank at registration: the link probe
     FOLDED = 19  # hosting rank -> 0: messages.Folded, its account of an Update it folded
     VERDICT = 20  # 0 -> hosting rank: messages.Verdict, keep or take out a client it folded
+    SECAGG = 21  # 0 <-> hosting rank: secure aggregation's steps (messages.SecAgg*)
 
 
 def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[MPI.Request]:
@@ -138,22 +139,28 @@ def reduce_scatter_sum(comm: MPI.Comm, send: np.ndarray, recv: np.ndarray, bound
 
 def gather_shards(comm: MPI.Comm, shard: np.ndarray, out: np.ndarray | None, bounds: list[int], timeout_s: float,
                   what: str, root: int = 0) -> None:
-    """Gather float32 shards into ``out`` on ``root``: rank r's shard lands at
+    """Gather float32 (or int64) shards into ``out`` on ``root``: rank r's shard lands at
     ``[bounds[r], bounds[r + 1])`` (``root`` itself sends none); with a deadline."""
     counts = [b - a for a, b in zip(bounds, bounds[1:])]
-    recv = [out, counts, bounds[:-1], MPI.FLOAT] if comm.rank == root else None
-    wait_with_deadline([comm.Igatherv([shard, MPI.FLOAT], recv, root=root)], timeout_s, what)
+    kind = MPI.INT64_T if shard.dtype == np.int64 else MPI.FLOAT
+    recv = [out, counts, bounds[:-1], kind] if comm.rank == root else None
+    wait_with_deadline([comm.Igatherv([shard, kind], recv, root=root)], timeout_s, what)
 
 
-def reduce_mean(comm: MPI.Comm, hosts: MPI.Comm, acc: Accumulator, total: float, timeout_s: float,
+def reduce_mean(comm: MPI.Comm, hosts: MPI.Comm, acc: Accumulator, total: float | None, timeout_s: float,
                 what: str) -> None:
     """A hosting rank's part of a round's mean: reduce-scatter the ring sums (and coverage)
     of the ranks of ``hosts``, turn this rank's shard into the mean (the sum over ``total``)
-    and gather it at rank 0 of ``comm`` (:func:`gather_mean`); every wait with a deadline."""
+    and gather it at rank 0 of ``comm`` (:func:`gather_mean`); every wait with a deadline.
+    ``total`` None (secure aggregation: the sum is still masked) gathers the sum itself
+    (:func:`gather_mean` with ``masked``), which only rank 0 can unmask."""
     bounds = shard_bounds(acc.n, hosts.size)
     lo, hi = bounds[hosts.rank], bounds[hosts.rank + 1]
     shard = np.empty(hi - lo, dtype=np.int64)
     reduce_scatter_sum(hosts, acc.acc, shard, bounds, timeout_s, what)
+    if total is None:
+        gather_shards(comm, shard, None, [0, *bounds], timeout_s, what)
+        return
     cov = None
     if acc.coverage is not None:
         cov = np.empty(hi - lo, dtype=np.int64)
@@ -162,11 +169,12 @@ def reduce_mean(comm: MPI.Comm, hosts: MPI.Comm, acc: Accumulator, total: float,
     gather_shards(comm, mean, None, [0, *bounds], timeout_s, what)
 
 
-def gather_mean(comm: MPI.Comm, n: int, timeout_s: float, what: str) -> np.ndarray:
-    """Rank 0's part of :func:`reduce_mean`: the ``n`` values of the mean, from the shards
-    of ranks 1 .. size-1 (raises TimeoutError naming ``what``)."""
-    out = np.empty(n, dtype=np.float32)
-    gather_shards(comm, np.empty(0, np.float32), out, [0, *shard_bounds(n, comm.size - 1)], timeout_s, what)
+def gather_mean(comm: MPI.Comm, n: int, timeout_s: float, what: str, masked: bool = False) -> np.ndarray:
+    """Rank 0's part of :func:`reduce_mean`: the ``n`` values of the mean (``masked``: the
+    int64 sum), from the shards of ranks 1 .. size-1 (raises TimeoutError naming ``what``)."""
+    dtype = np.int64 if masked else np.float32
+    out = np.empty(n, dtype=dtype)
+    gather_shards(comm, np.empty(0, dtype), out, [0, *shard_bounds(n, comm.size - 1)], timeout_s, what)
     return out
 
 
