@@ -31,7 +31,8 @@ def _with_flags(buf: np.ndarray, flags: int) -> np.ndarray:
 def test_unknown_flags_are_refused_even_under_a_valid_checksum():
     buf = pack_update(UpdateHeader(Status.OK, 7, 3, 41, 128), b"frame")
     assert unpack_update(_with_flags(buf, 1))[0].clipped
-    for flags in (2, 0x80, 0xFF):
+    assert unpack_update(_with_flags(buf, 2))[0].masked and not unpack_update(_with_flags(buf, 2))[0].clipped
+    for flags in (4, 0x80, 0xFF):
         with pytest.raises(CorruptUpdateError, match="unknown flags"):
             unpack_update(_with_flags(buf, flags))
     flipped = buf.copy()

@@ -171,7 +171,7 @@ _COLUMNS = (("round", "round", "{:.0f}"), ("accuracy", "accuracy", "{:.4f}"), ("
             ("bytes_down", "bytes down", "{:,.0f}"), ("round_seconds", "round s", "{:.3f}"),
             ("train_seconds", "training s", "{:.3f}"), ("overhead_seconds", "overhead s", "{:.3f}"),
             ("epsilon", "epsilon", "{:.3f}"), ("dp_clip", "DP clip", "{:.4g}"), ("perplexity", "perplexity", "{:.2f}"),
-            ("clients_flagged", "flagged", "{:.0f}"))
+            ("clients_flagged", "flagged", "{:.0f}"), ("secagg_seconds", "SecAgg s", "{:.3f}"))
 
 
 def _html(out: Path, facts: list[str], r: dict, plots: list[Path], config: str) -> str:
