@@ -21,6 +21,7 @@ from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
 from fedhpc.gateway.server import CHUNK_BYTES, TOKEN_KEY, GatewayServer, Task, load_tokens
 from fedhpc.gateway.stubs import HERE, generate
+from fedhpc.secagg import SecAggClient
 from fedhpc.update import Status, UpdateHeader, pack_update, unpack_update
 
 JOB = 4242
@@ -602,3 +603,77 @@ def test_a_lora_job_trains_a_remote_worker_on_its_own_text(pki, tmp_path):
     with h5py.File(out / "run.h5") as f:
         assert (f["clients/status"][()] == 1).all()  # both in-job clients and the remote one, every round
     assert all(r["clients_reported"] == 3 and r["perplexity"] is not None for r in metrics(out))
+
+
+@pytest.mark.unit
+def test_a_worker_answers_only_its_own_open_secure_aggregation_step(pki, gateway):
+    """Keys, shares or reveals in another client's name, of the wrong sizes, for a step never
+    handed out, or a second time, are refused; the refusal reaches the gateway rank as that
+    client's error, so it drops out of the step rather than poisoning it."""
+    srv, addr = gateway
+    stub = pb_grpc.GatewayStub(channel(pki, addr))
+    md = token(pki)
+    reg = register(stub, md)
+    me = reg.client_id
+    srv.begin_round(3)
+
+    def step(kind, **fields):
+        srv.offer_task(Task(3, me, step=pb.TaskChunk(kind=kind, round=3, client_id=me, **fields)))
+        [chunk] = list(stub.GetTask(pb.TaskRequest(session=reg.session, wait_s=5), metadata=md, timeout=10))
+        assert chunk.kind == kind
+        return chunk
+
+    def answer(kind, **fields):
+        return stub.SecAgg(pb.SecAggAnswer(session=reg.session, round=3, step=kind, **fields), metadata=md, timeout=10)
+
+    keys = SecAggClient(3, me).keys()
+    mine = pb.SecAggKeys(client=me, cipher=keys.cipher, mask=keys.mask, self_digest=keys.self_digest)
+    assert "no step" in answer(pb.TaskChunk.SECAGG_KEYS, keys=mine).reason  # nothing handed out yet
+    step(pb.TaskChunk.SECAGG_KEYS)
+    theirs = pb.SecAggKeys(client=me + 1, cipher=keys.cipher, mask=keys.mask, self_digest=keys.self_digest)
+    reply = answer(pb.TaskChunk.SECAGG_KEYS, keys=theirs)
+    assert not reply.accepted and f"only client {me}'s 32-byte keys" in reply.reason
+    got = srv.answers.get(timeout=5)
+    assert got.client == me and got.keys is None and "refused" in got.error
+    assert "no step" in answer(pb.TaskChunk.SECAGG_KEYS, keys=mine).reason  # answered once: closed
+    step(pb.TaskChunk.SECAGG_KEYS)
+    assert answer(pb.TaskChunk.SECAGG_KEYS, keys=mine).accepted
+    assert srv.answers.get(timeout=5).keys == keys
+    step(pb.TaskChunk.SECAGG_SHARE, neighbours=[mine], threshold=1)
+    forged = pb.SecAggShare(sender=me + 1, recipient=me, ciphertext=bytes(160))
+    assert "each must be client" in answer(pb.TaskChunk.SECAGG_SHARE, shares=[forged]).reason
+    assert "each must be client" in srv.answers.get(timeout=5).error
+    step(pb.TaskChunk.SECAGG_UNMASK, survivors=[me, me + 1])
+    too_many = [pb.SecAggReveal(sender=me, owner=me, secret=0, share=bytes(66), view=bytes(32))] * 3
+    assert "3 reveals (at most 2)" in answer(pb.TaskChunk.SECAGG_UNMASK, reveals=too_many).reason
+    assert "3 reveals" in srv.answers.get(timeout=5).error
+    step(pb.TaskChunk.SECAGG_UNMASK, survivors=[me, me + 1])
+    assert answer(pb.TaskChunk.SECAGG_UNMASK, reveals=too_many[:1]).accepted
+    assert len(srv.answers.get(timeout=5).reveals) == 1
+
+
+@pytest.mark.e2e
+def test_secure_aggregation_with_remote_workers_gives_the_same_bits(pki, tmp_path):
+    """Two workers mask their updates themselves (the gateway relays masked inputs and sealed
+    shares only); every client reports every round, so the run equals the same hybrid run
+    without secure aggregation, bit for bit."""
+    head = "rounds = 3\nseed = 5\n[clients]\ntotal = 5\nper_round = 7\n[local]\nepochs = 1\n[guard]\nnorm_multiple = 0"
+    runs = {}
+    for name, extra in (("plain", ""), ("secure", "\n[secagg]\nenabled = true")):
+        port = free_port()
+        out = tmp_path / name
+        d = tmp_path / name / "cfg"
+        d.mkdir(parents=True)
+        job = start_job(job_config(d, pki, port, head + extra, 2, 2), out)
+        workers = [start_worker(pki, port, w, 5 + i, f"{i}/2") for i, w in enumerate(("w1", "w2"))]
+        _, err = job.communicate(timeout=240)
+        logs = [w.communicate(timeout=60)[0] for w in workers]
+        assert job.returncode == 0, err[-4000:]
+        assert all(w.returncode == 0 for w in workers), logs
+        with h5py.File(out / "run.h5") as f:
+            assert (f["clients/status"][()] == 1).all(), err[-3000:]
+        runs[name] = out
+    m = metrics(runs["secure"])
+    assert all(r["secagg_error"] is None and r["secagg_bytes"] > 0 for r in m)
+    assert np.load(runs["secure"] / "final_weights.npy").tobytes() == \
+        np.load(runs["plain"] / "final_weights.npy").tobytes()

@@ -366,9 +366,12 @@ class SecAggConfig:
     # also the least a round's survivors may be (fewer: the round fails and the model stays)
     threshold: float = 0.5
     neighbors: int = 0  # each client's neighbours in SecAgg+'s random graph (rounded up to even); 0 = all (SecAgg)
+    # how long the gateway waits for its workers' answers at each step (a silent one drops out)
+    step_timeout_s: float = 10.0
 
     def check(self, key):
         _require(0 < self.threshold <= 1, f"{key}.threshold", "must be in (0, 1]")
+        _require(self.step_timeout_s > 0, f"{key}.step_timeout_s", "must be > 0")
         _require(self.neighbors >= 0, f"{key}.neighbors", "must be >= 0 (0 = the complete graph)")
 
 
@@ -575,8 +578,9 @@ class RunConfig:
         _require(self.fed_dropout.rate == 0, "fed_dropout.rate", "must be 0 with secagg.enabled (not built yet)")
         _require(not self.attack.omniscient, "attack.kind",
                  f"'{self.attack.kind}' forges from the whole honest updates, which secure aggregation hides")
-        _require(not self.gateway.enabled, "gateway.enabled",
-                 "must be false with secagg.enabled: remote workers do not run the protocol yet")
+        _require(self.secagg.step_timeout_s < self.stragglers.timeout_s / 2, "secagg.step_timeout_s",
+                 f"must be below half of stragglers.timeout_s = {self.stragglers.timeout_s:g}: rank 0 waits that long "
+                 f"for each step, the gateway's wait for its workers included")
 
     def _check_dp(self) -> None:
         """What DP-FedAvg's guarantee relies on: Poisson sampling (what the accountant assumes),
@@ -646,6 +650,7 @@ class RunConfig:
         d["clients"].pop("state_memory_mb", None)  # where state is kept, not what it is
         d["clients"].pop("state_dir", None)
         d["stragglers"].pop("close_grace_s", None)
+        d["secagg"].pop("step_timeout_s", None)
         for key in ("listen", "token_file", "tls_cert", "tls_key", "client_ca", "calls_per_second", "heartbeat_s",
                     "min_workers", "wait_s", "stream_idle_s"):
             d["gateway"].pop(key, None)  # where and how workers connect, not what the run computes

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66\x65\x64hpc.proto\x12\tfedhpc.v1\"_\n\x07Profile\x12\x15\n\rsamples_per_s\x18\x01 \x01(\x01\x12\x11\n\tmemory_gb\x18\x02 \x01(\x01\x12\x16\n\x0e\x62\x61ndwidth_mbps\x18\x03 \x01(\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"u\n\x0fRegisterRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12#\n\x07profile\x18\x02 \x01(\x0b\x32\x12.fedhpc.v1.Profile\x12\x18\n\x10requested_client\x18\x03 \x01(\x05\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\"\x87\x01\n\rRegisterReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\x05\x12\x0e\n\x06job_id\x18\x03 \x01(\r\x12\x13\n\x0b\x63onfig_toml\x18\x04 \x01(\t\x12\x18\n\x10max_update_bytes\x18\x05 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\r\".\n\x0bTaskRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\xac\x01\n\tTaskChunk\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.fedhpc.v1.TaskChunk.Kind\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x11\n\tclient_id\x18\x03 \x01(\x05\x12\n\n\x02mu\x18\x04 \x01(\x01\x12\x13\n\x0bmodel_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"%\n\x04Kind\x12\t\n\x05TRAIN\x10\x00\x12\x08\n\x04IDLE\x10\x01\x12\x08\n\x04STOP\x10\x02\";\n\x0bUpdateChunk\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Y\n\x10HeartbeatRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12#\n\x07profile\x18\x03 \x01(\x0b\x32\x12.fedhpc.v1.Profile\"!\n\x0eHeartbeatReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\x89\x02\n\x07Gateway\x12@\n\x08Register\x12\x1a.fedhpc.v1.RegisterRequest\x1a\x18.fedhpc.v1.RegisterReply\x12\x39\n\x07GetTask\x12\x16.fedhpc.v1.TaskRequest\x1a\x14.fedhpc.v1.TaskChunk0\x01\x12<\n\nPushUpdate\x12\x16.fedhpc.v1.UpdateChunk\x1a\x14.fedhpc.v1.PushReply(\x01\x12\x43\n\tHeartbeat\x12\x1b.fedhpc.v1.HeartbeatRequest\x1a\x19.fedhpc.v1.HeartbeatReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66\x65\x64hpc.proto\x12\tfedhpc.v1\"_\n\x07Profile\x12\x15\n\rsamples_per_s\x18\x01 \x01(\x01\x12\x11\n\tmemory_gb\x18\x02 \x01(\x01\x12\x16\n\x0e\x62\x61ndwidth_mbps\x18\x03 \x01(\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"u\n\x0fRegisterRequest\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12#\n\x07profile\x18\x02 \x01(\x0b\x32\x12.fedhpc.v1.Profile\x12\x18\n\x10requested_client\x18\x03 \x01(\x05\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\"\x87\x01\n\rRegisterReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\x05\x12\x0e\n\x06job_id\x18\x03 \x01(\r\x12\x13\n\x0b\x63onfig_toml\x18\x04 \x01(\t\x12\x18\n\x10max_update_bytes\x18\x05 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\r\".\n\x0bTaskRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\xa3\x03\n\tTaskChunk\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.fedhpc.v1.TaskChunk.Kind\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x11\n\tclient_id\x18\x03 \x01(\x05\x12\n\n\x02mu\x18\x04 \x01(\x01\x12\x13\n\x0bmodel_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12)\n\nneighbours\x18\x07 \x03(\x0b\x32\x15.fedhpc.v1.SecAggKeys\x12\x11\n\tthreshold\x18\x08 \x01(\r\x12%\n\x05inbox\x18\t \x03(\x0b\x32\x16.fedhpc.v1.SecAggShare\x12\x0f\n\x07sharers\x18\n \x03(\x05\x12\x11\n\tsurvivors\x18\x0b \x03(\x05\x12\x0f\n\x07\x64ropped\x18\x0c \x03(\x05\x12\x12\n\ncoef_scale\x18\r \x01(\x01\"n\n\x04Kind\x12\t\n\x05TRAIN\x10\x00\x12\x08\n\x04IDLE\x10\x01\x12\x08\n\x04STOP\x10\x02\x12\x0f\n\x0bSECAGG_KEYS\x10\x03\x12\x10\n\x0cSECAGG_SHARE\x10\x04\x12\x11\n\rSECAGG_ROUTED\x10\x05\x12\x11\n\rSECAGG_UNMASK\x10\x06\"O\n\nSecAggKeys\x12\x0e\n\x06\x63lient\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ipher\x18\x02 \x01(\x0c\x12\x0c\n\x04mask\x18\x03 \x01(\x0c\x12\x13\n\x0bself_digest\x18\x04 \x01(\x0c\"D\n\x0bSecAggShare\x12\x0e\n\x06sender\x18\x01 \x01(\x05\x12\x11\n\trecipient\x18\x02 \x01(\x05\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"Z\n\x0cSecAggReveal\x12\x0e\n\x06sender\x18\x01 \x01(\x05\x12\r\n\x05owner\x18\x02 \x01(\x05\x12\x0e\n\x06secret\x18\x03 \x01(\x05\x12\r\n\x05share\x18\x04 \x01(\x0c\x12\x0c\n\x04view\x18\x05 \x01(\x0c\"\xdd\x01\n\x0cSecAggAnswer\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\'\n\x04step\x18\x03 \x01(\x0e\x32\x19.fedhpc.v1.TaskChunk.Kind\x12#\n\x04keys\x18\x04 \x01(\x0b\x32\x15.fedhpc.v1.SecAggKeys\x12&\n\x06shares\x18\x05 \x03(\x0b\x32\x16.fedhpc.v1.SecAggShare\x12(\n\x07reveals\x18\x06 \x03(\x0b\x32\x17.fedhpc.v1.SecAggReveal\x12\r\n\x05\x65rror\x18\x07 \x01(\t\";\n\x0bUpdateChunk\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Y\n\x10HeartbeatRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12#\n\x07profile\x18\x03 \x01(\x0b\x32\x12.fedhpc.v1.Profile\"!\n\x0eHeartbeatReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x32\xc2\x02\n\x07Gateway\x12@\n\x08Register\x12\x1a.fedhpc.v1.RegisterRequest\x1a\x18.fedhpc.v1.RegisterReply\x12\x39\n\x07GetTask\x12\x16.fedhpc.v1.TaskRequest\x1a\x14.fedhpc.v1.TaskChunk0\x01\x12<\n\nPushUpdate\x12\x16.fedhpc.v1.UpdateChunk\x1a\x14.fedhpc.v1.PushReply(\x01\x12\x43\n\tHeartbeat\x12\x1b.fedhpc.v1.HeartbeatRequest\x1a\x19.fedhpc.v1.HeartbeatReply\x12\x37\n\x06SecAgg\x12\x17.fedhpc.v1.SecAggAnswer\x1a\x14.fedhpc.v1.PushReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREQUEST']._serialized_start=381
   _globals['_TASKREQUEST']._serialized_end=427
   _globals['_TASKCHUNK']._serialized_start=430
-  _globals['_TASKCHUNK']._serialized_end=602
-  _globals['_TASKCHUNK_KIND']._serialized_start=565
-  _globals['_TASKCHUNK_KIND']._serialized_end=602
-  _globals['_UPDATECHUNK']._serialized_start=604
-  _globals['_UPDATECHUNK']._serialized_end=663
-  _globals['_PUSHREPLY']._serialized_start=665
-  _globals['_PUSHREPLY']._serialized_end=710
-  _globals['_HEARTBEATREQUEST']._serialized_start=712
-  _globals['_HEARTBEATREQUEST']._serialized_end=801
-  _globals['_HEARTBEATREPLY']._serialized_start=803
-  _globals['_HEARTBEATREPLY']._serialized_end=836
-  _globals['_GATEWAY']._serialized_start=839
-  _globals['_GATEWAY']._serialized_end=1104
+  _globals['_TASKCHUNK']._serialized_end=849
+  _globals['_TASKCHUNK_KIND']._serialized_start=739
+  _globals['_TASKCHUNK_KIND']._serialized_end=849
+  _globals['_SECAGGKEYS']._serialized_start=851
+  _globals['_SECAGGKEYS']._serialized_end=930
+  _globals['_SECAGGSHARE']._serialized_start=932
+  _globals['_SECAGGSHARE']._serialized_end=1000
+  _globals['_SECAGGREVEAL']._serialized_start=1002
+  _globals['_SECAGGREVEAL']._serialized_end=1092
+  _globals['_SECAGGANSWER']._serialized_start=1095
+  _globals['_SECAGGANSWER']._serialized_end=1316
+  _globals['_UPDATECHUNK']._serialized_start=1318
+  _globals['_UPDATECHUNK']._serialized_end=1377
+  _globals['_PUSHREPLY']._serialized_start=1379
+  _globals['_PUSHREPLY']._serialized_end=1424
+  _globals['_HEARTBEATREQUEST']._serialized_start=1426
+  _globals['_HEARTBEATREQUEST']._serialized_end=1515
+  _globals['_HEARTBEATREPLY']._serialized_start=1517
+  _globals['_HEARTBEATREPLY']._serialized_end=1550
+  _globals['_GATEWAY']._serialized_start=1553
+  _globals['_GATEWAY']._serialized_end=1875
 # @@protoc_insertion_point(module_scope)

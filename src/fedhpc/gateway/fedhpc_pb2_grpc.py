@@ -54,6 +54,11 @@ class GatewayStub:
                 request_serializer=fedhpc__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fedhpc__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
+        self.SecAgg = channel.unary_unary(
+                '/fedhpc.v1.Gateway/SecAgg',
+                request_serializer=fedhpc__pb2.SecAggAnswer.SerializeToString,
+                response_deserializer=fedhpc__pb2.PushReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -88,6 +93,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAgg(self, request, context):
+        """Secure aggregation: the worker's answer to one of its steps (a SECAGG_*
+        task): its public keys, its sealed shares, or what it reveals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fedhpc__pb2.HeartbeatRequest.FromString,
                     response_serializer=fedhpc__pb2.HeartbeatReply.SerializeToString,
+            ),
+            'SecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAgg,
+                    request_deserializer=fedhpc__pb2.SecAggAnswer.FromString,
+                    response_serializer=fedhpc__pb2.PushReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class Gateway:
             '/fedhpc.v1.Gateway/Heartbeat',
             fedhpc__pb2.HeartbeatRequest.SerializeToString,
             fedhpc__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhpc.v1.Gateway/SecAgg',
+            fedhpc__pb2.SecAggAnswer.SerializeToString,
+            fedhpc__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,11 +17,14 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from fedhpc.gateway.server import GatewayServer, Task, fingerprint, load_tokens
+from fedhpc.gateway import fedhpc_pb2 as pb
+from fedhpc.gateway.server import Answer, GatewayServer, Task, fingerprint, load_tokens
 from fedhpc.runtime.context import Context
-from fedhpc.runtime.messages import Done, RoundTask, Workers
+from fedhpc.runtime.fold import coefficient_scale
+from fedhpc.runtime.messages import Done, RoundTask, SecAggNeighbours, SecAggRouted, Unmask, Workers
 from fedhpc.runtime.rank import HostRank
 from fedhpc.runtime.transport import Tag
+from fedhpc.secagg import PublicKeys, Reveal, SealedShare
 from fedhpc.update import Status, failure_update, max_update_bytes
 
 log = logging.getLogger("fedhpc.gateway")
@@ -33,6 +36,7 @@ class GatewayRank(HostRank):
     def __init__(self, comm: MPI.Comm, ctx: Context, job_id: int, hosts: MPI.Comm):
         super().__init__(comm, ctx, job_id, hosts)
         g = ctx.cfg.gateway
+        self.coef_scale = coefficient_scale(ctx.parts)  # what a masking worker weighs its update by
         self.server = GatewayServer(
             job_id=job_id, slots=ctx.remote_clients, config_toml=ctx.cfg.to_toml(),
             tokens=load_tokens(g.token_file), max_update_bytes=max_update_bytes(ctx.layout.size),
@@ -68,6 +72,64 @@ class GatewayRank(HostRank):
             # a worker busy training asks for its next task within a round's time; heartbeats bound it too
             self.server.stop(drain_s=10 * self.ctx.cfg.gateway.heartbeat_s)
 
+    # -- secure aggregation: each step handed to the workers, their answers relayed ---------------
+    def _ask(self, r: int, steps: dict[int, pb.TaskChunk]) -> list[Answer]:
+        """Hand each client's worker its step of round ``r`` and return the answers that come
+        within ``secagg.step_timeout_s`` (a silent worker has dropped out of the step)."""
+        asked = {cid for cid, chunk in steps.items() if self.server.offer_task(Task(r, cid, step=chunk))}
+        got: dict[int, Answer] = {}
+        deadline = time.monotonic() + self.ctx.cfg.secagg.step_timeout_s
+        while asked - got.keys() and time.monotonic() < deadline:
+            self.forward_signal()
+            try:
+                a: Answer = self.server.answers.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            if a.round == r and a.client in asked and a.step == steps[a.client].kind:
+                got[a.client] = a
+                if a.error:
+                    log.warning("round %d: remote client %d cannot take its secure aggregation step: %s", r + 1,
+                                a.client, a.error)
+        if asked - got.keys():
+            log.warning("round %d: remote clients %s did not answer secure aggregation's step within %.0fs "
+                        "(secagg.step_timeout_s): they drop out", r + 1, sorted(asked - got.keys()),
+                        self.ctx.cfg.secagg.step_timeout_s)
+        return [got[c] for c in sorted(got)]
+
+    def secagg_keys(self, task: RoundTask) -> tuple[PublicKeys, ...]:
+        r = task.round
+        self.server.begin_round(r)
+        steps = {cid: pb.TaskChunk(kind=pb.TaskChunk.SECAGG_KEYS, round=r, client_id=cid)
+                 for cid in task.clients_of(self.comm.rank)}
+        return tuple(a.keys for a in self._ask(r, steps) if a.keys is not None)
+
+    def secagg_shares(self, nb: SecAggNeighbours) -> tuple[SealedShare, ...]:
+        steps = {cid: pb.TaskChunk(kind=pb.TaskChunk.SECAGG_SHARE, round=nb.round, client_id=cid,
+                                   threshold=nb.threshold, neighbours=[pb.SecAggKeys(
+                                       client=k.client, cipher=k.cipher, mask=k.mask, self_digest=k.self_digest)
+                                       for k in keys])
+                 for cid, keys in nb.neighbours.items()}
+        return tuple(s for a in self._ask(nb.round, steps) for s in a.shares)
+
+    def secagg_routed(self, routed: SecAggRouted) -> None:
+        for cid in sorted(self.sharers):
+            inbox = [pb.SecAggShare(sender=s.sender, recipient=s.recipient, ciphertext=s.ciphertext)
+                     for s in routed.inbox.get(cid, ())]
+            self.server.offer_task(Task(routed.round, cid, step=pb.TaskChunk(
+                kind=pb.TaskChunk.SECAGG_ROUTED, round=routed.round, client_id=cid, inbox=inbox,
+                sharers=sorted(routed.sharers))))
+
+    def secagg_reveals(self, cmd: Unmask, survivors: frozenset[int]) -> tuple[list[Reveal], list[str]]:
+        self.server.begin_round(cmd.round)  # open again, for this step only
+        try:
+            answers = self._ask(cmd.round, {cid: pb.TaskChunk(
+                kind=pb.TaskChunk.SECAGG_UNMASK, round=cmd.round, client_id=cid, survivors=cmd.survivors,
+                dropped=cmd.dropped) for cid in survivors})
+        finally:
+            self.server.end_round()
+        return ([rv for a in answers for rv in a.reveals],
+                [f"remote client {a.client}: {a.error}" for a in answers if a.error])
+
     def train_round(self, task: RoundTask) -> None:
         timeout = self.ctx.cfg.stragglers.timeout_s
         r, sent, pending = task.round, 0, []
@@ -83,8 +145,11 @@ class GatewayRank(HostRank):
 
         self.server.begin_round(r)
         model = self.weights.tobytes()
+        secure = self.ctx.cfg.secagg.enabled
         for cid in task.clients_of(self.comm.rank):
-            if not self.server.offer_task(Task(r, cid, task.mu, model)):
+            if secure and cid not in self.sharers:
+                continue  # it did not share: rank 0 has already counted it out
+            if not self.server.offer_task(Task(r, cid, task.mu, model, self.coef_scale if secure else 0.0)):
                 fail(cid, f"no worker is connected for remote client {cid}")
         # rank 0 closes the round within timeout_s of its start: give up only after its grace too
         deadline = time.monotonic() + timeout + self.ctx.cfg.stragglers.close_grace_s

@@ -26,7 +26,10 @@ from fedhpc.errors import ConfigError, CorruptUpdateError
 from fedhpc.gateway import fedhpc_pb2 as pb
 from fedhpc.gateway import fedhpc_pb2_grpc as pb_grpc
 from fedhpc.runtime.messages import RemoteProfile
-from fedhpc.update import Status, failure_update, unpack_update
+from fedhpc.secagg import PublicKeys, Reveal, SealedShare, Secret
+from fedhpc.secagg.client import SEALED_BYTES
+from fedhpc.secagg.shamir import SHARE_BYTES
+from fedhpc.update import MAX_REASON_BYTES, Status, failure_update, unpack_update
 
 log = logging.getLogger("fedhpc.gateway")
 
@@ -59,10 +62,29 @@ def load_tokens(path: str | Path) -> dict[str, str]:
 
 @dataclass
 class Task:
+    """What a worker is handed: a round's model to train (with the coefficient scale under
+    secure aggregation), or, with ``step``, one step of secure aggregation."""
+
     round: int
     client: int
-    mu: float
-    model: bytes
+    mu: float = 0.0
+    model: bytes = b""
+    scale: float = 0.0
+    step: pb.TaskChunk | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A worker's answer to a step of secure aggregation, as typed messages: its keys, its
+    sealed shares, its reveals, or why it could not take the step (``error``)."""
+
+    client: int
+    round: int
+    step: int
+    keys: PublicKeys | None = None
+    shares: tuple[SealedShare, ...] = ()
+    reveals: tuple[Reveal, ...] = ()
+    error: str = ""
 
 
 @dataclass
@@ -74,6 +96,7 @@ class Session:
     last_seen: float
     tasks: queue.Queue = field(default_factory=queue.Queue)
     outstanding: Task | None = None  # handed out, no update yet
+    step: Task | None = None  # a step of secure aggregation handed out, not answered yet
     told_to_stop: bool = False
 
 
@@ -163,6 +186,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
         self.updates: queue.Queue = queue.Queue()  # (client, round, Update bytes) for the gateway rank
+        self.answers: queue.Queue = queue.Queue()  # secure aggregation: Answers for the gateway rank
         self.open_round = -1
         self.bytes_down = 0  # model bytes streamed to workers in the open round
         self.stopping = threading.Event()
@@ -241,7 +265,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         self.open_round = -1
         with self.lock:
             for s in self.sessions.values():
-                s.outstanding = None
+                s.outstanding = s.step = None
                 while not s.tasks.empty():
                     s.tasks.get_nowait()
 
@@ -370,10 +394,16 @@ class GatewayServer(pb_grpc.GatewayServicer):
                 continue
             if task.round != self.open_round:
                 continue  # the round closed while the task waited
+            if task.step is not None:
+                with self.lock:
+                    s.step = task
+                yield task.step
+                return
             s.outstanding = task
             for a in range(0, max(len(task.model), 1), CHUNK_BYTES):
                 yield pb.TaskChunk(kind=pb.TaskChunk.TRAIN, round=task.round, client_id=task.client, mu=task.mu,
-                                   model_bytes=len(task.model), data=task.model[a : a + CHUNK_BYTES])
+                                   model_bytes=len(task.model), data=task.model[a : a + CHUNK_BYTES],
+                                   coef_scale=task.scale)
                 with self.lock:
                     self.bytes_down += len(task.model[a : a + CHUNK_BYTES])
             return
@@ -452,6 +482,58 @@ class GatewayServer(pb_grpc.GatewayServicer):
                     _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"profile {bad}")
                 s.profile = _profile(s.profile, request.profile)
         return pb.HeartbeatReply(payload=request.payload[:CHUNK_BYTES])
+
+
+    def SecAgg(self, request, context):
+        """A worker's answer to the step of secure aggregation it was handed: refused unless
+        that step is open for its session, and unless everything in it is its own client's
+        (no keys, shares or reveals in another client's name) and of the protocol's sizes."""
+        worker = self._auth(context)
+        s = self._session(context, worker, request.session)
+        with self.lock:
+            task = s.step
+            if task is None or task.round != request.round or task.step is None or task.step.kind != request.step:
+                return pb.PushReply(accepted=False, reason=f"no step {request.step} of round {request.round} is open "
+                                                           f"for client {s.client}")
+            s.step = None
+        refused = ""
+        try:
+            step = task.step  # what it may answer with: a share per neighbour, a reveal per client named
+            answer = _answer(s.client, request, len(step.neighbours) + len(step.survivors) + len(step.dropped))
+        except ValueError as exc:
+            refused = str(exc)
+            log.warning("worker %s (client %d): secure aggregation answer refused: %s", worker, s.client, refused)
+            answer = Answer(s.client, request.round, request.step, error=f"the gateway refused its answer: {refused}")
+        self.answers.put(answer)
+        return pb.PushReply(accepted=not refused, reason=refused)
+
+
+def _answer(client: int, a, most: int) -> Answer:
+    """The typed Answer of client ``client``'s ``a`` (a pb.SecAggAnswer to a step that admits
+    at most ``most`` shares or reveals); ValueError naming what does not belong."""
+    if a.error:
+        return Answer(client, a.round, a.step, error=a.error[:MAX_REASON_BYTES])
+    if a.step == pb.TaskChunk.SECAGG_KEYS:
+        k = a.keys
+        if k.client != client or len(k.cipher) != 32 or len(k.mask) != 32 or len(k.self_digest) != 32:
+            raise ValueError(f"keys for client {k.client} (sizes {len(k.cipher)}, {len(k.mask)}, "
+                             f"{len(k.self_digest)}): only client {client}'s 32-byte keys are taken")
+        return Answer(client, a.round, a.step, keys=PublicKeys(client, k.cipher, k.mask, k.self_digest))
+    if a.step == pb.TaskChunk.SECAGG_SHARE:
+        if len(a.shares) > most or any(x.sender != client or len(x.ciphertext) != SEALED_BYTES for x in a.shares):
+            raise ValueError(f"{len(a.shares)} shares for {most} neighbours, each must be client {client}'s and "
+                             f"{SEALED_BYTES} bytes")
+        return Answer(client, a.round, a.step, shares=tuple(SealedShare(x.sender, x.recipient, x.ciphertext)
+                                                            for x in a.shares))
+    if a.step == pb.TaskChunk.SECAGG_UNMASK:
+        if len(a.reveals) > most or any(
+                x.sender != client or x.secret not in (0, 1) or len(x.share) != SHARE_BYTES or len(x.view) != 32
+                for x in a.reveals):
+            raise ValueError(f"{len(a.reveals)} reveals (at most {most}), each must be client {client}'s, of a "
+                             f"known secret and of the protocol's sizes")
+        return Answer(client, a.round, a.step, reveals=tuple(Reveal(x.sender, x.owner, Secret(x.secret), x.share,
+                                                                    x.view) for x in a.reveals))
+    raise ValueError(f"step {a.step} takes no answer")
 
 
 def _pem(key: str, path: str) -> bytes:

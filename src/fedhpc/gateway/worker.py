@@ -31,6 +31,8 @@ from fedhpc.models import Layout, build_model
 from fedhpc.runtime.context import simulated_profiles
 from fedhpc.runtime.step import ClientStep, ClientTask
 from fedhpc.runtime.training import host_memory_gb
+from fedhpc.secagg import PublicKeys, SealedShare, SecAggClient, SecAggError
+from fedhpc.update import Status, failure_update
 
 log = logging.getLogger("fedhpc.worker")
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
@@ -59,6 +61,8 @@ class Worker:
         self.shard = (k, n)
         self.step: ClientStep | None = None  # built at the first registration, kept across reconnections
         self.played = -1  # the client id self.step trains
+        self.secure: SecAggClient | None = None  # secure aggregation: this client's side of the round
+        self.secure_error = ""  # why it cannot go on this round
         self.session = ""
 
     # -- setup -----------------------------------------------------------------
@@ -140,6 +144,9 @@ class Worker:
                         return
                     if c.kind == pb.TaskChunk.IDLE:
                         break
+                    if c.kind != pb.TaskChunk.TRAIN:  # a step of secure aggregation: one chunk
+                        self.secagg_step(c)
+                        break
                     first = first or c
                     model += c.data
                 if first is not None:
@@ -155,6 +162,44 @@ class Worker:
             except grpc.RpcError:
                 pass  # the main loop notices a dead link and reconnects
 
+    def secagg_step(self, c: pb.TaskChunk) -> None:
+        """Take one step of the round's secure aggregation and answer it (the routed shares
+        need no answer: the model to train follows)."""
+        answer = pb.SecAggAnswer(session=self.session, round=c.round, step=c.kind)
+        try:
+            if c.kind == pb.TaskChunk.SECAGG_KEYS:
+                self.secure, self.secure_error = SecAggClient(c.round, self.client), ""
+                k = self.secure.keys()
+                answer.keys.CopyFrom(pb.SecAggKeys(client=k.client, cipher=k.cipher, mask=k.mask,
+                                                   self_digest=k.self_digest))
+            else:
+                if self.secure is None or self.secure.round != c.round:
+                    raise SecAggError(f"client {self.client} holds no keys of round {c.round}")
+                if c.kind == pb.TaskChunk.SECAGG_SHARE:
+                    keys = [PublicKeys(k.client, k.cipher, k.mask, k.self_digest) for k in c.neighbours]
+                    answer.shares.extend(pb.SecAggShare(sender=x.sender, recipient=x.recipient,
+                                                        ciphertext=x.ciphertext)
+                                         for x in self.secure.share(keys, c.threshold))
+                elif c.kind == pb.TaskChunk.SECAGG_ROUTED:
+                    self.secure.receive([SealedShare(x.sender, x.recipient, x.ciphertext) for x in c.inbox],
+                                        c.sharers)
+                    return
+                elif c.kind == pb.TaskChunk.SECAGG_UNMASK:
+                    answer.reveals.extend(pb.SecAggReveal(sender=x.sender, owner=x.owner, secret=int(x.secret),
+                                                          share=x.share, view=x.view)
+                                          for x in self.secure.reveal(c.survivors, c.dropped))
+                else:
+                    raise SecAggError(f"unknown task kind {c.kind}: is the gateway newer than this worker?")
+        except SecAggError as exc:
+            log.warning("round %d: secure aggregation: %s", c.round, exc)
+            if c.kind == pb.TaskChunk.SECAGG_ROUTED:
+                self.secure_error = str(exc)  # said when the model comes: the client fails the round
+                return
+            answer = pb.SecAggAnswer(session=self.session, round=c.round, step=c.kind, error=str(exc))
+        reply = self.stub.SecAgg(answer, metadata=self.metadata, timeout=30)
+        if not reply.accepted:
+            log.warning("round %d: the gateway refused the secure aggregation answer: %s", c.round, reply.reason)
+
     def train(self, task: pb.TaskChunk, model: bytes) -> None:
         start = time.monotonic()  # the model just arrived: the origin of the partial-work cutoff
         if len(model) != 4 * self.layout.size:
@@ -163,16 +208,27 @@ class Worker:
         weights = np.frombuffer(model, dtype=np.float32)
         step = self.client_step()
         step.begin_round()
+        secure = None
+        if self.cfg.secagg.enabled:  # the update leaves masked, weighed as rank 0 weighs it
+            secure, step.scale = self.secure, task.coef_scale
+            if secure is None or secure.round != task.round or self.secure_error:
+                why = self.secure_error or f"no secure aggregation keys of round {task.round}"
+                self.push(task.round, failure_update(Status.ERROR, self.job, task.round, self.client, why))
+                return
         frame = step.run(ClientTask(task.round, task.client_id, task.mu), weights, self.indices, self.profile,
-                              lambda: False, start)
+                         lambda: False, start, secure)
+        self.push(task.round, frame)
+
+    def push(self, round_: int, frame: np.ndarray) -> None:
+        """Stream one sealed Update to the gateway."""
         buf = frame.tobytes()
-        chunks = (pb.UpdateChunk(session=self.session, round=task.round, data=buf[a : a + CHUNK_BYTES])
+        chunks = (pb.UpdateChunk(session=self.session, round=round_, data=buf[a : a + CHUNK_BYTES])
                   for a in range(0, len(buf), CHUNK_BYTES))
         reply = self.stub.PushUpdate(chunks, metadata=self.metadata, timeout=120)
         if reply.accepted:
-            log.info("round %d: update sent (%d bytes)", task.round, len(buf))
+            log.info("round %d: update sent (%d bytes)", round_, len(buf))
         else:
-            log.warning("round %d: the gateway refused the update: %s", task.round, reply.reason)
+            log.warning("round %d: the gateway refused the update: %s", round_, reply.reason)
 
 
 def run_worker(args: argparse.Namespace) -> int:

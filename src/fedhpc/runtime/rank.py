@@ -37,7 +37,7 @@ from fedhpc.runtime.transport import (
     Tag, bcast_array, bcast_object, isend_chunked, poll, recv_object, reduce_mean, wait_with_deadline,
 )
 from fedhpc.config import RunConfig
-from fedhpc.secagg import SealedShare, SecAggClient, SecAggError
+from fedhpc.secagg import PublicKeys, Reveal, SealedShare
 from fedhpc.strategy import Strategy, get_strategy
 
 log = logging.getLogger("fedhpc.rank")
@@ -76,8 +76,7 @@ class HostRank(ABC):
         self.verdicts = 0  # Verdict messages received this round
         self.memory_bytes = host_memory_gb() * 2**30
         self.warned_round = -1  # the round it last warned of the frames it holds
-        self.sessions: dict[int, SecAggClient] = {}  # secure aggregation: the round's clients that shared
-        self.secagg_errors: dict[int, str] = {}  # and why one that shared cannot go on
+        self.sharers: frozenset[int] = frozenset()  # secure aggregation: this rank's clients that shared
         cfg = ctx.cfg
         strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
@@ -149,47 +148,42 @@ class HostRank(ABC):
                 raise RuntimeError(f"rank {self.comm.rank}: unknown command from rank 0: {cmd!r}")
 
     def secagg_setup(self, task: RoundTask) -> None:
-        """Secure aggregation's first two steps for this rank's clients of the round: advertise
-        their keys, seal their shares for their neighbours, and take the shares sealed for
-        them. Afterwards :attr:`sessions` holds the clients that shared (only they train);
-        :attr:`secagg_errors`, why a client of this rank that shared cannot go on."""
-        r, me = task.round, self.comm.rank
-        st, faults = self.ctx.cfg.stragglers, self.ctx.cfg.faults
-        sessions = {cid: SecAggClient(r, cid) for cid in task.clients_of(me)}
-        self.sessions, self.secagg_errors = {}, {}
-        keys = tuple(s.keys() for cid, s in sessions.items() if cid not in faults.drop_at_keys)
-        self.comm.send(SecAggKeys(r, keys), dest=0, tag=Tag.SECAGG)
+        """Secure aggregation's first two steps for this rank's clients of the round: their keys
+        to rank 0, their neighbours' keys back, their sealed shares to rank 0, the shares sealed
+        for them back. Afterwards :attr:`sharers` holds those of its clients that shared: only
+        they train. How the clients answer is the subclass's (:meth:`secagg_keys` and friends)."""
+        r, st = task.round, self.ctx.cfg.stragglers
+        self.comm.send(SecAggKeys(r, self.secagg_keys(task)), dest=0, tag=Tag.SECAGG)
         nb: SecAggNeighbours = recv_object(self.comm, 0, Tag.SECAGG, st.timeout_s,
                                            f"rank 0's secure aggregation neighbours for round {r}")
-        shares: list[SealedShare] = []
-        for cid, keys_of in sorted(nb.neighbours.items()):
-            if cid in sessions and cid not in faults.drop_at_shares:
-                try:
-                    shares += sessions[cid].share(keys_of, nb.threshold)
-                except SecAggError as exc:
-                    log.warning("rank %d: round %d: %s", me, r, exc)
-        self.comm.send(SecAggShares(r, tuple(shares)), dest=0, tag=Tag.SECAGG)
+        self.comm.send(SecAggShares(r, self.secagg_shares(nb)), dest=0, tag=Tag.SECAGG)
         routed: SecAggRouted = recv_object(self.comm, 0, Tag.SECAGG, st.timeout_s,
                                            f"rank 0's routed secure aggregation shares for round {r}")
-        for cid in sorted(routed.sharers & sessions.keys()):
-            try:
-                sessions[cid].receive(routed.inbox.get(cid, ()), routed.sharers)
-                self.sessions[cid] = sessions[cid]
-            except SecAggError as exc:
-                self.secagg_errors[cid] = str(exc)
+        self.sharers = routed.sharers & frozenset(task.clients_of(self.comm.rank))
+        self.secagg_routed(routed)
 
     def reveal(self, cmd: Unmask) -> SecAggReveals:
-        """What this rank's surviving clients reveal to unmask round ``cmd.round``'s sum, or
-        why they refuse."""
-        reveals, errors = [], []
-        for cid, session in sorted(self.sessions.items()):
-            if cid in cmd.survivors and cid not in self.ctx.cfg.faults.drop_at_unmask:
-                try:
-                    reveals += session.reveal(cmd.survivors, cmd.dropped)
-                except SecAggError as exc:
-                    errors.append(str(exc))
-        self.sessions = {}  # a round's secrets are used once
+        """What this rank's surviving clients reveal to unmask round ``cmd.round``'s sum, and
+        why any of them refused."""
+        reveals, errors = self.secagg_reveals(cmd, frozenset(cmd.survivors) & self.sharers)
+        self.sharers = frozenset()
         return SecAggReveals(cmd.round, tuple(reveals), tuple(errors))
+
+    @abstractmethod
+    def secagg_keys(self, task: RoundTask) -> tuple[PublicKeys, ...]:
+        """Fresh public keys of this rank's clients of ``task`` (those that answer)."""
+
+    @abstractmethod
+    def secagg_shares(self, nb: SecAggNeighbours) -> tuple[SealedShare, ...]:
+        """Their shares, sealed for the neighbours rank 0 gave each (of those that answer)."""
+
+    @abstractmethod
+    def secagg_routed(self, routed: SecAggRouted) -> None:
+        """Hand each of its clients that shared the shares sealed for it."""
+
+    @abstractmethod
+    def secagg_reveals(self, cmd: Unmask, survivors: frozenset[int]) -> tuple[list[Reveal], list[str]]:
+        """What its ``survivors`` reveal for ``cmd``, and why any of them refused."""
 
     def command_wait_s(self) -> float:
         """How long this rank waits for rank 0's next command: a whole round with its grace,

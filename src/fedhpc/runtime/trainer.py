@@ -12,11 +12,12 @@ from mpi4py import MPI
 from fedhpc.clock import make_clock
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.fold import coefficient_scale
-from fedhpc.runtime.messages import Done, RoundTask
+from fedhpc.runtime.messages import Done, RoundTask, SecAggNeighbours, SecAggRouted, Unmask
 from fedhpc.runtime.rank import HostRank
 from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.step import ClientStep, ClientTask
 from fedhpc.runtime.training import Abandoned
+from fedhpc.secagg import PublicKeys, Reveal, SealedShare, SecAggClient, SecAggError
 from fedhpc.update import Status, failure_update
 
 log = logging.getLogger("fedhpc.trainer")
@@ -29,6 +30,8 @@ class TrainerRank(HostRank):
         super().__init__(comm, ctx, job_id, hosts, states)
         cfg = ctx.cfg
         self.profiles = simulated_profiles(cfg)
+        self.sessions: dict[int, SecAggClient] = {}  # secure aggregation: each client's side of the round
+        self.secagg_errors: dict[int, str] = {}  # why one that shared cannot go on
         self.step = ClientStep(cfg, job_id, ctx.model, ctx.layout, ctx.data.x_train, ctx.data.y_train, cfg.codec,
                                make_clock(cfg.clock), states, coefficient_scale(ctx.parts))
 
@@ -47,10 +50,10 @@ class TrainerRank(HostRank):
             in_flight = [(reqs, frame) for reqs, frame in in_flight if not self._let_go(reqs, frame)]
             if self.round_closed():
                 break
-            secure = self.sessions.get(cid)
-            if self.ctx.cfg.secagg.enabled and secure is None:
-                if cid not in self.secagg_errors:
-                    continue  # it did not share: rank 0 has already counted it out
+            secure = self.sessions.get(cid) if self.ctx.cfg.secagg.enabled else None
+            if self.ctx.cfg.secagg.enabled and cid not in self.sharers:
+                continue  # it did not share: rank 0 has already counted it out
+            if cid in self.secagg_errors:
                 buf = failure_update(Status.ERROR, self.job_id, r, cid, self.secagg_errors[cid])
             else:
                 try:
@@ -66,6 +69,40 @@ class TrainerRank(HostRank):
         self.finish_round(Done(r, sent, train_s=self.step.train_s, state_bytes=self.states.ram_bytes,
                                state_spills=self.states.spills - spills, state_loads=self.states.loads - loads),
                           pending)
+
+    def secagg_keys(self, task: RoundTask) -> tuple[PublicKeys, ...]:
+        self.sessions = {cid: SecAggClient(task.round, cid) for cid in task.clients_of(self.comm.rank)}
+        self.secagg_errors = {}
+        silent = self.ctx.cfg.faults.drop_at_keys
+        return tuple(s.keys() for cid, s in self.sessions.items() if cid not in silent)
+
+    def secagg_shares(self, nb: SecAggNeighbours) -> tuple[SealedShare, ...]:
+        shares: list[SealedShare] = []
+        for cid, keys in sorted(nb.neighbours.items()):
+            if cid in self.sessions and cid not in self.ctx.cfg.faults.drop_at_shares:
+                try:
+                    shares += self.sessions[cid].share(keys, nb.threshold)
+                except SecAggError as exc:
+                    log.warning("rank %d: round %d: %s", self.comm.rank, nb.round, exc)
+        return tuple(shares)
+
+    def secagg_routed(self, routed: SecAggRouted) -> None:
+        for cid in sorted(self.sharers):
+            try:
+                self.sessions[cid].receive(routed.inbox.get(cid, ()), routed.sharers)
+            except SecAggError as exc:
+                self.secagg_errors[cid] = str(exc)
+
+    def secagg_reveals(self, cmd: Unmask, survivors: frozenset[int]) -> tuple[list[Reveal], list[str]]:
+        reveals: list[Reveal] = []
+        errors: list[str] = []
+        for cid in sorted(survivors - set(self.ctx.cfg.faults.drop_at_unmask)):
+            try:
+                reveals += self.sessions[cid].reveal(cmd.survivors, cmd.dropped)
+            except SecAggError as exc:
+                errors.append(str(exc))
+        self.sessions = {}  # a round's secrets are used once
+        return reveals, errors
 
     def _let_go(self, requests: list[MPI.Request], frame: np.ndarray) -> bool:
         """Give ``frame`` back to the pool if its sends have completed; say whether they had."""

@@ -28,6 +28,7 @@ from fedhpc.secagg.masks import KEY_BYTES, add_mask, agree, digest, pairwise_sig
 from fedhpc.secagg.messages import PublicKeys, Reveal, SealedShare, Secret, view_digest
 
 NONCE_BYTES = 12
+SEALED_BYTES = NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16  # nonce, both shares, Poly1305's tag
 
 
 class SecAggError(RuntimeError):
