@@ -284,7 +284,7 @@ def test_the_sums_range_check_finds_a_wrapped_sum():
     (["secagg.threshold=0"], "must be in (0, 1]"),
     (["secagg.neighbors=-2"], ">= 0"),
     (["attack.kind=alie", "attack.fraction=0.1", "strategy.name=fedavg"], "forges from the whole honest updates"),
-    (["gateway.enabled=true", "gateway.clients=1", "gateway.token_file=x"], "do not run the protocol yet"),
+    (["secagg.step_timeout_s=40", "stragglers.timeout_s=60"], "must be below half of stragglers.timeout_s"),
 ])
 def test_configs_secure_aggregation_cannot_serve_say_why(sets, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
