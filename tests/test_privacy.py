@@ -7,7 +7,7 @@ from dp_accounting import pld, rdp
 
 from fedhpc.config import load_config
 from fedhpc.errors import ConfigError
-from fedhpc.privacy import Accountant, clip, gaussian_noise
+from fedhpc.privacy import Accountant, client_noise, clip, gaussian_noise
 from fedhpc.privacy.adaptive import count_noise, next_clip, unclipped_fraction, vector_noise_multiplier
 from fedhpc.selection import get_selector
 
@@ -138,7 +138,10 @@ def test_the_clip_converges_to_the_target_quantile_of_the_norms(quantile):
     (["codec.name=topk", "codec.ratio=0.1", "codec.error_feedback=true"], "residual would carry"),
     (["stragglers.fastest_k=3"], "fastest_k must be 0"),
     (["guard.norm_multiple=10"], "guard.norm_multiple"),
-    (["dp.placement=client"], "needs secure aggregation"),
+    (["dp.placement=client"], "needs secagg.enabled"),
+    (["dp.placement=client", "secagg.enabled=true", "codec.name=none", "dp.min_clients=1"], "min_clients' must be in"),
+    (["dp.min_clients=3"], "placement = 'client' only"),
+    (["dp.adaptive_clip=true", "secagg.enabled=true", "codec.name=none"], "clipped bit would reach rank 0"),
     (["fed_dropout.rate=0.5"], "fed_dropout.rate"),
     # 10 clients a round: the default count std is 10 / 20 = 0.5, no room beside a multiplier of 1
     (["dp.adaptive_clip=true", "clients.per_round=10", "dp.noise_multiplier=1"], "clipped_count_stddev' is too small"),
@@ -150,3 +153,14 @@ def test_configurations_that_break_the_guarantee_are_refused(sets, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, DP + sets)
     load_config(None, DP)  # and the base is fine
+
+
+def test_a_clients_noise_share_has_its_std_and_is_its_own():
+    a = client_noise(7, 3, 11, 200_000, 0.25)
+    assert a.dtype == np.float32 and abs(a.std() / 0.25 - 1) < 0.01 and abs(a.mean()) < 0.01 * 0.25
+    assert np.array_equal(a, client_noise(7, 3, 11, 200_000, 0.25))  # reproducible from the seed ...
+    assert not np.array_equal(a[:100], client_noise(7, 3, 12, 100, 0.25))  # ... per client
+    assert not np.array_equal(a[:100], client_noise(7, 4, 11, 100, 0.25))  # ... and round
+    assert not np.array_equal(a[:100], gaussian_noise(7, 3, 100, 0.25))  # not rank 0's stream
+    fresh = client_noise(None, 3, 11, 100, 0.25)  # secret: the OS's, never the same
+    assert not np.array_equal(fresh, client_noise(None, 3, 11, 100, 0.25))

@@ -175,3 +175,38 @@ def test_a_secure_run_shows_its_protocol_cost_in_the_report(secure):
     assert "<th>SecAgg s</th>" in page and f"<td>{line['secagg_seconds']:.3f}</td>" in page
 
 
+
+
+def test_client_placed_noise_has_the_std_of_the_guarantee(tmp_path):
+    """dp.placement = "client": each client adds its share, std z * clip / sqrt(min_clients).
+    Against the same run without noise (same seeds: the same clipped updates), one round's
+    model moves by the mean of k shares: std z * clip * sqrt(k / min_clients) / per_round. And
+    the epsilon is the one central noise of the same multiplier would cost."""
+    z, clip, per_round, least = 0.8, 0.5, 8, 3
+    dp = ["dp.enabled=true", "selection.name=poisson", "codec.name=none", f"dp.clip={clip}", "dp.secret_noise=false",
+          "dp.delta=1e-3", "clients.total=16", f"clients.per_round={per_round}", "rounds=1", "local.epochs=1",
+          "guard.norm_multiple=0", "clock=simulated", "seed=4", "dp.placement=client", f"dp.min_clients={least}", *ON]
+    noisy, quiet, central = tmp_path / "noisy", tmp_path / "quiet", tmp_path / "central"
+    fedhpc_run(3, noisy, *dp, f"dp.noise_multiplier={z}")
+    fedhpc_run(3, quiet, *dp, "dp.noise_multiplier=0")
+    k = metrics(noisy)[0]["clients_reported"]
+    assert k >= least and metrics(noisy)[0]["secagg_error"] is None
+    moved = final_weights(noisy).astype(np.float64) - final_weights(quiet)
+    expected = z * clip * np.sqrt(k / least) / per_round
+    # the std of n normal values is off by 1/sqrt(2n) (1 % at the model's 4,810 values): 5 % is 5 sigma
+    assert moved.size > 4000 and abs(moved.std() / expected - 1) < 0.05, moved.std() / expected
+    fedhpc_run(3, central, *[s for s in dp if not s.startswith(("dp.placement", "dp.min_clients"))],
+               f"dp.noise_multiplier={z}")
+    assert metrics(noisy)[0]["epsilon"] == metrics(central)[0]["epsilon"]
+
+
+def test_below_dp_min_clients_no_sum_is_released(tmp_path):
+    out = tmp_path / "run"
+    fedhpc_run(2, out, "dp.enabled=true", "selection.name=poisson", "codec.name=none", "dp.secret_noise=false",
+               "dp.delta=1e-3", "clients.total=16", "clients.per_round=8", "rounds=2", "local.epochs=1",
+               "guard.norm_multiple=0", "clock=simulated", "dp.placement=client", "dp.min_clients=8",
+               "faults.dropout_prob=0.5", *ON)
+    m = metrics(out)
+    assert all(r["clients_reported"] < 8 for r in m)
+    assert all("fewer than dp.min_clients = 8" in r["secagg_error"] for r in m)
+    assert m[1]["loss"] == m[0]["loss"]  # the model never moved

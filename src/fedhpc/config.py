@@ -331,7 +331,11 @@ class DPConfig:
     noise_multiplier: float = 1.0
     delta: float = 1e-5
     target_epsilon: float = 0.0  # stop before the round that would exceed it (0 = no limit)
+    # "server": rank 0 adds the noise to the round's sum; "client" (needs secagg.enabled): each client adds
+    # a share, std noise_multiplier * clip / sqrt(min_clients), so that any min_clients of them together
+    # carry the whole noise, and rank 0, which only sees the masked sum, never a noiseless update
     placement: Literal["server", "client"] = "server"
+    min_clients: int = 0  # the fewest survivors whose sum is released (0 = half the expected clients, rounded up)
     # the noise comes from a secret drawn at the run's start and kept in its checkpoints only;
     # false: from the run seed, reproducible, and removable by anyone with the config (experiments)
     secret_noise: bool = True
@@ -352,9 +356,9 @@ class DPConfig:
         _require(self.noise_multiplier >= 0, f"{key}.noise_multiplier", "must be >= 0")
         _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1)")
         _require(self.target_epsilon >= 0, f"{key}.target_epsilon", "must be >= 0 (0 = no limit)")
-        _require(self.placement == "server", f"{key}.placement",
-                 "'client' (each client adds a share of the noise) needs secure aggregation, which fedhpc does "
-                 "not have yet; use 'server'")
+        _require(self.min_clients >= 0, f"{key}.min_clients", "must be >= 0 (0 = half the expected clients)")
+        _require(self.placement == "client" or not self.min_clients, f"{key}.min_clients",
+                 f"is for {key}.placement = 'client' only")
 
 
 @dataclass
@@ -525,6 +529,13 @@ class RunConfig:
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
 
     @property
+    def dp_min_clients(self) -> int:
+        """With ``dp.placement = "client"``: the fewest survivors whose sum is released (their
+        noise shares together are the whole noise); ``dp.min_clients``, or half the expected
+        clients, rounded up."""
+        return self.dp.min_clients or -(-self.round_size // 2)
+
+    @property
     def round_size(self) -> int:
         """How many of the in-job clients a round selects (on average, with Poisson sampling)."""
         return min(self.clients.per_round, self.clients.total)
@@ -611,6 +622,16 @@ class RunConfig:
                  "norms would let one client's presence decide another's")
         _require(not self.gateway.enabled, "gateway.enabled",
                  "must be false with dp.enabled: remote workers come and go, which the sampling does not allow for")
+        if self.dp.placement == "client":
+            _require(self.secagg.enabled, "dp.placement",
+                     "'client' needs secagg.enabled = true: without it rank 0 would see each update with only its "
+                     "own share of the noise")
+            _require(2 <= self.dp_min_clients <= self.round_size, "dp.min_clients",
+                     f"must be in [2, {self.round_size}] (the expected clients a round): the sum of fewer would carry "
+                     f"too little noise or be one client's update")
+        _require(not (self.dp.adaptive_clip and self.secagg.enabled), "dp.adaptive_clip",
+                 "must be false with secagg.enabled: each client's clipped bit would reach rank 0 outside the masked "
+                 "sum")
         if self.dp.adaptive_clip:
             from fedhpc.privacy.adaptive import count_stddev, vector_noise_multiplier
 

@@ -31,6 +31,15 @@ def gaussian_noise(seed: int, round_: int, n: int, std: float) -> np.ndarray:
     return (rng.standard_normal(n) * std).astype(np.float32)
 
 
+def client_noise(seed: int | None, round_: int, client: int, n: int, std: float) -> np.ndarray:
+    """One client's share of the noise (``dp.placement = "client"``): ``n`` float32 values of
+    N(0, std^2), from (noise seed, round, client) when the noise is reproducible, else from
+    the OS (``seed`` None): a client's share must be unknown to rank 0, or removing it from
+    the client's update would leave it noiseless."""
+    rng = np.random.default_rng(None if seed is None else derive_seed(seed, round_, client, SEED_DP))
+    return (rng.standard_normal(n) * std).astype(np.float32)
+
+
 def noise_seed(secret: bool, run_seed: int) -> int:
     """The seed of a run's noise: a fresh secret (63 random bits from the OS), or with
     ``secret`` False the run seed, reproducible and therefore no protection against anyone

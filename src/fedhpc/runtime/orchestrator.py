@@ -467,6 +467,13 @@ class Orchestrator:
                                                     len(outcome.results), count_noise(self.noise_seed, r, std),
                                                     expected)
             total = float(expected)
+            if dp.placement == "client":  # the clients' shares are the noise: release enough of them only
+                assert secure is not None, "client-placed noise without secure aggregation"
+                if len(accepted) < self.ctx.cfg.dp_min_clients:
+                    raise SecAggError(f"{len(accepted)} clients survived, fewer than dp.min_clients = "
+                                      f"{self.ctx.cfg.dp_min_clients}: their noise shares would not add up to the "
+                                      f"guarantee")
+                return self.strategy.step(self.weights, self._mean(r, accepted, total, secure))
             delta = (self._mean(r, accepted, total, secure) if accepted or secure is not None
                      else np.zeros(self.ctx.layout.size, np.float32))
             delta += gaussian_noise(self.noise_seed, r, delta.size, multiplier * self.clip / total)

@@ -25,7 +25,7 @@ from fedhpc.clock import Clock, client_round_seconds
 from fedhpc.compress import ErrorFeedback, get_codec
 from fedhpc.config import CodecConfig, RunConfig
 from fedhpc.models import Layout
-from fedhpc.privacy import clip
+from fedhpc.privacy import client_noise, clip
 from fedhpc.ring import Accumulator
 from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import coefficient, run_ring
@@ -144,6 +144,10 @@ class ClientStep:
                 if not task.clip > 0:
                     raise RuntimeError(f"round {r}'s task has no DP clip ({task.clip}): rank 0 and this rank disagree")
                 clipped = clip(delta, task.clip) > task.clip
+                if cfg.dp.placement == "client":  # its share of the noise, before it leaves (masked)
+                    dp = cfg.dp
+                    delta += client_noise(None if dp.secret_noise else cfg.seed, r, cid, delta.size,
+                                          dp.noise_multiplier * task.clip / math.sqrt(cfg.dp_min_clients))
             if plan is not None and isinstance(plan.attack, UpdateAttack):  # what it sends is its own choice
                 plan.attack.corrupt(delta, plan.rng(cfg.seed, r, cid))
             payload = self.encode(r, cid, delta, kept)
