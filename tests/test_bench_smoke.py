@@ -102,3 +102,16 @@ def test_aggregation_tiny(tmp_path):
     acc = res["accuracy"]
     assert acc["ring_max_abs_err"] <= acc["float32_max_abs_err"]
     assert "OLD" not in readme.read_text() and "| after | ranks |" in readme.read_text()
+
+
+def test_secagg_tiny(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- secagg:begin -->\nOLD\n<!-- secagg:end -->\n")
+    bench("secagg.py", "--values", "1000", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "s.json"),
+          "--readme", str(readme))
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert [(r["clients"], r["graph"]) for r in res["rows"]] == [(10, "complete"), (10, "SecAgg+")]
+    assert all(r["up_bytes"]["masked"] == 8 * 1000 + 4 for r in res["rows"])
+    assert res["job"]["secagg"]["accuracy"] == res["job"]["plain"]["accuracy"]  # the same model
+    assert res["job"]["secagg"]["secagg_bytes"] > 0 and res["job"]["plain"]["secagg_bytes"] == 0
+    assert "OLD" not in readme.read_text() and "| 10 | SecAgg+ |" in readme.read_text()

@@ -8,12 +8,16 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fedhpc.compress import get_codec
 from fedhpc.config import load_config
 from fedhpc.errors import ConfigError, CorruptUpdateError
 from fedhpc.ring import Accumulator, Ring, out_of_range
+from fedhpc.runtime.fold import Folder
 from fedhpc.secagg import SealedShare, SecAggClient, SecAggError, SecAggServer, Secret, neighbours, share_threshold
 from fedhpc.secagg import frame, shamir
 from fedhpc.secagg.masks import add_mask
+from fedhpc.strategy import get_strategy
+from fedhpc.update import HEADER, Status, UpdateHeader, seal_update
 
 pytestmark = pytest.mark.unit
 
@@ -297,3 +301,52 @@ def test_protocol_faults_need_secure_aggregation():
     with pytest.raises(ConfigError, match="faults.drop_at_keys"):
         load_config(overrides=["secagg.enabled=true", "guard.norm_multiple=0", "faults.drop_at_keys=[999]"])
 
+
+
+def _folder(secure: bool, n: int = N):
+    sets = ["clients.per_round=4", "guard.norm_multiple=0"] + (["secagg.enabled=true"] if secure else [])
+    f = Folder(load_config(None, sets), get_strategy("fedavg"), n, 5, lambda cid: get_codec("none"), None, 1.0)
+    f.begin(0, [1, 2, 3])
+    return f
+
+
+def _update(client: int, body: np.ndarray, masked: bool) -> np.ndarray:
+    buf = np.empty(HEADER.size + body.nbytes, np.uint8)
+    buf[HEADER.size :] = body
+    return seal_update(UpdateHeader(Status.OK, 5, 0, client, 10, 0.5, masked=masked), buf)
+
+
+def test_a_folder_under_secure_aggregation_takes_masked_inputs_only_and_can_take_them_out():
+    """An unmasked codec frame (a hostile worker's, or a relay's bug) is refused, never folded;
+    a masked input is folded as it is, with no norm told, and a client excluded afterwards is
+    subtracted to the bit."""
+    secure = _folder(True)
+    plain = get_codec("none").encode(np.ones(N, np.float32), None)
+    refused = secure.take(_update(1, plain, masked=False))
+    assert refused.refused == "corrupt" and "is not masked: secure aggregation is on" in refused.detail
+    assert not secure.folded
+    vecs = {}
+    for c in (2, 3):
+        vecs[c] = np.random.default_rng(c).integers(-(1 << 63), 1 << 63, N, dtype=np.int64)
+        body = np.empty(frame.frame_bytes(N), np.uint8)
+        frame.values(body, N)[:] = vecs[c]
+        frame.seal(body, N)
+        account = secure.take(_update(c, body, masked=True))
+        assert not account.refused and np.isnan(account.norm)
+    secure.settle([3])  # client 2 came too late after all
+    assert np.array_equal(secure.acc.acc, vecs[3])
+    off = _folder(False)
+    assert "is masked, but secure aggregation is off" in off.take(_update(2, body, masked=True)).detail
+
+
+def test_an_input_beyond_the_ring_shows_in_the_unmasked_sums_range():
+    """A hostile client skips its own range check and sends 2**63 - 1 beneath its masks: the
+    masks hide it until unmasking, and the sum's range check finds it then."""
+    rnd = Round(list(range(4)))
+    rnd.route()
+    q = rnd.inputs()
+    q[2][5] = (1 << 63) - 1
+    total = rnd.masked_sum(q, [0, 1, 2, 3])
+    assert out_of_range(total) >= 0  # masked: everything looks out of range ...
+    rnd.server.unmask(total, [0, 1, 2, 3], rnd.reveals([0, 1, 2, 3]))
+    assert out_of_range(total) == 5  # ... unmasked, only the poisoned value is

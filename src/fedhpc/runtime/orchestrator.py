@@ -81,7 +81,7 @@ class SecureRound:
         return self.session
 
     def fail(self, why: str) -> None:
-        log.warning("round %d: secure aggregation cannot go on: %s", self.round + 1, why)
+        """The protocol cannot go on this round (the round says so once, at its end)."""
         self.session, self.error = None, why
 
     def sharers(self) -> frozenset[int]:
@@ -515,19 +515,17 @@ class Orchestrator:
         keys = [k for rank, m in zip(self.ctx.trainers, msgs) for k in m.keys
                 if self._hosts(rank, k.client, chosen, "advertised keys")]
         secure.nbytes += sum(wire_size(m) for m in msgs)
+        advertised = {k.client for k in keys}
         try:
             secure.session = SecAggServer(r, keys, cfg.secagg.neighbors, cfg.secagg.threshold,
                                           derive_seed(cfg.seed, r, SEED_SECAGG))
-            advertised = {k.client for k in keys}
-            secure.server().check_survivors(advertised, advertised)  # at least two, and the threshold
+            secure.session.check_survivors(advertised, advertised)  # at least two, and the threshold
         except SecAggError as exc:
             secure.fail(f"{exc} at the key step")
         server = secure.session
-        if server is None:
-            advertised = set()
         for rank in self.ctx.trainers:
-            mine = {c: server.neighbour_keys(c) for c in self.ctx.clients_of(rank) if c in advertised
-                    } if server is not None else {}
+            mine = ({c: server.neighbour_keys(c) for c in self.ctx.clients_of(rank) if c in advertised}
+                    if server is not None else {})
             secure.nbytes += self._send_secagg(SecAggNeighbours(r, server.threshold if server else 0, mine), rank)
         msgs = self.reports(f"round {r + 1}'s secure aggregation shares", Tag.SECAGG)
         secure.nbytes += sum(wire_size(m) for m in msgs)
@@ -545,10 +543,9 @@ class Orchestrator:
                                                if c in sharers})
             secure.nbytes += self._send_secagg(routed, rank)
         secure.seconds += time.monotonic() - t0
-        why = {c: "did not advertise its keys" if c not in advertised else "did not share its secrets"
-               for c in selected if c not in sharers}
-        if secure.error:
-            why = dict.fromkeys(selected, secure.error)
+        why = ({c: "did not advertise its keys" if c not in advertised else "did not share its secrets"
+                for c in selected if c not in sharers} if secure.error is None
+               else dict.fromkeys(selected, secure.error))
         return [ClientFailure(c, "secagg", why[c]) for c in sorted(why)]
 
     def _hosts(self, rank: int, client: int, chosen: frozenset[int], what: str) -> bool:
@@ -566,7 +563,14 @@ class Orchestrator:
     def _secure_mean(self, r: int, accepted: list[int], total: float, secure: SecureRound) -> np.ndarray:
         """Secure aggregation's last step: ask the survivors to reveal, reduce the masked sum
         here, remove its masks, check its range and take the mean."""
-        t0, server = time.monotonic(), secure.server()
+        t0 = time.monotonic()
+        try:
+            return self._unmasked_mean(r, accepted, total, secure)
+        finally:
+            secure.seconds += time.monotonic() - t0
+
+    def _unmasked_mean(self, r: int, accepted: list[int], total: float, secure: SecureRound) -> np.ndarray:
+        server = secure.server()
         server.check_survivors(accepted)
         secure.dropped = sorted(server.sharers - set(accepted))
         unmask = Unmask(r, tuple(accepted), tuple(secure.dropped))
@@ -593,7 +597,6 @@ class Orchestrator:
         if at >= 0:
             raise SecAggError(f"the unmasked sum is out of range at value {at} ({acc[at]}): a client's input was "
                               f"beyond the ring's bound, which only this check after unmasking can see")
-        secure.seconds += time.monotonic() - t0
         return ring_mean(acc, total, run_ring(self.ctx.cfg), np.empty(acc.size, dtype=np.float32))
 
     def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
