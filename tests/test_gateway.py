@@ -45,6 +45,9 @@ def pki(tmp_path_factory):
     return d
 
 
+AUDIT = Path(__file__).with_name("secagg_audit.py")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -358,12 +361,16 @@ HYBRID = "rounds = 30\n[clients]\ntotal = 5\nper_round = 7\n[profiles]\nslow_cli
          "[stragglers]\ndeadline_s = 5.0"
 
 
+def worker_args(pki, port, who, client, shard, *args) -> list[str]:
+    """``fedhpc worker ...`` arguments of worker ``who`` playing ``client`` on ``shard`` of its data."""
+    return ["worker", "--connect", f"127.0.0.1:{port}", "--token-file", str(pki / f"{who}.token"), "--ca",
+            str(pki / "ca.pem"), "--cert", str(pki / f"{who}.pem"), "--key", str(pki / f"{who}.key"), "--name", who,
+            "--client-id", str(client), "--shard", shard, "--retry-s", "20", *args]
+
+
 def start_worker(pki, port, who, client, shard, *args, **env):
-    cmd = [sys.executable, "-m", "fedhpc", "worker", "--connect", f"127.0.0.1:{port}", "--token-file",
-           str(pki / f"{who}.token"), "--ca", str(pki / "ca.pem"), "--cert", str(pki / f"{who}.pem"), "--key",
-           str(pki / f"{who}.key"), "--name", who, "--client-id", str(client), "--shard", shard, "--retry-s", "20",
-           *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env(**env))
+    return subprocess.Popen([sys.executable, "-m", "fedhpc", *worker_args(pki, port, who, client, shard, *args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env(**env))
 
 
 @pytest.mark.e2e
@@ -677,3 +684,35 @@ def test_secure_aggregation_with_remote_workers_gives_the_same_bits(pki, tmp_pat
     assert all(r["secagg_error"] is None and r["secagg_bytes"] > 0 for r in m)
     assert np.load(runs["secure"] / "final_weights.npy").tobytes() == \
         np.load(runs["plain"] / "final_weights.npy").tobytes()
+
+
+@pytest.mark.e2e
+def test_neither_rank0_nor_the_gateway_ever_holds_a_remote_workers_update(pki, tmp_path):
+    """Instrumented (tests/secagg_audit.py): every Update the gateway rank hands on, and every
+    account rank 0 gets, against each worker's update as it was before the worker masked it."""
+    audit, out, port = tmp_path / "audit", tmp_path / "run", free_port()
+    cfg = job_config(tmp_path, pki, port, "rounds = 2\n[clients]\ntotal = 5\nper_round = 7\n[local]\nepochs = 1\n"
+                                          "[guard]\nnorm_multiple = 0\n[secagg]\nenabled = true", 2, 2)
+    job = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "mpi4py", str(AUDIT), str(audit), "run",
+                            "--config", str(cfg), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=mpi_env())
+    workers = [subprocess.Popen([sys.executable, str(AUDIT), str(audit), *worker_args(pki, port, w, 5 + i, f"{i}/2")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env())
+               for i, w in enumerate(("w1", "w2"))]
+    _, err = job.communicate(timeout=240)
+    logs = [w.communicate(timeout=60)[0] for w in workers]
+    assert job.returncode == 0, err[-4000:]
+    assert all(w.returncode == 0 for w in workers), logs
+    plain = {k: v for w in ("w1", "w2") for k, v in np.load(audit / f"worker-{w}.npz").items()}
+    handed = {k: v for k, v in np.load(audit / "rank2.npz").items() if k.startswith("handed-")}  # the gateway
+    at0 = dict(np.load(audit / "rank0.npz"))
+    assert len(plain) == 4 and set(handed) == {k.replace("plain-", "handed-") for k in plain}
+    assert not any(k.startswith("update-") for k in at0)  # rank 0 got accounts only ...
+    assert not np.isfinite([v[0] for k, v in at0.items() if k.startswith("norm-")]).any()  # ... without norms
+    for key, body in handed.items():
+        y, q = body[:-4].view("<i8"), plain[key.replace("handed-", "plain-")]
+        assert y.size == q.size and not np.array_equal(y, q)
+        assert np.mean(np.abs(y.astype(np.float64)) > 2.0**62) > 0.4  # uniform over the ring
+        assert np.mean(np.abs(q.astype(np.float64)) > 2.0**62) == 0
+        for other in plain.values():
+            assert np.count_nonzero(y == other) < 5
