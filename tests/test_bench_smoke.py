@@ -115,3 +115,19 @@ def test_secagg_tiny(tmp_path):
     assert res["job"]["secagg"]["accuracy"] == res["job"]["plain"]["accuracy"]  # the same model
     assert res["job"]["secagg"]["secagg_bytes"] > 0 and res["job"]["plain"]["secagg_bytes"] == 0
     assert "OLD" not in readme.read_text() and "| 10 | SecAgg+ |" in readme.read_text()
+
+
+def test_submodels_tiny(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- submodels:begin -->\nOLD\n<!-- submodels:end -->\n")
+    bench("submodels.py", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "s.json"), "--readme", str(readme),
+          timeout=400)
+    res = json.loads((tmp_path / "s.json").read_text())
+    rows = {r["case"]: r for r in res["rows"]}
+    assert set(rows) == {"full width, deadline", "full width, partial work", "random dropout 0.5", "budget widths"}
+    assert res["deadline_s"] > 0 and rows["budget widths"]["width_mean"] < 1
+    assert rows["full width, deadline"]["width_mean"] is None
+    cost = res["client_cost"]
+    assert cost["params"]["0.25"] < cost["params"]["1"] / 10 and cost["flops_ratio"] < 0.1
+    assert cost["peak_rss"]["0.25"] < cost["peak_rss"]["1"]
+    assert "OLD" not in readme.read_text() and "| budget widths |" in readme.read_text()

@@ -11,7 +11,8 @@ from fedhpc.compress import get_codec, wire
 from fedhpc.config import load_config
 from fedhpc.models import Layout
 from fedhpc.ring import Ring
-from fedhpc.runtime.feddropout import FedDropout
+from fedhpc.models import submodel
+from fedhpc.runtime.submodels import Submodels
 from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total
 from fedhpc.strategy import get_strategy
 from fedhpc.types import ClientResult, RoundOutcome
@@ -119,14 +120,15 @@ def test_sub_model_frames_are_averaged_over_their_coverage_as_in_process():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 3))
     layout = Layout(model)
-    drop = FedDropout(model, layout, 0.5, seed=3)
+    drop = Submodels(model, layout, submodel.hidden_pairs(model), 3, nested=False)
     codec = get_codec("int8")
     strategy = get_strategy("fedavg")
     f = folder(strategy, codec, layout.size, drop)
+    f.begin(0, CLIENTS, dict.fromkeys(CLIENTS, 0.5))
     full = make_deltas(layout.size, seed=4)
     results = []
     for c in CLIENTS:
-        kept = drop.kept(0, c)
+        kept = drop.kept(0, c, 0.5)
         f.take(sealed(codec, c, np.ascontiguousarray(full[c][kept])))
         dense = np.zeros(layout.size, np.float32)
         dense[kept] = codec.decode(sealed(codec, c, np.ascontiguousarray(full[c][kept]))[HEADER.size:])

@@ -69,7 +69,7 @@ def test_text_becomes_next_token_blocks_per_user(files):
     (["data.partition=classes"], "must be 'iid' or 'natural'"),
     (["model.name=hf:"], "must be followed by the directory"),
     (["model.name=mlp"], "must be an hf: model with data.name = 'text'"),
-    (["fed_dropout.rate=0.5"], "fed_dropout.rate' must be 0 with an hf: model"),
+    (["fed_dropout.rate=0.5"], "fed_dropout.rate' must be off with an hf: model"),
 ])
 def test_bad_language_model_input_names_what_is_wrong(files, change, match):
     with pytest.raises(ConfigError, match=match):

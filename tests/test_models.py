@@ -9,11 +9,9 @@ from torch import nn
 
 from fedhpc.config import ModelConfig, load_config
 from fedhpc.errors import ConfigError
-from fedhpc.models import MODELS, Layout, build_model
-from fedhpc.models.cnn import conv_net
+from fedhpc.models import MODELS, Layout, build_model, submodel
 from fedhpc.runtime.training import LocalTrainer
 from fedhpc.seeds import SEED_TRAIN, derive_seed
-from fedhpc.runtime.feddropout import FedDropout, droppable
 
 pytestmark = pytest.mark.unit
 
@@ -64,50 +62,6 @@ def test_cnn_with_one_channel_and_mlp_with_hidden_sizes():
     assert build_model(ModelConfig(name="mlp", hidden=[]), (8,), 3, 0)(torch.randn(1, 8)).shape == (1, 3)
 
 
-def test_federated_dropout_drops_conv_channels_and_fc_units_but_nothing_in_the_lstm():
-    cnn = build_model(ModelConfig(name="cnn-cifar"), (3, 32, 32), 10, 0)
-    assert droppable(cnn) == [("0", "3"), ("7", "9")]  # conv1 -> conv2 channels, fc1 -> fc2 units
-    assert droppable(build_model(ModelConfig(name="cnn-medmnist"), (1, 28, 28), 9, 0)) == [("0", "3"), ("7", "9")]
-    assert droppable(build_model(ModelConfig(name="mlp", hidden=[8, 4]), (6,), 3, 0)) == [("1", "3"), ("3", "5")]
-    lstm = build_model(ModelConfig(name="lstm-shakespeare"), (80,), 80, 0)
-    fd = FedDropout(lstm, Layout(lstm), rate=0.5, seed=0)
-    assert droppable(lstm) == [] and np.array_equal(fd.kept(0, 0), np.arange(Layout(lstm).size))
-
-
-def test_masked_cnn_training_equals_training_the_sub_network():
-    """Dropping conv channels and fc units by masking trains exactly the smaller CNN."""
-    cfg = load_config(None, ["local.epochs=2", "local.batch_size=4", "local.lr=0.05"])
-    shape, classes = (1, 8, 8), 3
-
-    def net(channels, hidden):
-        torch.manual_seed(0)
-        return conv_net(shape, classes, channels, 3, hidden, "test")
-
-    full = net((6, 5), 8)
-    layout = Layout(full)
-    fd = FedDropout(full, layout, rate=0.5, seed=1)
-    kept = fd.kept(0, 0)
-    mask = fd.mask(kept)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((12, *shape)).astype(np.float32), rng.integers(0, classes, 12)
-    delta, loss = LocalTrainer(cfg, full, layout, x, y).train(np.arange(12), layout.flatten(full), 0, 0, 0.0,
-                                                              lambda: False, mask)
-    # the kept conv1 channels and fc1 units, read off the mask of their biases
-    ch = np.flatnonzero(mask[layout.offsets[1] : layout.offsets[2]])
-    units = np.flatnonzero(mask[layout.offsets[5] : layout.offsets[6]])
-    sub, ref = net((len(ch), 5), len(units)), net((6, 5), 8)
-    with torch.no_grad():
-        sub[0].weight.copy_(ref[0].weight[ch]), sub[0].bias.copy_(ref[0].bias[ch])
-        sub[3].weight.copy_(ref[3].weight[:, ch]), sub[3].bias.copy_(ref[3].bias)
-        sub[7].weight.copy_(ref[7].weight[units]), sub[7].bias.copy_(ref[7].bias[units])
-        sub[9].weight.copy_(ref[9].weight[:, units]), sub[9].bias.copy_(ref[9].bias)
-    sub_layout = Layout(sub)
-    sub_delta, sub_loss = LocalTrainer(cfg, sub, sub_layout, x, y).train(np.arange(12), sub_layout.flatten(sub), 0, 0,
-                                                                         0.0, lambda: False)
-    assert np.allclose(delta[kept], sub_delta, atol=1e-5) and abs(loss - sub_loss) < 1e-5
-    assert np.all(delta[np.setdiff1d(np.arange(layout.size), kept)] == 0)
-
-
 @pytest.mark.parametrize("name,shape,classes,message", [
     ("cnn-cifar", (64,), 10, "needs images of shape \\(channels, height, width\\)"),
     ("lstm-shakespeare", (64,), 10, "use it with data.name = shakespeare"),
@@ -138,7 +92,7 @@ def test_users_own_model_factory(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_model(load_config(None, ["model.name=my_models:tiny"]).model, (6,), 3, 0)
     assert model(torch.randn(2, 6)).shape == (2, 3) and Layout(model).size == 6 * 4 + 4 + 4 * 3 + 3
-    assert droppable(model) == [("1", "3")]
+    assert submodel.hidden_pairs(model) == [("1", "3")]
     for name, message in [("my_models:nothing", "has no callable 'nothing'; expected def nothing\\(input_shape"),
                           ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'.*PYTHONPATH"),
                           ("my_models:not_a_module", "returned a int, not a torch.nn.Module"),

@@ -219,12 +219,32 @@ class ProfilesConfig:
 
 @dataclass
 class FedDropoutConfig:
-    """Structured federated dropout: clients train a sub-model without some hidden units."""
+    """Structured federated dropout (``submodels.mode = "random"``; this rate alone turns it on):
+    clients train a sub-model without a random share of the hidden units."""
 
     rate: float = 0.0  # fraction of hidden units dropped per client and round
 
     def check(self, key):
         _require(0 <= self.rate < 1, f"{key}.rate", "must be in [0, 1)")
+
+
+@dataclass
+class SubmodelsConfig:
+    """Sub-models: clients train narrower networks (see fedhpc.runtime.submodels)."""
+
+    # "random": each client drops a random fed_dropout.rate of every hidden layer's units (federated
+    # dropout; fed_dropout.rate > 0 alone means this); "budget": rank 0 gives each client the widest
+    # of widths whose predicted round fits (1 - margin) of stragglers.deadline_s
+    mode: Literal["none", "random", "budget"] = "none"
+    widths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    nested: bool = True  # budget: a width-w model is the first w of every hidden layer (false: w of them at random)
+    margin: float = 0.1
+
+    def check(self, key):
+        _require(bool(self.widths) and all(0 < w <= 1 for w in self.widths), f"{key}.widths",
+                 "must be a non-empty list of fractions in (0, 1]")
+        _require(len(set(self.widths)) == len(self.widths), f"{key}.widths", "must not repeat a width")
+        _require(0 <= self.margin < 1, f"{key}.margin", "must be in [0, 1)")
 
 
 @dataclass
@@ -473,6 +493,7 @@ class RunConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     fed_dropout: FedDropoutConfig = field(default_factory=FedDropoutConfig)
+    submodels: SubmodelsConfig = field(default_factory=SubmodelsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -514,8 +535,16 @@ class RunConfig:
         _require(hf == text or (text and bool(self.data.tokenizer)), "data.name" if hf else "model.name",
                  "must be 'text' with an hf: model (a language model reads token blocks)" if hf else
                  "must be an hf: model with data.name = 'text' (or set data.tokenizer)")
-        _require(not hf or self.fed_dropout.rate == 0, "fed_dropout.rate",
-                 "must be 0 with an hf: model: its LoRA layers share their inputs with the frozen ones, so "
+        sub = self.submodel_mode != "none"
+        _require(self.submodels.mode != "random" or self.fed_dropout.rate > 0, "submodels.mode",
+                 "'random' drops fed_dropout.rate of every hidden layer's units: set fed_dropout.rate > 0")
+        _require(self.submodels.mode != "budget" or not self.fed_dropout.rate, "fed_dropout.rate",
+                 "must be 0 with submodels.mode = 'budget' (the widths say how much each client drops)")
+        _require(self.submodel_mode != "budget" or self.stragglers.deadline_s > 0, "stragglers.deadline_s",
+                 "must be > 0 with submodels.mode = 'budget': each client's width is the widest whose round fits "
+                 "the deadline")
+        _require(not hf or not sub, self.submodel_key,
+                 "must be off with an hf: model: its LoRA layers share their inputs with the frozen ones, so "
                  "dropping units would not make a smaller network")
         _require(not text or self.data.partition in ("iid", "natural"), "data.partition",
                  "must be 'iid' or 'natural' (one user per file) with data.name = 'text': its samples have no "
@@ -524,9 +553,20 @@ class RunConfig:
             _require(self.attack.start_round <= self.rounds, "attack.start_round",
                      f"is {self.attack.start_round}, after the run's last round ({self.rounds}): nobody would attack")
             self._check_attack()
-        _require(self.fed_dropout.rate == 0 or self.strategy.name not in ROBUST_STRATEGIES, "fed_dropout.rate",
-                 f"must be 0 with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
+        _require(not sub or self.strategy.name not in ROBUST_STRATEGIES, self.submodel_key,
+                 f"must be off with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
+
+    @property
+    def submodel_mode(self) -> str:
+        """How clients' sub-models are chosen: ``submodels.mode``, or "random" when
+        ``fed_dropout.rate`` (its alias) is set."""
+        return "random" if self.fed_dropout.rate else self.submodels.mode
+
+    @property
+    def submodel_key(self) -> str:
+        """The key that turned sub-models on, for messages."""
+        return "fed_dropout.rate" if self.fed_dropout.rate else "submodels.mode"
 
     @property
     def dp_min_clients(self) -> int:
@@ -550,9 +590,9 @@ class RunConfig:
         from fedhpc.strategy import get_strategy
 
         if self.attack.omniscient:
-            _require(not self.dp.enabled and self.fed_dropout.rate == 0, "attack.kind",
+            _require(not self.dp.enabled and self.submodel_mode == "none", "attack.kind",
                      f"'{self.attack.kind}' forges updates from the honest ones at rank 0, which needs whole "
-                     f"updates: set dp.enabled = false and fed_dropout.rate = 0")
+                     f"updates: set dp.enabled = false, fed_dropout.rate = 0 and submodels.mode = 'none'")
         total, per_round = self.clients.total, self.round_size
         count = len(set(self.attack.clients)) if self.attack.clients else round(self.attack.fraction * total)
         attackers = math.ceil(count * per_round / total)
@@ -586,7 +626,8 @@ class RunConfig:
         _require(self.guard.norm_multiple == 0 and self.guard.norm_limit == 0, "guard.norm_multiple",
                  "and guard.norm_limit must be 0 with secagg.enabled: rank 0 cannot see one client's norm; bound "
                  "what clients send with dp.clip instead (the sum's range is checked after unmasking)")
-        _require(self.fed_dropout.rate == 0, "fed_dropout.rate", "must be 0 with secagg.enabled (not built yet)")
+        _require(self.submodel_mode == "none", self.submodel_key,
+                 "must be off with secagg.enabled (sub-models under secure aggregation are not built yet)")
         _require(not self.attack.omniscient, "attack.kind",
                  f"'{self.attack.kind}' forges from the whole honest updates, which secure aggregation hides")
         _require(self.secagg.step_timeout_s < self.stragglers.timeout_s / 2, "secagg.step_timeout_s",
@@ -607,8 +648,8 @@ class RunConfig:
         _require(self.strategy.name in DP_STRATEGIES, "strategy.name",
                  f"must be one of {', '.join(DP_STRATEGIES)} with dp.enabled: weighted, robust or loss-weighted "
                  f"rules break the sensitivity bound")
-        _require(self.fed_dropout.rate == 0, "fed_dropout.rate",
-                 "must be 0 with dp.enabled: its per-coordinate divisors break the sensitivity bound")
+        _require(self.submodel_mode == "none", self.submodel_key,
+                 "must be off with dp.enabled: sub-models' per-coordinate divisors break the sensitivity bound")
         _require(self.codec.name in DP_CODECS, "codec.name",
                  f"must be one of {', '.join(DP_CODECS)} with dp.enabled: a quantized update may decode above the "
                  f"clip")

@@ -149,7 +149,8 @@ class GatewayRank(HostRank):
         for cid in task.clients_of(self.comm.rank):
             if secure and cid not in self.sharers:
                 continue  # it did not share: rank 0 has already counted it out
-            if not self.server.offer_task(Task(r, cid, task.mu, model, self.coef_scale if secure else 0.0)):
+            if not self.server.offer_task(Task(r, cid, task.mu, model, self.coef_scale if secure else 0.0,
+                                               task.widths.get(cid, 1.0))):
                 fail(cid, f"no worker is connected for remote client {cid}")
         # rank 0 closes the round within timeout_s of its start: give up only after its grace too
         deadline = time.monotonic() + timeout + self.ctx.cfg.stragglers.close_grace_s

@@ -63,13 +63,15 @@ def load_tokens(path: str | Path) -> dict[str, str]:
 @dataclass
 class Task:
     """What a worker is handed: a round's model to train (with the coefficient scale under
-    secure aggregation), or, with ``step``, one step of secure aggregation."""
+    secure aggregation, and its sub-model's width), or, with ``step``, one step of secure
+    aggregation."""
 
     round: int
     client: int
     mu: float = 0.0
     model: bytes = b""
     scale: float = 0.0
+    width: float = 1.0  # sub-models: the fraction of every hidden layer it trains
     step: pb.TaskChunk | None = None
 
 
@@ -403,7 +405,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
             for a in range(0, max(len(task.model), 1), CHUNK_BYTES):
                 yield pb.TaskChunk(kind=pb.TaskChunk.TRAIN, round=task.round, client_id=task.client, mu=task.mu,
                                    model_bytes=len(task.model), data=task.model[a : a + CHUNK_BYTES],
-                                   coef_scale=task.scale)
+                                   coef_scale=task.scale, width=task.width)
                 with self.lock:
                     self.bytes_down += len(task.model[a : a + CHUNK_BYTES])
             return

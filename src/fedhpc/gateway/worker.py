@@ -215,8 +215,8 @@ class Worker:
                 why = self.secure_error or f"no secure aggregation keys of round {task.round}"
                 self.push(task.round, failure_update(Status.ERROR, self.job, task.round, self.client, why))
                 return
-        frame = step.run(ClientTask(task.round, task.client_id, task.mu), weights, self.indices, self.profile,
-                         lambda: False, start, secure)
+        frame = step.run(ClientTask(task.round, task.client_id, task.mu, width=task.width or 1.0), weights,
+                         self.indices, self.profile, lambda: False, start, secure)
         self.push(task.round, frame)
 
     def push(self, round_: int, frame: np.ndarray) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,9 +35,9 @@ from fedhpc.compress.base import Decoded
 from fedhpc.config import RunConfig
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.ring import Accumulator, FoldError, Ring
-from fedhpc.runtime.feddropout import FedDropout
-from fedhpc.secagg import frame as masked_frame
 from fedhpc.runtime.messages import Folded
+from fedhpc.runtime.submodels import FULL, Submodels
+from fedhpc.secagg import frame as masked_frame
 from fedhpc.strategy import Strategy
 from fedhpc.update import Status, UpdateHeader, unpack_update
 
@@ -78,7 +78,7 @@ class _Held:
     body: memoryview  # the client's codec frame (or masked input), until the round is settled
     codec: Codec | None  # None: a masked input of secure aggregation
     coef: float
-    kept: np.ndarray | None  # federated dropout's coordinates of the client
+    kept: np.ndarray | None  # a sub-model's coordinates of the client
     release: Callable[[], None]  # gives the frame's buffer back to its pool
 
 
@@ -87,26 +87,28 @@ class Folder:
     ring sum over the model's ``n`` values.
 
     ``codec_of(client)`` is the codec the client's frames are in (the WAN
-    codec for remote clients); ``feddrop`` maps sub-model frames back to the
+    codec for remote clients); ``subs`` maps sub-model frames back to the
     model's coordinates and turns on the per-coordinate coverage.
     """
 
     def __init__(self, cfg: RunConfig, strategy: Strategy, n: int, job_id: int, codec_of: Callable[[int], Codec],
-                 feddrop: FedDropout | None, scale: float):
-        self.strategy, self.n, self.job_id, self.codec_of, self.feddrop = strategy, n, job_id, codec_of, feddrop
+                 subs: Submodels | None, scale: float):
+        self.strategy, self.n, self.job_id, self.codec_of, self.subs = strategy, n, job_id, codec_of, subs
         self.scale = scale  # the run's coefficient_scale
         self.uniform = cfg.dp.enabled
         self.masked = cfg.secagg.enabled  # every Update is a masked input, and no other is taken
-        self.acc = Accumulator(run_ring(cfg), n, coverage=feddrop is not None)
+        self.acc = Accumulator(run_ring(cfg), n, coverage=subs is not None)
+        self.widths: Mapping[int, float] = {}  # sub-models: the round's width of each client
         self.round = -1
         self.expected: frozenset[int] = frozenset()
         self.held: dict[int, _Held] = {}  # folded clients without a verdict yet
         self.held_bytes = 0  # their frames' bytes (kept up to date: it is read after every Update)
         self.folded: set[int] = set()  # every client folded this round
 
-    def begin(self, round_: int, expected: Collection[int]) -> None:
+    def begin(self, round_: int, expected: Collection[int], widths: Mapping[int, float] | None = None) -> None:
         """Start round ``round_``: an empty sum, to which only the ``expected`` clients'
-        Updates of this round and job are folded."""
+        Updates of this round and job are folded (sub-models: of the ``widths`` rank 0 gave them)."""
+        self.widths = widths or {}
         self.acc.clear()
         self.held.clear()
         self.held_bytes = 0
@@ -143,7 +145,7 @@ class Folder:
             return Folded(head, buf.nbytes, refused="corrupt", detail=f"client {cid}'s update {why}"), False
         if self.masked:
             return self._take_masked(head, body, buf.nbytes, release)
-        kept = None if self.feddrop is None else self.feddrop.kept(head.round, cid)
+        kept = None if self.subs is None else self.subs.kept(head.round, cid, self.widths.get(cid, FULL))
         coef = coefficient(self.strategy, head.num_samples, head.loss, self.scale, self.uniform)
         codec = self.codec_of(cid)
         try:

@@ -28,6 +28,7 @@ class RoundTask:
     assign: dict[int, tuple[int, ...]]
     mu: float  # FedProx proximal coefficient for the clients (0 = none)
     clip: float = 0.0  # differential privacy: the round's L2 bound on each update (0 = no DP)
+    widths: dict[int, float] = field(default_factory=dict)  # sub-models: each client's width (absent = 1)
 
     def clients_of(self, rank: int) -> tuple[int, ...]:
         return self.assign.get(rank, ())

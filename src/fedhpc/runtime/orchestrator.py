@@ -30,7 +30,6 @@ from fedhpc.ring import out_of_range, ring_mean
 from fedhpc.runtime import signals
 from fedhpc.runtime.collector import Admission, CloseRules, RoundCollector
 from fedhpc.runtime.context import Context, simulated_profiles
-from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.guard import EXIT_STOPPED, NormGuard, stop_reason
 from fedhpc.runtime.fold import Folder, coefficient, coefficient_scale, round_total, run_ring
 from fedhpc.runtime.messages import (
@@ -39,6 +38,7 @@ from fedhpc.runtime.messages import (
 )
 from fedhpc.runtime.rank import codec_of_client, folds
 from fedhpc.runtime.step import attack_plan
+from fedhpc.runtime.submodels import FULL, Submodels, choose_width
 from fedhpc.runtime.training import evaluate
 from fedhpc.runtime.transport import (
     Tag, abort_job, bcast_array, bcast_object, gather_mean, recv_object, recv_update,
@@ -117,7 +117,8 @@ class Orchestrator:
         self.mu = cfg.strategy.mu if cfg.strategy.mu is not None else self.strategy.client_mu()
         self.weights = ctx.layout.flatten(ctx.model)
         self.model_bytes = self.weights.nbytes
-        self.feddrop = FedDropout.for_run(cfg, ctx.model, ctx.layout)
+        self.subs = Submodels.for_run(cfg, ctx.model, ctx.layout, ctx.data.input_shape)
+        self.widths: dict[int, float] = {}  # sub-models: the round's width of each selected client
         # differential privacy: every round's sampling rate, composed by dp-accounting
         self.accountant = Accountant(cfg.dp.noise_multiplier, cfg.dp.delta) if cfg.dp.enabled else None
         self.spent = ""  # why the privacy budget allows no further round ("" = it does)
@@ -147,7 +148,7 @@ class Orchestrator:
         # a sum-decomposable strategy is folded where the Updates are: on the hosting ranks, or
         # here as they arrive (aggregation.fold = "rank0"); the others get every Update at the close
         self.scale = coefficient_scale(ctx.parts)
-        self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, self.codec_of, self.feddrop, self.scale)
+        self.folder = (Folder(cfg, self.strategy, ctx.layout.size, job_id, self.codec_of, self.subs, self.scale)
                        if folds(cfg, self.strategy) and cfg.aggregation.fold == "rank0" else None)
         self.attack = attack_plan(cfg)  # simulated Byzantine clients; an omniscient attack forges here
 
@@ -328,7 +329,7 @@ class Orchestrator:
             flow.close(status)
         return metrics, status
 
-    def round(self, r: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray], list[float]]:
+    def round(self, r: int) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], list[float]]:
         """Run round ``r``; return its metrics line, the per-client arrays of the run record and
         the norms of the round's updates."""
         cfg, ctx = self.ctx.cfg, self.ctx
@@ -341,9 +342,10 @@ class Orchestrator:
         assign: dict[int, list[int]] = {}
         for c in selected:
             assign.setdefault(ctx.host_of(c), []).append(c)
+        self.widths = self.choose_widths(r, selected)
         if self.folder is not None:
-            self.folder.begin(r, selected)
-        self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu, self.clip))
+            self.folder.begin(r, selected, self.widths)
+        self.command(RoundTask(r, {k: tuple(v) for k, v in assign.items()}, self.mu, self.clip, self.widths))
         secure = SecureRound(r) if cfg.secagg.enabled else None
         got = self.collect(r, selected, t0, self.secagg_setup(secure, selected) if secure is not None else [])
         outcome, closed_at, _ = got.collector.outcome()
@@ -416,10 +418,33 @@ class Orchestrator:
             "secagg_bytes": secure.nbytes if secure is not None else 0,
             "secagg_dropped": len(secure.dropped) if secure is not None else None,
             "secagg_error": secure.error if secure is not None else None,
+            # sub-models: the mean width of the clients selected (None without)
+            "width_mean": float(np.mean(list(self.widths.values()))) if self.widths else None,
         }
         if self.unclipped is not None:
             self.clip = self.next_clip(self.clip, self.unclipped)
         return metrics, self._per_client(outcome, got), norms
+
+    def choose_widths(self, r: int, selected: list[int]) -> dict[int, float]:
+        """Each selected client's sub-model width this round: ``1 - fed_dropout.rate`` for
+        random sub-models; with ``submodels.mode = "budget"`` the widest its profile, history
+        and the deadline allow (:func:`~fedhpc.runtime.submodels.choose_width`), each choice
+        logged with its reason like a selection decision. Empty without sub-models."""
+        cfg = self.ctx.cfg
+        if self.subs is None:
+            return {}
+        if cfg.submodel_mode == "random":
+            return dict.fromkeys(selected, 1.0 - cfg.fed_dropout.rate)
+        widths = {}
+        n = self.ctx.layout.size
+        for c in selected:
+            samples = len(self.ctx.parts[c]) if c < len(self.ctx.parts) else self.remote_workers[c].num_samples
+            compute = samples * cfg.local.epochs * cfg.profiles.cost_per_sample_s
+            widths[c], why = choose_width(self.subs, cfg.submodels.widths, self.profiles[c], self.history[c], compute,
+                                          self.codec_of(c).wire_size(n) / n, cfg.stragglers.deadline_s,
+                                          cfg.submodels.margin, cfg.local.batch_size)
+            log.debug("round %d width: client %d gets %g (%s)", r, c, widths[c], why)
+        return widths
 
     def available(self) -> list[int]:
         """The clients a round may select: every one inside the job, and the connected remote ones."""
@@ -599,8 +624,9 @@ class Orchestrator:
                               f"beyond the ring's bound, which only this check after unmasking can see")
         return ring_mean(acc, total, run_ring(self.ctx.cfg), np.empty(acc.size, dtype=np.float32))
 
-    def _per_client(self, outcome: RoundOutcome, got: _Collected) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(status, bytes up, seconds) per client for the run record."""
+    def _per_client(self, outcome: RoundOutcome, got: _Collected
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(status, bytes up, seconds, sub-model width) per client for the run record."""
         total = len(self.ctx.all_clients)
         status = np.zeros(total, np.int8)
         seconds = np.full(total, np.nan)
@@ -611,7 +637,11 @@ class Orchestrator:
         nbytes = np.zeros(total, np.int64)
         for cid, b in got.collector.client_bytes.items():
             nbytes[cid] = b
-        return status, nbytes, seconds
+        width = np.full(total, np.nan, np.float32)  # NaN: not selected; 1 without sub-models
+        width[list(got.collector.expected)] = 1.0
+        for cid, w in self.widths.items():
+            width[cid] = w
+        return status, nbytes, seconds, width
 
     # -- collecting updates ---------------------------------------------------
     def collect(self, r: int, selected: list[int], t0: float, failures: list[ClientFailure]) -> _Collected:
@@ -716,7 +746,7 @@ class Orchestrator:
                              if head.status != Status.OK else "", col):
             return
         cid = head.client
-        kept = None if self.feddrop is None else self.feddrop.kept(r, cid)
+        kept = None if self.subs is None else self.subs.kept(r, cid, self.widths.get(cid, FULL))
         codec = self.codec_of(cid)
         seconds = col.arrival_time(head.sim_s, elapsed)
         try:

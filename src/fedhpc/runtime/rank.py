@@ -25,13 +25,13 @@ from fedhpc.compress import Codec, get_codec
 from fedhpc.errors import CorruptUpdateError
 from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
-from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import Folder, coefficient_scale
 from fedhpc.runtime.messages import (
     Close, Done, Reduce, RestoreState, Restored, RoundTask, SaveState, SecAggKeys, SecAggNeighbours, SecAggReveals,
     SecAggRouted, SecAggShares, Stop, Unmask, Verdict,
 )
 from fedhpc.runtime.state import ClientStates, StateError
+from fedhpc.runtime.submodels import Submodels
 from fedhpc.runtime.training import host_memory_gb
 from fedhpc.runtime.transport import (
     Tag, bcast_array, bcast_object, isend_chunked, poll, recv_object, reduce_mean, wait_with_deadline,
@@ -81,7 +81,7 @@ class HostRank(ABC):
         strategy = get_strategy(cfg.strategy.name, **cfg.strategy.params)
         # a sum-decomposable strategy is folded here, unless rank 0 is asked to fold
         self.folder = (Folder(cfg, strategy, ctx.layout.size, job_id, codec_of_client(ctx),
-                              FedDropout.for_run(cfg, ctx.model, ctx.layout), coefficient_scale(ctx.parts))
+                              Submodels.for_run(cfg, ctx.model, ctx.layout), coefficient_scale(ctx.parts))
                        if folds(cfg, strategy) and cfg.aggregation.fold == "ranks" else None)
 
     @abstractmethod
@@ -135,7 +135,7 @@ class HostRank(ABC):
             elif isinstance(cmd, RoundTask):
                 bcast_array(self.comm, self.weights, timeout, f"round {cmd.round}'s model")
                 if self.folder is not None:
-                    self.folder.begin(cmd.round, cmd.clients_of(self.comm.rank))
+                    self.folder.begin(cmd.round, cmd.clients_of(self.comm.rank), cmd.widths)
                     self.verdicts = 0
                 if self.ctx.cfg.secagg.enabled:
                     self.secagg_setup(cmd)

@@ -27,9 +27,9 @@ from fedhpc.config import CodecConfig, RunConfig
 from fedhpc.models import Layout
 from fedhpc.privacy import client_noise, clip
 from fedhpc.ring import Accumulator
-from fedhpc.runtime.feddropout import FedDropout
 from fedhpc.runtime.fold import coefficient, run_ring
 from fedhpc.runtime.state import ClientStates
+from fedhpc.runtime.submodels import Submodels
 from fedhpc.runtime.training import Abandoned, LocalTrainer
 from fedhpc.secagg import SecAggClient
 from fedhpc.secagg import frame as masked_frame
@@ -49,6 +49,7 @@ class ClientTask:
     client: int
     mu: float = 0.0  # FedProx proximal coefficient (0 = none)
     clip: float = 0.0  # differential privacy: the round's L2 bound on the update (0 = no DP)
+    width: float = 1.0  # sub-models: the fraction of every hidden layer's units it trains (1 = the full model)
 
 
 def attack_plan(cfg: RunConfig) -> AttackPlan | None:
@@ -84,7 +85,9 @@ class ClientStep:
         self.use_ef = codec.error_feedback and not self.codec.lossless
         self.states = states if states is not None else ClientStates(layout.size, codec.residual_dtype)
         self.local = LocalTrainer(cfg, model, layout, x, y)
-        self.feddrop = FedDropout.for_run(cfg, model, layout)
+        self.subs = Submodels.for_run(cfg, model, layout, tuple(x.shape[1:]))
+        self.x, self.y = x, y
+        self.narrow: dict[tuple[int, ...], LocalTrainer] = {}  # a trainer per sub-model shape (built once)
         self.attack = attack_plan(cfg)
         # the classes are those of the training labels (every rank holds them all: the same map everywhere)
         self.label_map = (self.attack.attack.label_map(int(y.max(initial=0)) + 1)
@@ -114,7 +117,7 @@ class ClientStep:
         p = profile.dropout_prob
         if p and np.random.default_rng(derive_seed(cfg.seed, r, cid, SEED_DROPOUT)).random() < p:
             return failure_update(Status.DROPOUT, self.job_id, r, cid, "")
-        epochs = self.epochs(profile, len(indices))
+        epochs = self.epochs(profile, len(indices), task.width)
         st = cfg.stragglers
         cutoff = self.clock.epoch_cutoff(round_start, st.deadline_s) if st.partial_work else math.inf
 
@@ -129,14 +132,12 @@ class ClientStep:
         try:
             if cid in cfg.faults.error_clients:
                 raise RuntimeError(f"injected fault: client {cid} fails during training")
-            kept = mask = None
             plan = self.attack if self.attack is not None and self.attack.attacks(r, cid) else None
-            if self.feddrop is not None:
-                kept = self.feddrop.kept(r, cid)
-                mask = self.feddrop.mask(kept)
+            local, kept = self.trainer(r, cid, task.width)
+            start = weights if kept is None else weights[kept]
             try:
-                delta, loss = self.local.train(indices, weights, r, cid, task.mu, should_stop, mask, self.delta,
-                                               epochs, after_epoch, None if plan is None else self.label_map)
+                delta, loss = local.train(indices, start, r, cid, task.mu, should_stop, self.delta[: start.size],
+                                          epochs, after_epoch, None if plan is None else self.label_map)
             finally:
                 self.train_s += time.perf_counter() - t0
             clipped = False
@@ -160,22 +161,43 @@ class ClientStep:
             return failure_update(Status.ERROR, self.job_id, r, cid, f"{type(exc).__name__}: {exc}")
         if cid in cfg.faults.corrupt_clients:
             payload[HEADER.size + (payload.nbytes - HEADER.size) // 2] ^= 0xFF
-        compute = len(indices) * epochs * cfg.profiles.cost_per_sample_s
-        sim_s = client_round_seconds(profile, compute, 4 * self.layout.size, payload.nbytes - HEADER.size)
+        compute = len(indices) * epochs * cfg.profiles.cost_per_sample_s * self.flops_ratio(task.width)
+        down = 4 * (self.layout.size if kept is None else kept.size)  # only its slice of the model travels down
+        sim_s = client_round_seconds(profile, compute, down, payload.nbytes - HEADER.size)
         head = UpdateHeader(Status.OK, self.job_id, r, cid, len(indices), loss, time.perf_counter() - t0, sim_s,
                             clipped=clipped, masked=secagg is not None)
         return seal_update(head, payload)
 
-    def epochs(self, profile: ClientProfile, samples: int) -> int:
+    def epochs(self, profile: ClientProfile, samples: int, width: float = 1.0) -> int:
         """Epochs the client trains: ``local.epochs``, or under ``stragglers.partial_work``
         what the clock lets fit before the deadline (the simulated clock computes it from
-        the client's speed; the wall clock decides epoch by epoch, in :meth:`run`)."""
+        the client's speed and its sub-model's cost; the wall clock decides epoch by epoch,
+        in :meth:`run`)."""
         cfg = self.cfg
         if not cfg.stragglers.partial_work:
             return cfg.local.epochs
-        per_epoch = samples * cfg.profiles.cost_per_sample_s / profile.speed
-        fixed = client_round_seconds(profile, 0.0, 4 * self.layout.size, self.codec.wire_size(self.layout.size))
+        per_epoch = samples * cfg.profiles.cost_per_sample_s * self.flops_ratio(width) / profile.speed
+        n = self.layout.size if self.subs is None else self.subs.size(width)
+        fixed = client_round_seconds(profile, 0.0, 4 * n, self.codec.wire_size(n))
         return self.clock.planned_epochs(cfg.local.epochs, per_epoch, fixed, cfg.stragglers.deadline_s)
+
+    def flops_ratio(self, width: float) -> float:
+        """What a client of ``width`` computes, relative to the full model."""
+        return 1.0 if self.subs is None else self.subs.flops_ratio(width)
+
+    def trainer(self, r: int, cid: int, width: float) -> tuple[LocalTrainer, np.ndarray | None]:
+        """The trainer of the client's model at ``width`` and the flat coordinates it holds (None:
+        the full model): a smaller module for a sub-model, built once per shape (its weights
+        are loaded from the slice each time it trains)."""
+        kept = None if self.subs is None else self.subs.kept(r, cid, width)
+        if kept is None:
+            return self.local, None
+        assert self.subs is not None
+        shape = self.subs.shape(width)
+        if shape not in self.narrow:
+            module = self.subs.build(r, cid, width)
+            self.narrow[shape] = LocalTrainer(self.cfg, module, Layout(module), self.x, self.y)
+        return self.narrow[shape], kept
 
     def mask(self, payload: np.ndarray, secagg: SecAggClient, samples: int, loss: float) -> np.ndarray:
         """The masked input of an encoded update (``payload``: its codec frame after the
@@ -196,22 +218,23 @@ class ClientStep:
         return out
 
     def encode(self, r: int, cid: int, delta: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
-        """Encode the client's delta (only the ``kept`` coordinates under federated
-        dropout) with its error-feedback state, which always spans the full model,
-        leaving room for the Update header in front of the frame."""
+        """Encode the client's delta (a sub-model's: the values at the full model's ``kept``
+        coordinates) with its error-feedback state, which always spans the full model, so a
+        client keeps what each coordinate still owes whatever width it trains next; leaving
+        room for the Update header in front of the frame."""
         seed = derive_seed(self.cfg.seed, r, cid, SEED_CODEC)
 
         def encode(x: np.ndarray, ef: ErrorFeedback | None) -> np.ndarray:
             return self.codec.encode(x, ef, seed=seed, headroom=HEADER.size, alloc=self.frames.take)
 
         if not self.use_ef:
-            return encode(delta if kept is None else delta[kept], None)
+            return encode(delta, None)
         residual = self.states.checkout(cid)
         if kept is None:
             payload = encode(delta, ErrorFeedback(delta.size, residual))
         else:
             sub = ErrorFeedback(kept.size, residual[kept])
-            payload = encode(delta[kept], sub)
+            payload = encode(delta, sub)
             residual[kept] = sub.residual
         self.states.commit(cid, residual)
         return payload

@@ -57,7 +57,8 @@ class TrainerRank(HostRank):
                 buf = failure_update(Status.ERROR, self.job_id, r, cid, self.secagg_errors[cid])
             else:
                 try:
-                    buf = self.step.run(ClientTask(r, cid, task.mu, task.clip), self.weights, self.ctx.parts[cid],
+                    buf = self.step.run(ClientTask(r, cid, task.mu, task.clip, task.widths.get(cid, 1.0)),
+                                        self.weights, self.ctx.parts[cid],
                                         self.profiles[cid], self.round_closed, start, secure)
                 except Abandoned:
                     break

@@ -46,8 +46,7 @@ class LocalTrainer:
             self.opt = FlatAdam(self.params, self.grads, cfg.local.lr)
 
     def train(self, indices: np.ndarray, weights: np.ndarray, round_: int, client: int, mu: float,
-              should_stop: Callable[[], bool], mask: np.ndarray | None = None,
-              out: np.ndarray | None = None, epochs: int | None = None,
+              should_stop: Callable[[], bool], out: np.ndarray | None = None, epochs: int | None = None,
               after_epoch: Callable[[float], bool] | None = None,
               label_map: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Return (delta = w_local - w_start, mean training loss of the last epoch).
@@ -60,21 +59,17 @@ class LocalTrainer:
         work on the wall clock).
         With ``mu`` > 0 FedProx's proximal term mu/2 ||w - w_start||^2 is
         added as its gradient, mu (w - w_start); the loss reported is the data
-        loss alone. With a federated-dropout ``mask`` (0/1 over the flat model)
-        the client trains the sub-model: masked coordinates start at zero and
-        are zeroed again after every step, which is exactly the smaller network
-        without those units, whatever the activation. ``label_map`` (int64, one
+        loss alone (a sub-model trains on a trainer of its own smaller module:
+        :mod:`fedhpc.runtime.submodels`). ``label_map`` (int64, one
         entry per class) replaces every label while training (a label-flipping
         attacker).
         """
         local = self.cfg.local
         if weights.size != self.layout.size:
             raise ValueError(f"flat vector has {weights.size} values, the model has {self.layout.size}")
-        start = weights if mask is None else weights * mask
         flat = self.params.numpy()
-        np.copyto(flat, start)
+        np.copyto(flat, weights)
         anchor = self.params.clone() if mu > 0 else None
-        keep = None if mask is None else torch.as_tensor(mask)
         self.opt.reset()  # momentum / Adam moments start from zero for every client
         seed = derive_seed(self.cfg.seed, round_, client, SEED_TRAIN)
         gen = torch.Generator().manual_seed(seed)
@@ -101,14 +96,12 @@ class LocalTrainer:
                     if anchor is not None:
                         self.grads.add_(self.params - anchor, alpha=mu)
                     self.opt.step()
-                    if keep is not None:
-                        self.params.mul_(keep)
                 total += loss.item() * len(batch)
                 count += len(batch)
             if after_epoch is not None and not after_epoch(time.perf_counter() - t_epoch):
                 break
         mean_loss = total / max(count, 1)
-        return np.subtract(flat, start, out=out), mean_loss
+        return np.subtract(flat, weights, out=out), mean_loss
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> tuple[float, float]:
