@@ -124,7 +124,8 @@ def test_submodels_tiny(tmp_path):
           timeout=400)
     res = json.loads((tmp_path / "s.json").read_text())
     rows = {r["case"]: r for r in res["rows"]}
-    assert set(rows) == {"full width, deadline", "full width, partial work", "random dropout 0.5", "budget widths"}
+    assert set(rows) == {"full width, deadline", "full width, partial work", "random dropout 0.5", "budget widths",
+                         "budget widths, random units"}
     assert res["deadline_s"] > 0 and rows["budget widths"]["width_mean"] < 1
     assert rows["full width, deadline"]["width_mean"] is None
     cost = res["client_cost"]
