@@ -67,7 +67,7 @@ def test_leaf_shakespeare_lstm_with_one_client_per_role(tmp_path, out):
     train = {"HAMLET_HAMLET": 24, "HAMLET_OPHELIA": 12, "HAMLET_GHOST": 4, "HAMLET_HORATIO": 16, "HAMLET_OSRIC": 8}
     write_leaf_shakespeare(tmp_path, train, {user: 3 for user in train})
     sets = ["data.name=shakespeare", f"data.root={tmp_path}", "model.name=lstm-shakespeare",
-            "data.partition=natural", "clients.total=4", "clients.per_round=2",
+            "data.partition=natural", "clients.total=4", "clients.per_round=2", "fed_dropout.rate=0.5",
             "rounds=2", "local.epochs=1", "local.batch_size=8", "local.lr=0.5"]
     fedhpc_run(3, out, *sets)
     part = json.loads((out / "partition.json").read_text())

@@ -14,6 +14,7 @@ from fedhpc.errors import ConfigError
 from fedhpc.models import Layout, build_model
 from fedhpc.models import submodel as S
 from fedhpc.models.cnn import conv_net
+from fedhpc.models.lstm import CharLSTM
 from fedhpc.runtime.submodels import Submodels, choose_width
 from fedhpc.runtime.training import LocalTrainer
 from fedhpc.strategy import get_strategy
@@ -42,12 +43,17 @@ def test_hidden_pairs_are_the_shared_units_and_never_the_classes():
     assert S.hidden_pairs(mlp()) == [("1", "3"), ("3", "5")]
     cnn = build_model(ModelConfig(name="cnn-cifar"), (3, 32, 32), 10, 0)
     assert S.hidden_pairs(cnn) == [("0", "3"), ("7", "9")]  # conv1 -> conv2 channels, fc1 -> fc2 units
+    lstm = build_model(ModelConfig(name="lstm-shakespeare"), (80,), 80, 0)
+    assert S.hidden_pairs(lstm) == [("lstm", "out")]  # the LSTM's hidden units, in both its layers
 
 
 def test_models_that_cannot_be_sliced_say_why():
-    lstm = build_model(ModelConfig(name="lstm-shakespeare"), (80,), 80, 0)
-    with pytest.raises(ConfigError, match="recurrent layers"):
-        S.slicable(lstm, "lstm-shakespeare", "submodels.mode")
+    gru = nn.Sequential(nn.GRU(4, 8), nn.Linear(8, 3))
+    with pytest.raises(ConfigError, match="recurrent layers other than a one-directional LSTM"):
+        S.slicable(gru, "mlp", "submodels.mode")
+    both_ways = nn.Sequential(nn.LSTM(4, 8, bidirectional=True), nn.Linear(16, 3))
+    with pytest.raises(ConfigError, match="recurrent layers other than"):
+        S.slicable(both_ways, "mlp", "submodels.mode")
     with pytest.raises(ConfigError, match="does not declare which layers share hidden units"):
         S.slicable(mlp(), "mine:factory", "submodels.mode")
     declared = mlp()
@@ -116,6 +122,28 @@ def test_a_slice_trains_bit_for_bit_as_an_honestly_built_smaller_cnn():
     want, _ = LocalTrainer(cfg, honest, Layout(honest), x, y).train(np.arange(12), start, 0, 0, 0.0, lambda: False)
     assert got.tobytes() == want.tobytes()
     assert sub(torch.zeros(2, *shape)).shape == (2, classes)
+
+
+def test_an_lstm_slice_trains_bit_for_bit_as_an_honestly_built_narrower_lstm():
+    """A quarter of lstm-shakespeare's 256 hidden units, in every gate of both layers and in the
+    output layer's inputs, against CharLSTM(hidden=64) loaded with the same slices."""
+    cfg = load_config(None, ["local.epochs=1", "local.batch_size=4", "local.lr=0.5"])
+    full = build_model(ModelConfig(name="lstm-shakespeare"), (80,), 80, 0)
+    subs = Submodels(full, Layout(full), S.slicable(full, "lstm-shakespeare", "k"), 0, True, (80,))
+    kept = subs.kept(0, 0, 0.25)
+    assert np.all(np.diff(kept.astype(np.int64)) > 0)
+    sub = subs.build(0, 0, 0.25)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 80, (8, 80)).astype(np.uint8), rng.integers(0, 80, 8)
+    start = Layout(full).flatten(full)[kept]
+    got, _ = LocalTrainer(cfg, sub, Layout(sub), x, y).train(np.arange(8), start, 0, 0, 0.0, lambda: False)
+    honest = CharLSTM(80, hidden=64)
+    want, _ = LocalTrainer(cfg, honest, Layout(honest), x, y).train(np.arange(8), start, 0, 0, 0.0, lambda: False)
+    assert got.tobytes() == want.tobytes()
+    def macs(h):  # two layers of four gates, 4 h (in + h) multiply-adds a step each, then the output layer
+        return 80 * (4 * h * (8 + h) + 4 * h * (h + h)) + h * 80
+
+    assert S.flops(full, (80,)) == macs(256) and subs.flops_ratio(0.25) == macs(64) / macs(256)
 
 
 def test_a_quarter_width_costs_what_its_layers_say():
