@@ -716,3 +716,25 @@ def test_neither_rank0_nor_the_gateway_ever_holds_a_remote_workers_update(pki, t
         assert np.mean(np.abs(q.astype(np.float64)) > 2.0**62) == 0
         for other in plain.values():
             assert np.count_nonzero(y == other) < 5
+
+
+@pytest.mark.e2e
+def test_remote_workers_train_the_width_rank0_gives_them(pki, tmp_path):
+    """Budget sub-models with widths of at most a half: every client, the workers' included, gets
+    0.5 (the task carries it), trains that sub-model and sends its slice, which rank 0 maps back."""
+    port = free_port()
+    out = tmp_path / "run"
+    job = start_job(job_config(tmp_path, pki, port, "rounds = 3\n[clients]\ntotal = 5\nper_round = 7\n"
+                                                     "[stragglers]\ndeadline_s = 60.0\n[model]\nhidden = [64]\n"
+                                                     "[submodels]\nmode = \"budget\"\nwidths = [0.5, 0.25]", 2, 2),
+                    out)
+    workers = [start_worker(pki, port, w, 5 + i, f"{i}/2") for i, w in enumerate(("w1", "w2"))]
+    _, err = job.communicate(timeout=240)
+    logs = [w.communicate(timeout=60)[0] for w in workers]
+    assert job.returncode == 0, err[-4000:]
+    assert all(w.returncode == 0 for w in workers), logs
+    with h5py.File(out / "run.h5") as f:
+        status, up, width = f["clients/status"][()], f["clients/bytes_up"][()], f["clients/width"][()]
+    assert (status == 1).all() and (width == 0.5).all(), (status, width, err[-3000:])
+    full = 4 * (64 * 64 + 64 + 64 * 10 + 10)
+    assert (up < 0.6 * full + 200).all()  # half of the hidden units, everywhere
