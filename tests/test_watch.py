@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import MPIEXEC, mpi_env
@@ -23,6 +24,10 @@ def run_in_pty(cmd: list[str], timeout: float, type_after: tuple[bytes, bytes] |
     env = mpi_env(TERM="xterm-256color", COLUMNS="100", LINES="40")
     pid, master = pty.fork()
     if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
+        # as a shell starts a foreground job: Ctrl-C (SIGINT) delivered and acted on, whatever the
+        # test process (pytest under make, CI's runner) ignores or blocks and a fork would pass on
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         os.execvpe(cmd[0], cmd, env)
     chunks, t0 = [], time.monotonic()
     status = None
@@ -49,11 +54,21 @@ def run_in_pty(cmd: list[str], timeout: float, type_after: tuple[bytes, bytes] |
         if done:
             status = code
         elif time.monotonic() > end:
+            chunks.append(_signal_state(pid).encode())  # why it did not leave, for the failure's message
             os.kill(pid, signal.SIGKILL)
         else:
             time.sleep(0.05)
     os.close(master)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
+
+
+def _signal_state(pid: int) -> str:
+    """The signal masks of process ``pid`` (``/proc``), as a line."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"\n[no status of {pid}: {exc}]"
+    return "\n[" + ", ".join(line for line in lines if line.startswith(("State", "SigBlk", "SigIgn", "SigCgt"))) + "]"
 
 
 def test_watch_follows_a_growing_run_and_ends_with_it(tmp_path):
