@@ -720,8 +720,11 @@ def test_neither_rank0_nor_the_gateway_ever_holds_a_remote_workers_update(pki, t
 
 @pytest.mark.e2e
 def test_remote_workers_train_the_width_rank0_gives_them(pki, tmp_path):
-    """Budget sub-models with widths of at most a half: every client, the workers' included, gets
-    0.5 (the task carries it), trains that sub-model and sends its slice, which rank 0 maps back."""
+    """Budget sub-models with widths of at most a half: every client, the workers' included, is
+    given a width (the task carries it), trains that sub-model and sends exactly its slice, which
+    rank 0 maps back. Which width a worker gets depends on its measured throughput, which on the
+    wall clock may not have come yet in the first round (then it is the slowest possible host and
+    gets the narrowest): the test checks each client's bytes against its own width, whichever."""
     port = free_port()
     out = tmp_path / "run"
     job = start_job(job_config(tmp_path, pki, port, "rounds = 3\n[clients]\ntotal = 5\nper_round = 7\n"
@@ -735,6 +738,7 @@ def test_remote_workers_train_the_width_rank0_gives_them(pki, tmp_path):
     assert all(w.returncode == 0 for w in workers), logs
     with h5py.File(out / "run.h5") as f:
         status, up, width = f["clients/status"][()], f["clients/bytes_up"][()], f["clients/width"][()]
-    assert (status == 1).all() and (width == 0.5).all(), (status, width, err[-3000:])
-    full = 4 * (64 * 64 + 64 + 64 * 10 + 10)
-    assert (up < 0.6 * full + 200).all()  # half of the hidden units, everywhere
+    assert (status == 1).all() and np.isin(width, [0.5, 0.25]).all(), (status, width, err[-3000:])
+    units = np.ceil(64 * width)
+    values = 64 * units + units + units * 10 + 10  # the slice of MLP 64-64-10 each client trained
+    assert (4 * values < up).all() and (up < 4 * values + 200).all(), (up, width)  # float32, plus framing
