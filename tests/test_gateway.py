@@ -361,6 +361,15 @@ HYBRID = "rounds = 30\n[clients]\ntotal = 5\nper_round = 7\n[profiles]\nslow_cli
          "[stragglers]\ndeadline_s = 5.0"
 
 
+def finish(job: subprocess.Popen, workers: list[subprocess.Popen]) -> str:
+    """Wait for a hybrid job and its workers; each must exit 0. The job's stderr."""
+    _, err = job.communicate(timeout=240)
+    logs = [w.communicate(timeout=60)[0] for w in workers]
+    assert job.returncode == 0, err[-4000:]
+    assert all(w.returncode == 0 for w in workers), logs
+    return err
+
+
 def worker_args(pki, port, who, client, shard, *args) -> list[str]:
     """``fedhpc worker ...`` arguments of worker ``who`` playing ``client`` on ``shard`` of its data."""
     return ["worker", "--connect", f"127.0.0.1:{port}", "--token-file", str(pki / f"{who}.token"), "--ca",
@@ -454,10 +463,7 @@ def test_hybrid_federated_dropout_with_workers_that_have_no_mpi(pki, tmp_path):
     job = start_job(job_config(tmp_path, pki, port, "rounds = 4\n[clients]\ntotal = 5\nper_round = 7\n"
                                                      "[fed_dropout]\nrate = 0.5\n[model]\nhidden = [64]", 2, 2), out)
     workers = [start_worker(pki, port, w, 5 + i, f"{i}/2", **no_mpi4py(tmp_path)) for i, w in enumerate(("w1", "w2"))]
-    _, err = job.communicate(timeout=240)
-    logs = [w.communicate(timeout=60)[0] for w in workers]
-    assert job.returncode == 0, err[-4000:]
-    assert all(w.returncode == 0 for w in workers), logs
+    err = finish(job, workers)
     with h5py.File(out / "run.h5") as f:
         status, up = f["clients/status"][()], f["clients/bytes_up"][()]
     assert (status[:, 5:] == 1).all(), (status, err[-3000:])  # every remote update was accepted
@@ -673,10 +679,7 @@ def test_secure_aggregation_with_remote_workers_gives_the_same_bits(pki, tmp_pat
         d.mkdir(parents=True)
         job = start_job(job_config(d, pki, port, head + extra, 2, 2), out)
         workers = [start_worker(pki, port, w, 5 + i, f"{i}/2") for i, w in enumerate(("w1", "w2"))]
-        _, err = job.communicate(timeout=240)
-        logs = [w.communicate(timeout=60)[0] for w in workers]
-        assert job.returncode == 0, err[-4000:]
-        assert all(w.returncode == 0 for w in workers), logs
+        err = finish(job, workers)
         with h5py.File(out / "run.h5") as f:
             assert (f["clients/status"][()] == 1).all(), err[-3000:]
         runs[name] = out
@@ -699,10 +702,7 @@ def test_neither_rank0_nor_the_gateway_ever_holds_a_remote_workers_update(pki, t
     workers = [subprocess.Popen([sys.executable, str(AUDIT), str(audit), *worker_args(pki, port, w, 5 + i, f"{i}/2")],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env())
                for i, w in enumerate(("w1", "w2"))]
-    _, err = job.communicate(timeout=240)
-    logs = [w.communicate(timeout=60)[0] for w in workers]
-    assert job.returncode == 0, err[-4000:]
-    assert all(w.returncode == 0 for w in workers), logs
+    finish(job, workers)
     plain = {k: v for w in ("w1", "w2") for k, v in np.load(audit / f"worker-{w}.npz").items()}
     handed = {k: v for k, v in np.load(audit / "rank2.npz").items() if k.startswith("handed-")}  # the gateway
     at0 = dict(np.load(audit / "rank0.npz"))
@@ -732,10 +732,7 @@ def test_remote_workers_train_the_width_rank0_gives_them(pki, tmp_path):
                                                      "[submodels]\nmode = \"budget\"\nwidths = [0.5, 0.25]", 2, 2),
                     out)
     workers = [start_worker(pki, port, w, 5 + i, f"{i}/2") for i, w in enumerate(("w1", "w2"))]
-    _, err = job.communicate(timeout=240)
-    logs = [w.communicate(timeout=60)[0] for w in workers]
-    assert job.returncode == 0, err[-4000:]
-    assert all(w.returncode == 0 for w in workers), logs
+    err = finish(job, workers)
     with h5py.File(out / "run.h5") as f:
         status, up, width = f["clients/status"][()], f["clients/bytes_up"][()], f["clients/width"][()]
     assert (status == 1).all() and np.isin(width, [0.5, 0.25]).all(), (status, width, err[-3000:])

@@ -99,10 +99,15 @@ def units(module: nn.Module, pairs: list[tuple[str, str]]) -> list[int]:
     return [_units(modules[a]) for a, _ in pairs]
 
 
+def kept_units(width: float, units: int) -> int:
+    """How many of a layer's ``units`` a sub-model of ``width`` keeps: ``ceil(width * units)``, at least one."""
+    return max(1, math.ceil(width * units))
+
+
 def nested(pairs: list[tuple[str, str]], counts: list[int], width: float) -> dict[str, np.ndarray]:
     """The ordered sub-model of ``width``: the first ``ceil(width * units)`` units of every pair
     (at least one), so every narrower sub-model is inside every wider one."""
-    return {a: np.arange(max(1, math.ceil(width * u))) for (a, _), u in zip(pairs, counts)}
+    return {a: np.arange(kept_units(width, u)) for (a, _), u in zip(pairs, counts)}
 
 
 def _gate_rows(units: np.ndarray, hidden: int) -> np.ndarray:

@@ -157,9 +157,7 @@ class Folder:
             return Folded(head, buf.nbytes, refused="corrupt", detail=str(exc)), False
         except FoldError as exc:
             return Folded(head, buf.nbytes, refused=exc.reason, detail=str(exc)), False
-        self.held[cid] = _Held(body, codec, coef, kept, release)
-        self.held_bytes += body.nbytes
-        self.folded.add(cid)
+        self._hold(cid, _Held(body, codec, coef, kept, release))
         return Folded(head, buf.nbytes, norm=math.sqrt(sumsq)), True
 
     def _take_masked(self, head: UpdateHeader, body: memoryview, nbytes: int, release: Callable[[], None]
@@ -170,10 +168,14 @@ class Folder:
             self.acc.add(masked_frame.read(body, self.n))
         except CorruptUpdateError as exc:
             return Folded(head, nbytes, refused="corrupt", detail=str(exc)), False
-        self.held[head.client] = _Held(body, None, 1.0, None, release)
-        self.held_bytes += body.nbytes
-        self.folded.add(head.client)
+        self._hold(head.client, _Held(body, None, 1.0, None, release))
         return Folded(head, nbytes), True
+
+    def _hold(self, cid: int, held: _Held) -> None:
+        """Keep a folded client's frame until its verdict."""
+        self.held[cid] = held
+        self.held_bytes += held.body.nbytes
+        self.folded.add(cid)
 
     def verdict(self, round_: int, client: int, keep: bool) -> None:
         """Rank 0's final word on a folded client: keep it, or take it out now; its frame

@@ -19,7 +19,6 @@ sent. Imports no MPI.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from torch import nn
@@ -59,7 +58,7 @@ class Submodels:
         if self.nested:
             return S.nested(self.pairs, self.units, width)
         rng = np.random.default_rng(derive_seed(self.seed, round_, client, SEED_FEDDROP))
-        return {a: np.sort(rng.choice(u, size=max(1, math.ceil(width * u)), replace=False))
+        return {a: np.sort(rng.choice(u, size=S.kept_units(width, u), replace=False))
                 for (a, _), u in zip(self.pairs, self.units)}
 
     def kept(self, round_: int, client: int, width: float) -> np.ndarray | None:
@@ -80,7 +79,7 @@ class Submodels:
 
     def shape(self, width: float) -> tuple[int, ...]:
         """Each pair's kept unit count at ``width``: modules of one shape are interchangeable."""
-        return tuple(max(1, math.ceil(width * u)) for u in self.units)
+        return tuple(S.kept_units(width, u) for u in self.units)
 
     @functools.lru_cache(maxsize=16)  # noqa: B019
     def flops_ratio(self, width: float) -> float:
