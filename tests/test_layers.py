@@ -17,7 +17,7 @@ LAYERS = [
     ["fedhpc", "fedhpc._kernels", "fedhpc.kernels", "fedhpc.errors", "fedhpc.env", "fedhpc.types", "fedhpc.seeds",
      "fedhpc.registry", "fedhpc.clock", "fedhpc.update", "fedhpc.ring", "fedhpc.table"],
     ["fedhpc.compress", "fedhpc.strategy", "fedhpc.selection", "fedhpc.data", "fedhpc.models", "fedhpc.privacy",
-     "fedhpc.attack", "fedhpc.secagg"],
+     "fedhpc.attack", "fedhpc.secagg", "fedhpc.staleness"],
     ["fedhpc.config", "fedhpc.checkpoint", "fedhpc.record", "fedhpc.report", "fedhpc.tracking"],
     ["fedhpc.runtime", "fedhpc.gateway"],
     ["fedhpc.launch", "fedhpc.bench", "fedhpc.cli", "fedhpc.__main__", "fedhpc.watch"],

@@ -36,6 +36,11 @@ is checked against its digest when read, so the chain from rank 0's
 ``content_sha256`` reaches every byte of every shard that resume reads.
 ``/metrics``
     attribute ``jsonl``: the metrics lines so far.
+``/async`` (the asynchronous modes only)
+    attributes ``time_s`` (the run's clock) and ``next_ticket``; datasets
+    ``tickets`` (k, 3: ticket id, client, model version), ``times`` (k, 2: start
+    and completion clock time), ``update_bytes`` (k) and ``updates`` (their sealed
+    Updates, concatenated): the tasks out, each with the Update it already sent.
 
 Randomness needs no stored generator state: every stream (selection,
 training, dropout faults, stochastic codecs, federated dropout) is drawn from
@@ -103,6 +108,20 @@ class ServerState:
     history: ClientTable[ClientHistory]
     metrics: list[str]  # metrics.jsonl lines
     noise_seed: int = 0  # differential privacy: the secret the noise is drawn from (0 = none)
+    pending: Pending | None = None  # the asynchronous modes: the tasks out
+
+
+@dataclass
+class Pending:
+    """The asynchronous modes' tasks out at a checkpoint, each with the Update it already
+    sent (rank 0 lets the ranks finish what they were given before it writes one): per
+    task its ticket id, client, model version, start and completion clock time."""
+
+    time_s: float  # the run's clock when the checkpoint was taken
+    next_ticket: int
+    tickets: np.ndarray  # int64 (k, 3): id, client, version
+    times: np.ndarray  # float64 (k, 2): start, finish (inf: the wall clock's, unknown)
+    updates: list[np.ndarray]  # uint8, the task's sealed Update
 
 
 def content_digest(f: h5py.File) -> str:
@@ -331,6 +350,8 @@ def _write(tmp: Path, shard_dir: Path, cfg: RunConfig, layout: Layout, state: Se
         clients = f.create_group("clients")
         _table_to_group(clients.create_group("profile"), state.profiles)
         _table_to_group(clients.create_group("history"), state.history)
+        if state.pending is not None:
+            _write_pending(f.create_group("async"), state.pending)
         f.create_group("metrics").attrs["jsonl"] = "\n".join(state.metrics)
         f["metrics"].attrs["dp_noise_seed"] = state.noise_seed  # only here: who has it can remove the noise
         f.flush()
@@ -355,6 +376,27 @@ def _write(tmp: Path, shard_dir: Path, cfg: RunConfig, layout: Layout, state: Se
         f.attrs[DIGEST_ATTR] = content_digest(f)
         f.flush()
         os.fsync(f.id.get_vfd_handle())
+
+
+def _write_pending(g: h5py.Group, p: Pending) -> None:
+    g.attrs.update({"time_s": p.time_s, "next_ticket": p.next_ticket})
+    g.create_dataset("tickets", data=np.asarray(p.tickets, np.int64).reshape(-1, 3))
+    g.create_dataset("times", data=np.asarray(p.times, np.float64).reshape(-1, 2))
+    sizes = np.array([u.nbytes for u in p.updates], np.int64)
+    g.create_dataset("update_bytes", data=sizes)
+    g.create_dataset("updates", data=np.concatenate(p.updates) if p.updates else np.empty(0, np.uint8))
+
+
+def _read_pending(path: Path, g: h5py.Group) -> Pending:
+    tickets, times, sizes = g["tickets"][()], g["times"][()], g["update_bytes"][()]
+    blob = g["updates"][()]
+    k = len(tickets)
+    if tickets.shape != (k, 3) or times.shape != (k, 2) or sizes.shape != (k,) or (sizes < 0).any() \
+            or int(sizes.sum()) != blob.size:
+        raise CheckpointError(f"checkpoint {path}: /async does not describe {k} tasks consistently")
+    ends = np.cumsum(sizes)
+    return Pending(float(g.attrs["time_s"]), int(g.attrs["next_ticket"]), tickets, times,
+                   [blob[e - n : e] for e, n in zip(ends, sizes)])
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -477,9 +519,10 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path}: /clients/profile/client_id is not 0 .. {n - 1}")
         history = _group_to_table(self.file["clients/history"], ClientHistory, n)
         lines = str(self.file["metrics"].attrs["jsonl"])
+        pending = _read_pending(self.path, self.file["async"]) if "async" in self.file else None
         self._state = ServerState(self.round, self.weights(), strategy, profiles, history,
                                   [ln for ln in lines.split("\n") if ln],
-                                  int(self.file["metrics"].attrs.get("dp_noise_seed", 0)))
+                                  int(self.file["metrics"].attrs.get("dp_noise_seed", 0)), pending)
         return self._state
 
     @property

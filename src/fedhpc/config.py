@@ -457,6 +457,50 @@ class LoraConfig:
 
 
 @dataclass
+class StalenessConfig(PluginConfig):
+    """The staleness weight of asynchronous aggregation (see fedhpc.staleness); its other keys are its parameters."""
+
+    name: str = "polynomial"
+
+
+@dataclass
+class AsyncConfig:
+    """Asynchronous aggregation (TOML section ``[async]``; see fedhpc.runtime.asynchronous):
+    clients train continuously, each from the newest model, and the server applies their
+    updates one at a time (fedasync) or every ``buffer`` of them (fedbuff), down-weighted
+    by their staleness. ``rounds`` then counts server steps."""
+
+    mode: Literal["sync", "fedasync", "fedbuff"] = "sync"
+    concurrency: int = 0  # clients training at once; 0 = clients.per_round
+    buffer: int = 10  # fedbuff: updates a server step applies (fedasync: 1)
+    # the server's step size on a step's aggregate: fedasync's mixing weight (Xie et al. 2019),
+    # fedbuff's server learning rate; 0 = the mode's default (0.6 for fedasync, 1 for fedbuff)
+    alpha: float = 0.0
+    max_staleness: int = 0  # refuse an update that started more than this many server steps ago (0 = never)
+    staleness: StalenessConfig = field(default_factory=StalenessConfig)
+
+    def check(self, key):
+        _require(self.concurrency >= 0, f"{key}.concurrency", "must be >= 0 (0 = clients.per_round)")
+        _require(self.buffer >= 1, f"{key}.buffer", "must be >= 1")
+        _require(0 <= self.alpha <= 1, f"{key}.alpha", "must be in (0, 1] (0 = the mode's default)")
+        _require(self.max_staleness >= 0, f"{key}.max_staleness", "must be >= 0 (0 = no limit)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "sync"
+
+    @property
+    def step_size(self) -> float:
+        """``alpha``, or the mode's default."""
+        return self.alpha or (0.6 if self.mode == "fedasync" else 1.0)
+
+    @property
+    def step_updates(self) -> int:
+        """How many updates a server step applies."""
+        return 1 if self.mode == "fedasync" else self.buffer
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0  # write a checkpoint every this many rounds (0 = only at the end and on a signal)
     keep: int = 3  # keep the newest K checkpoints
@@ -503,6 +547,7 @@ class RunConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    asynchronous: AsyncConfig = field(default_factory=AsyncConfig, metadata={"toml": "async"})  # a Python keyword
 
     def check(self, key):
         _require(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in [1, {MAX_ROUNDS}]")
@@ -553,6 +598,8 @@ class RunConfig:
             _require(self.attack.start_round <= self.rounds, "attack.start_round",
                      f"is {self.attack.start_round}, after the run's last round ({self.rounds}): nobody would attack")
             self._check_attack()
+        if self.asynchronous.enabled:
+            self._check_async()
         _require(not sub or self.strategy.name not in ROBUST_STRATEGIES, self.submodel_key,
                  f"must be off with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
@@ -603,6 +650,47 @@ class RunConfig:
         _require(not why, "strategy.name",
                  f"refuses this attack: {why} ({count} of clients.total={total} attack, about {attackers} of the "
                  f"{per_round} clients a round)")
+
+    @property
+    def concurrency(self) -> int:
+        """How many clients train at once in the asynchronous modes."""
+        return self.asynchronous.concurrency or self.clients.per_round
+
+    def _check_async(self) -> None:
+        """What the asynchronous modes cannot do: close a round (there is none), sample rounds
+        the way DP's accountant assumes, sum a fixed cohort under masks, or hand a rule that
+        needs every update of a round a round, or draw a random number of clients."""
+        from fedhpc.selection import get_selector
+        from fedhpc.strategy import get_strategy
+
+        mode = f"async.mode = '{self.asynchronous.mode}'"
+        st = self.stragglers
+        _require(not (st.deadline_s or st.fastest_k or st.partial_work), "stragglers.deadline_s",
+                 f"and stragglers.fastest_k and stragglers.partial_work must be off with {mode}: there are no "
+                 f"rounds to close, every update is applied when it arrives (down-weighted by its staleness)")
+        _require(not self.dp.enabled, "dp.enabled",
+                 f"must be false with {mode}: DP-FedAvg's accountant assumes Poisson-sampled rounds of a fixed "
+                 f"expected size, which continuously training clients are not")
+        _require(not self.secagg.enabled, "secagg.enabled",
+                 f"must be false with {mode}: secure aggregation unmasks the sum of a fixed cohort, and an "
+                 f"asynchronous step's updates come from clients that started at different times")
+        _require(self.submodel_mode == "none", self.submodel_key, f"must be off with {mode} (not built yet)")
+        _require(not self.attack.omniscient, "attack.kind",
+                 f"'{self.attack.kind}' forges from a whole round's honest updates: not with {mode}")
+        population = self.clients.total + (self.gateway.clients if self.gateway.enabled else 0)
+        _require(self.concurrency <= population, "async.concurrency",
+                 f"is {self.concurrency}, more than the {population} clients there are")
+        try:
+            decomposable = get_strategy(self.strategy.name, **self.strategy.params).decomposable
+            exact = get_selector(self.selection.name, **self.selection.params).exact
+        except ValueError:
+            return  # a plugin's own parameters are wrong: that error is reported where it is built
+        _require(exact, "selection.name",
+                 f"'{self.selection.name}' draws a random number of clients: with {mode} each free slot takes one "
+                 f"client (use random or adaptive)")
+        _require(decomposable, "strategy.name",
+                 f"'{self.strategy.name}' needs every update of a round: with {mode} use a sum-decomposable rule "
+                 f"(fedavg, fedprox, weighted, fedadam, fedyogi)")
 
     def _check_secagg(self) -> None:
         """What secure aggregation needs: a sum (of several clients) to unmask, dense frames,
@@ -737,16 +825,21 @@ def _seconds(value: float, key: str, positive: bool = True) -> None:
     _require(ok, key, f"must be in {'(0' if positive else '[0'}, {MAX_SECONDS:.0f}] seconds, got {value}")
 
 
+def _key(f: dataclasses.Field) -> str:
+    """A field's TOML key: its name, unless that is a Python keyword (``[async]``)."""
+    return f.metadata.get("toml", f.name)
+
+
 def _to_plain(obj) -> dict:
     out = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if dataclasses.is_dataclass(v):
-            out[f.name] = _to_plain(v)
+            out[_key(f)] = _to_plain(v)
         elif f.name == "params":
             out.update(v)
         elif v is not None:
-            out[f.name] = v
+            out[_key(f)] = v
     return out
 
 
@@ -784,18 +877,20 @@ def _build(cls, raw: dict, prefix: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a table (section), got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)} - {"params"}
+    names = {_key(f): f.name for f in dataclasses.fields(cls) if f.name != "params"}  # TOML key -> field
     kwargs: dict[str, Any] = {}
     extra = {k: v for k, v in raw.items() if k not in names}
     if extra and not issubclass(cls, PluginConfig):
         key = f"{prefix}{sorted(extra)[0]}"
         raise ConfigError(f"unknown config key '{key}'; allowed keys here: {', '.join(sorted(names))}")
-    for name in names & raw.keys():
-        tp = hints[name]
+    for key in names.keys() & raw.keys():
+        name, tp, value = names[key], hints[names[key]], raw[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, raw[name], f"{prefix}{name}.")
+            if issubclass(tp, PluginConfig) and isinstance(value, str):
+                value = {"name": value}  # a plugin without parameters may be given by its name alone
+            kwargs[name] = _build(tp, value, f"{prefix}{key}.")
         else:
-            kwargs[name] = _coerce(raw[name], tp, f"{prefix}{name}")
+            kwargs[name] = _coerce(value, tp, f"{prefix}{key}")
     if issubclass(cls, PluginConfig):
         kwargs["params"] = extra
     obj = cls(**kwargs)
@@ -867,10 +962,12 @@ def load_config_text(text: str, overrides: Sequence[str] = (), source: str = "co
 def _check_plugins(cfg: RunConfig) -> None:
     from fedhpc.compress import get_codec
     from fedhpc.selection import get_selector
+    from fedhpc.staleness import get_staleness
     from fedhpc.strategy import get_strategy
 
     plugins = [("codec", cfg.codec, get_codec), ("strategy", cfg.strategy, get_strategy),
-               ("selection", cfg.selection, get_selector)]
+               ("selection", cfg.selection, get_selector),
+               ("async.staleness", cfg.asynchronous.staleness, get_staleness)]
     if cfg.gateway.codec.name:
         plugins.append(("gateway.codec", cfg.gateway.codec, get_codec))
     for section, plugin, factory in plugins:

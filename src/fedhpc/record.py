@@ -23,7 +23,7 @@ STATUS = {"not selected": 0, "reported": 1, "late": 2, "failed": 3}
 
 _FLOAT = ("accuracy", "loss", "round_seconds", "train_seconds", "overhead_seconds", "sim_seconds",
           "update_norm_median", "state_ram_mb", "epsilon", "epsilon_pld", "dp_sampling_rate", "perplexity",
-          "dp_clip", "dp_unclipped", "secagg_seconds", "width_mean")
+          "dp_clip", "dp_unclipped", "secagg_seconds", "width_mean", "staleness_mean", "staleness_max")
 _INT = ("round", "clients_selected", "clients_reported", "clients_late", "clients_failed", "stale_dropped",
         "bytes_up", "bytes_down", "state_spills", "state_loads", "clients_flagged",
         "secagg_bytes")

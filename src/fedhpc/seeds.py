@@ -18,4 +18,4 @@ def derive_seed(*parts: int) -> int:
 
 # distinct purposes, so that streams drawn for different things never coincide
 (SEED_TRAIN, SEED_DROPOUT, SEED_CODEC, SEED_SELECT, SEED_PROFILE, SEED_PARTITION, SEED_FEDDROP, SEED_EVAL,
- SEED_DP, SEED_ATTACK, SEED_DP_COUNT, SEED_SECAGG) = range(1, 13)
+ SEED_DP, SEED_ATTACK, SEED_DP_COUNT, SEED_SECAGG, SEED_ASYNC) = range(1, 14)

@@ -78,6 +78,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
     from fedhpc.checkpoint import resume_from
     from fedhpc.data.partition import write_summary
     from fedhpc.runtime.context import build_context
+    from fedhpc.runtime.async_orchestrator import AsyncOrchestrator
     from fedhpc.runtime.orchestrator import Orchestrator
     from fedhpc.runtime.registration import register
     from fedhpc.runtime.rank import HostRank
@@ -128,7 +129,7 @@ def run_job(cfg: RunConfig, out: Path, resume: Path | None = None, comm: MPI.Com
              "strategy %s, selection %s, clock %s", comm.size - 1, cfg.clients.total, cfg.clients.per_round,
              cfg.model.name, ctx.layout.size, cfg.codec.name, cfg.strategy.name, cfg.selection.name, cfg.clock)
     write_summary(out / "partition.json", ctx.data, ctx.parts, cfg.data.partition)
-    orchestrator = Orchestrator(comm, ctx, job, out, hosts)
+    orchestrator = (AsyncOrchestrator if cfg.asynchronous.enabled else Orchestrator)(comm, ctx, job, out, hosts)
     if gateway is not None:
         g = cfg.gateway
         workers = recv_object(comm, gateway, Tag.WORKERS, g.wait_s + cfg.stragglers.timeout_s, "the gateway to start")

@@ -2,8 +2,8 @@
 
 Small, typed and frozen: what a rank may be told (:class:`RoundTask`,
 :class:`Reduce`, :class:`Unmask`, :class:`SaveState`, :class:`RestoreState`,
-:class:`Stop`, broadcast by rank 0; :class:`Close` and :class:`Verdict`, sent to
-each rank) and what it answers (:class:`Folded` for each Update it folded,
+:class:`Stop`, :class:`Serve`, broadcast by rank 0; :class:`Close`, :class:`Verdict`,
+:class:`Train` and :class:`Pause`, sent to each rank) and what it answers (:class:`Folded` for each Update it folded,
 :class:`Done`; a :class:`~fedhpc.checkpoint.Shard` or :class:`Restored` for a
 checkpoint; :class:`Workers` from the gateway before the first round), and the
 steps of secure aggregation (``SecAgg*``). They are pickled by mpi4py; models
@@ -201,4 +201,32 @@ class SecAggReveals:
     errors: tuple[str, ...] = ()
 
 
-Command = RoundTask | Reduce | SaveState | RestoreState | Stop | Unmask
+# -- the asynchronous modes (fedhpc.runtime.asynchronous): tasks one by one, point to point -------
+
+@dataclass(frozen=True)
+class Serve:
+    """Broadcast: take rank 0's :class:`Train` tasks one by one until it says :class:`Pause`."""
+
+    round: int  # the server step rank 0 is in (for the logs)
+
+
+@dataclass(frozen=True)
+class Train:
+    """Rank 0 to the rank hosting ``client``: train it from model ``version`` as task
+    ``ticket`` (its Update's round). With ``model`` that version's weights follow on
+    ``Tag.MODEL``; otherwise the rank has them from an earlier task."""
+
+    ticket: int
+    client: int
+    version: int
+    mu: float = 0.0
+    model: bool = False
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Rank 0 to each hosting rank: finish the tasks you were given, send their Updates,
+    account for them with :class:`Done` and take broadcast commands again."""
+
+
+Command = RoundTask | Reduce | SaveState | RestoreState | Stop | Unmask | Serve

@@ -204,8 +204,7 @@ class Orchestrator:
         shutil.rmtree(shards, ignore_errors=True)  # what an interrupted write of this round left
         t0 = time.monotonic()
         self.command(SaveState(str(shards)))
-        state = ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
-                            self.lines, self.noise_seed)
+        state = self.server_state(rounds_done)
         written: list[Shard] = []
 
         def gather() -> list[Shard]:
@@ -217,6 +216,11 @@ class Orchestrator:
         log.info("checkpoint written: %s (%.1f MB in %.1fs: %d client states in %d shards)", path, size / 1e6,
                  time.monotonic() - t0, sum(s.clients for s in written), len(written))
         return path
+
+    def server_state(self, rounds_done: int) -> ServerState:
+        """What a checkpoint after ``rounds_done`` rounds holds of rank 0."""
+        return ServerState(rounds_done, self.weights, self.strategy.state_dict(), self.profiles, self.history,
+                           self.lines, self.noise_seed)
 
     def reports(self, what: str, tag: int = Tag.STATE) -> list:
         """The report of every hosting rank (``Tag.STATE``: a checkpoint shard written, or client
@@ -378,40 +382,15 @@ class Orchestrator:
         final = r + 1 == cfg.rounds or bool(self.spent)  # the last round of the run: evaluated, and PLD's epsilon
         if self.accountant is not None and final:
             epsilon_pld = self.accountant.epsilon(pld=True)
-        accuracy = loss = None
-        if (r + 1) % cfg.eval.every == 0 or final:
-            ctx.layout.load(ctx.model, self.weights)
-            accuracy, loss = evaluate(ctx.model, ctx.data.x_test[self.eval_idx], ctx.data.y_test[self.eval_idx])
-        reasons_count = Counter(f.reason for f in outcome.failures)
-        round_s = time.monotonic() - t0
-        metrics = {
-            "round": r + 1,
-            "accuracy": accuracy,  # a language model's: next-token accuracy
-            "loss": loss,
-            "perplexity": math.exp(min(loss, 700.0)) if loss is not None and cfg.model.hf_path else None,
-            "clients_selected": len(selected),
-            "clients_reported": len(outcome.results),
-            "clients_late": reasons_count.pop("late", 0),
-            "clients_failed": sum(reasons_count.values()),
-            # what counts against trust: updates the strategy set aside or clipped, or the guard refused
-            "clients_flagged": len(self.strategy.flagged) + sum(reasons_count.get(r, 0) for r in REFUSED_REASONS),
-            "failures": dict(reasons_count),
-            "stale_dropped": got.collector.stale,
-            "bytes_up": got.bytes_up,
-            "bytes_down": self.model_bytes * (self.comm.size - 1) + got.relayed_down,
-            "round_seconds": round_s,
-            "train_seconds": got.train_s,
-            "sim_seconds": sim_seconds,
-            "overhead_seconds": round_s - got.train_s,
-            "update_norm_median": norm_median,
+        metrics = self.line(r, t0, final, outcome, selected=len(selected), stale=got.collector.stale,
+                            bytes_up=got.bytes_up, bytes_down=self.model_bytes * (self.comm.size - 1) + got.relayed_down,
+                            train_s=got.train_s, sim_seconds=sim_seconds, norm_median=norm_median,
+                            state=(got.state_bytes, got.state_spills, got.state_loads)) | {
             "epsilon": epsilon,  # at dp.delta, RDP (an upper bound); PLD, tighter (0.5 s a call), at the end
             "epsilon_pld": epsilon_pld,
             "dp_sampling_rate": rate,
             "dp_clip": self.clip or None,
             "dp_unclipped": self.unclipped,
-            "state_ram_mb": got.state_bytes / 2**20,
-            "state_spills": got.state_spills,
-            "state_loads": got.state_loads,
             "attackers_reported": attackers,
             # secure aggregation: rank 0's seconds in its steps, their control bytes both ways, and why it failed
             "secagg_seconds": secure.seconds if secure is not None else None,
@@ -421,9 +400,54 @@ class Orchestrator:
             # sub-models: the mean width of the clients selected (None without)
             "width_mean": float(np.mean(list(self.widths.values()))) if self.widths else None,
         }
+        metrics["overhead_seconds"] = metrics["round_seconds"] - got.train_s
         if self.unclipped is not None:
             self.clip = self.next_clip(self.clip, self.unclipped)
         return metrics, self._per_client(outcome, got), norms
+
+    def line(self, r: int, t0: float, final: bool, outcome: RoundOutcome, *, selected: int, stale: int, bytes_up: int,
+             bytes_down: int, train_s: float, sim_seconds: float | None, norm_median: float | None,
+             state: tuple[int, int, int]) -> dict:
+        """Round ``r``'s metrics line (evaluated every ``eval.every`` rounds and at the
+        ``final`` one), with every key of both modes: what only one mode knows is None here."""
+        cfg = self.ctx.cfg
+        accuracy = loss = None
+        if (r + 1) % cfg.eval.every == 0 or final:
+            self.ctx.layout.load(self.ctx.model, self.weights)
+            accuracy, loss = evaluate(self.ctx.model, self.ctx.data.x_test[self.eval_idx],
+                                      self.ctx.data.y_test[self.eval_idx])
+        reasons_count = Counter(f.reason for f in outcome.failures)
+        round_s = time.monotonic() - t0
+        return {
+            "round": r + 1,
+            "accuracy": accuracy,  # a language model's: next-token accuracy
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)) if loss is not None and cfg.model.hf_path else None,
+            "clients_selected": selected,
+            "clients_reported": len(outcome.results),
+            "clients_late": reasons_count.pop("late", 0),
+            "clients_failed": sum(reasons_count.values()),
+            # what counts against trust: updates the strategy set aside or clipped, or the guard refused
+            "clients_flagged": len(self.strategy.flagged) + sum(reasons_count.get(r, 0) for r in REFUSED_REASONS),
+            "failures": dict(reasons_count),
+            "stale_dropped": stale,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "round_seconds": round_s,
+            "train_seconds": train_s,
+            "sim_seconds": sim_seconds,
+            "overhead_seconds": None,
+            "update_norm_median": norm_median,
+            "epsilon": None, "epsilon_pld": None, "dp_sampling_rate": None, "dp_clip": None, "dp_unclipped": None,
+            "state_ram_mb": state[0] / 2**20,
+            "state_spills": state[1],
+            "state_loads": state[2],
+            "attackers_reported": None,
+            "secagg_seconds": None, "secagg_bytes": 0, "secagg_dropped": None, "secagg_error": None,
+            "width_mean": None,
+            # the asynchronous modes: the staleness of the updates a server step applied
+            "staleness_mean": None, "staleness_max": None, "staleness": None,
+        }
 
     def choose_widths(self, r: int, selected: list[int]) -> dict[int, float]:
         """Each selected client's sub-model width this round: ``1 - fed_dropout.rate`` for

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,14 +28,14 @@ from fedhpc.runtime import signals
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.fold import Folder, coefficient_scale
 from fedhpc.runtime.messages import (
-    Close, Done, Reduce, RestoreState, Restored, RoundTask, SaveState, SecAggKeys, SecAggNeighbours, SecAggReveals,
-    SecAggRouted, SecAggShares, Stop, Unmask, Verdict,
+    Close, Done, Pause, Reduce, RestoreState, Restored, RoundTask, SaveState, SecAggKeys, SecAggNeighbours,
+    SecAggReveals, SecAggRouted, SecAggShares, Serve, Stop, Train, Unmask, Verdict,
 )
 from fedhpc.runtime.state import ClientStates, StateError
 from fedhpc.runtime.submodels import Submodels
 from fedhpc.runtime.training import host_memory_gb
 from fedhpc.runtime.transport import (
-    Tag, bcast_array, bcast_object, isend_chunked, poll, recv_object, reduce_mean, wait_with_deadline,
+    Tag, bcast_array, bcast_object, isend_chunked, poll, recv_array, recv_object, reduce_mean, wait_with_deadline,
 )
 from fedhpc.config import RunConfig
 from fedhpc.secagg import PublicKeys, Reveal, SealedShare
@@ -144,8 +145,41 @@ class HostRank(ABC):
                 self.comm.send(self.reveal(cmd), dest=0, tag=Tag.SECAGG)
             elif isinstance(cmd, Reduce):
                 self.reduce(cmd)
+            elif isinstance(cmd, Serve):
+                self.serve(cmd)
             else:
                 raise RuntimeError(f"rank {self.comm.rank}: unknown command from rank 0: {cmd!r}")
+
+    @abstractmethod
+    def serve(self, cmd: Serve) -> None:
+        """The asynchronous modes: work on rank 0's :class:`~fedhpc.runtime.messages.Train`
+        tasks as they come (:meth:`take_tasks`), send each one's Update, and at
+        :class:`~fedhpc.runtime.messages.Pause` finish them all and end with :meth:`paused`."""
+
+    def take_tasks(self, tasks: deque[Train], models: dict[int, np.ndarray]) -> bool:
+        """Queue rank 0's tasks that have come, and keep the model versions that came with
+        them in ``models``; return whether a Pause came."""
+        paused = False
+        while self.comm.Iprobe(source=0, tag=Tag.TASK):
+            msg: Train | Pause = self.comm.recv(source=0, tag=Tag.TASK)
+            if isinstance(msg, Pause):
+                paused = True
+                continue
+            if msg.model:
+                models[msg.version] = np.empty(self.ctx.layout.size, dtype=np.float32)
+                recv_array(self.comm, models[msg.version], 0, Tag.MODEL, self.ctx.cfg.stragglers.timeout_s,
+                           f"model version {msg.version} from rank 0")
+            tasks.append(msg)
+        return paused
+
+    def wait_task(self) -> None:
+        """Wait for rank 0's next task or Pause: as long as for a command (it may be evaluating)."""
+        poll(lambda: self.comm.Iprobe(source=0, tag=Tag.TASK), self.command_wait_s(), "rank 0's next task")
+
+    def paused(self, done: Done, pending: list[MPI.Request]) -> None:
+        """Complete the ``pending`` sends and account for the tasks served with ``done``."""
+        wait_with_deadline(pending, self.ctx.cfg.stragglers.timeout_s, "rank 0 to receive the tasks' updates")
+        self.comm.send(done, dest=0, tag=Tag.DONE)
 
     def secagg_setup(self, task: RoundTask) -> None:
         """Secure aggregation's first two steps for this rank's clients of the round: their keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import deque
 
 import numpy as np
 from mpi4py import MPI
@@ -12,11 +13,12 @@ from mpi4py import MPI
 from fedhpc.clock import make_clock
 from fedhpc.runtime.context import Context, simulated_profiles
 from fedhpc.runtime.fold import coefficient_scale
-from fedhpc.runtime.messages import Done, RoundTask, SecAggNeighbours, SecAggRouted, Unmask
+from fedhpc.runtime.messages import Done, RoundTask, SecAggNeighbours, SecAggRouted, Serve, Train, Unmask
 from fedhpc.runtime.rank import HostRank
 from fedhpc.runtime.state import ClientStates
 from fedhpc.runtime.step import ClientStep, ClientTask
 from fedhpc.runtime.training import Abandoned
+from fedhpc.runtime.transport import Tag, isend_chunked
 from fedhpc.secagg import PublicKeys, Reveal, SealedShare, SecAggClient, SecAggError
 from fedhpc.update import Status, failure_update
 
@@ -70,6 +72,38 @@ class TrainerRank(HostRank):
         self.finish_round(Done(r, sent, train_s=self.step.train_s, state_bytes=self.states.ram_bytes,
                                state_spills=self.states.spills - spills, state_loads=self.states.loads - loads),
                           pending)
+
+    def serve(self, cmd: Serve) -> None:
+        """Train the tasks in the order they came, each from its model version; keep only the
+        versions queued tasks need and the newest (rank 0 sends a version once per rank)."""
+        tasks: deque[Train] = deque()
+        models: dict[int, np.ndarray] = {}
+        in_flight: list[tuple[list[MPI.Request], np.ndarray]] = []
+        sent, paused = 0, False
+        spills, loads = self.states.spills, self.states.loads
+        self.step.begin_round()
+        if self.comm.rank in self.ctx.cfg.faults.crash_ranks:
+            raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes at server step {cmd.round}")
+        while True:
+            self.forward_signal()
+            paused |= self.take_tasks(tasks, models)
+            in_flight = [(reqs, frame) for reqs, frame in in_flight if not self._let_go(reqs, frame)]
+            if tasks:
+                t = tasks.popleft()
+                buf = self.step.run(ClientTask(t.ticket, t.client, t.mu), models[t.version], self.ctx.parts[t.client],
+                                    self.profiles[t.client], lambda: False, time.monotonic())
+                needed = {q.version for q in tasks} | {max(models)}
+                for v in [v for v in models if v not in needed]:
+                    del models[v]
+                in_flight.append((isend_chunked(self.comm, buf, 0, Tag.UPDATE), buf))
+                sent += 1
+            elif paused:
+                self.paused(Done(cmd.round, sent, train_s=self.step.train_s, state_bytes=self.states.ram_bytes,
+                                 state_spills=self.states.spills - spills, state_loads=self.states.loads - loads),
+                            [r for reqs, _ in in_flight for r in reqs])
+                return
+            else:
+                self.wait_task()
 
     def secagg_keys(self, task: RoundTask) -> tuple[PublicKeys, ...]:
         self.sessions = {cid: SecAggClient(task.round, cid) for cid in task.clients_of(self.comm.rank)}

@@ -35,6 +35,8 @@ class Tag(IntEnum):
     FOLDED = 19  # hosting rank -> 0: messages.Folded, its account of an Update it folded
     VERDICT = 20  # 0 -> hosting rank: messages.Verdict, keep or take out a client it folded
     SECAGG = 21  # 0 <-> hosting rank: secure aggregation's steps (messages.SecAgg*)
+    TASK = 22  # 0 -> hosting rank, asynchronous modes: messages.Train or messages.Pause
+    MODEL = 23  # 0 -> hosting rank, asynchronous modes: the weights of a Train's model version
 
 
 def isend_chunked(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> list[MPI.Request]:
@@ -77,6 +79,15 @@ def recv_update(comm: MPI.Comm, status: MPI.Status, max_bytes: int, timeout_s: f
     if out is None:
         raise CorruptUpdateError(f"Update from rank {src} is {total} bytes, more than the allowed {max_bytes}")
     return out
+
+
+def recv_array(comm: MPI.Comm, arr: np.ndarray, source: int, tag: int, timeout_s: float, what: str) -> None:
+    """Receive into the contiguous ``arr`` what :func:`isend_chunked` sent of one as large,
+    or raise TimeoutError naming ``what``."""
+    flat = arr.reshape(-1).view(np.uint8)
+    step = env.MPI_CHUNK_BYTES
+    wait_with_deadline([comm.Irecv(flat[a : a + step], source=source, tag=tag)
+                        for a in range(0, max(flat.nbytes, 1), step)], timeout_s, what)
 
 
 def bcast_array(comm: MPI.Comm, arr: np.ndarray, timeout_s: float, what: str, root: int = 0) -> None:
