@@ -739,3 +739,30 @@ def test_remote_workers_train_the_width_rank0_gives_them(pki, tmp_path):
     units = np.ceil(64 * width)
     values = 64 * units + units + units * 10 + 10  # the slice of MLP 64-64-10 each client trained
     assert (4 * values < up).all() and (up < 4 * values + 200).all(), (up, width)  # float32, plus framing
+
+
+@pytest.mark.e2e
+def test_remote_workers_train_continuously_in_an_asynchronous_run(pki, tmp_path):
+    """FedBuff on the simulated clock with every client training at once, the two workers'
+    included: the gateway hands each worker task after task (each from the model version of its
+    start, under the WAN codec), and the workers' updates are applied with the staleness they
+    have; the run is the same bits when repeated (remote work included, on the simulated clock)."""
+    head = ("rounds = 8\nseed = 4\nclock = \"simulated\"\n[clients]\ntotal = 5\nper_round = 7\n[local]\nepochs = 1\n"
+            "[async]\nmode = \"fedbuff\"\nbuffer = 3")
+    runs = []
+    for name in ("a", "b"):
+        port, out = free_port(), tmp_path / name / "run"
+        d = tmp_path / name
+        d.mkdir()
+        job = start_job(job_config(d, pki, port, head, 2, 2, '[gateway.codec]\nname = "topk-int8"\nratio = 0.2'),
+                        out)
+        workers = [start_worker(pki, port, w, 5 + i, f"{i}/2") for i, w in enumerate(("w1", "w2"))]
+        err = finish(job, workers)
+        runs.append(out)
+    m = metrics(runs[0])
+    assert len(m) == 8 and all(r["clients_reported"] == 3 and r["clients_failed"] == 0 for r in m), err[-3000:]
+    with h5py.File(runs[0] / "run.h5") as f:
+        status = f["clients/status"][()]
+    assert (status[:, 5:] == 1).any(axis=0).all()  # each worker's updates were applied
+    assert max(r["staleness_max"] for r in m) >= 1  # and the steps applied stale updates too
+    assert np.load(runs[0] / "final_weights.npy").tobytes() == np.load(runs[1] / "final_weights.npy").tobytes()

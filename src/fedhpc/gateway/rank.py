@@ -13,17 +13,18 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections import deque
 
 import numpy as np
 from mpi4py import MPI
 
 from fedhpc.gateway import fedhpc_pb2 as pb
-from fedhpc.gateway.server import Answer, GatewayServer, Task, fingerprint, load_tokens
+from fedhpc.gateway.server import ANY, Answer, GatewayServer, Task, fingerprint, load_tokens
 from fedhpc.runtime.context import Context
 from fedhpc.runtime.fold import coefficient_scale
-from fedhpc.runtime.messages import Done, RoundTask, SecAggNeighbours, SecAggRouted, Unmask, Workers
+from fedhpc.runtime.messages import Done, RoundTask, SecAggNeighbours, SecAggRouted, Serve, Train, Unmask, Workers
 from fedhpc.runtime.rank import HostRank
-from fedhpc.runtime.transport import Tag
+from fedhpc.runtime.transport import Tag, isend_chunked
 from fedhpc.secagg import PublicKeys, Reveal, SealedShare
 from fedhpc.update import Status, failure_update, max_update_bytes
 
@@ -172,3 +173,59 @@ class GatewayRank(HostRank):
         # trains nothing itself; the model bytes it relayed to workers count as sent down
         self.finish_round(Done(r, sent, relayed_bytes=self.server.bytes_down, workers=self.server.connected()),
                           pending)
+
+    def serve(self, cmd: Serve) -> None:
+        """Hand every task to its client's worker as it comes (a worker plays one client, which
+        has one task out at a time) and relay the Updates they push. A task whose worker is gone,
+        went silent or holds it past ``stragglers.timeout_s`` fails; rank 0 hears of workers
+        that join or leave as it happens."""
+        timeout = self.ctx.cfg.stragglers.timeout_s
+        tasks: deque[Train] = deque()
+        models: dict[int, np.ndarray] = {}
+        out: dict[int, tuple[Train, float]] = {}  # client -> its task, and when it was handed out
+        sent, paused, pending = 0, False, []
+        known = self.server.connected()
+
+        def send(buf: np.ndarray) -> None:
+            nonlocal sent
+            pending.extend(isend_chunked(self.comm, buf, 0, Tag.UPDATE))
+            sent += 1
+
+        def fail(t: Train, reason: str) -> None:
+            out.pop(t.client, None)
+            send(failure_update(Status.ERROR, self.job_id, t.ticket, t.client, reason))
+
+        self.server.begin_round(ANY)
+        while True:
+            self.forward_signal()
+            paused |= self.take_tasks(tasks, models)
+            while tasks:
+                t = tasks.popleft()
+                if self.server.offer_task(Task(t.ticket, t.client, t.mu, models[t.version].tobytes())):
+                    out[t.client] = (t, time.monotonic())
+                else:
+                    fail(t, f"no worker is connected for remote client {t.client}")
+            for v in [v for v in models if v != max(models)]:
+                del models[v]  # every task is handed out: only the newest version can be needed again
+            try:
+                client, ticket, data = self.server.updates.get(timeout=0.002)
+                if client in out and out[client][0].ticket == ticket:
+                    del out[client]
+                    send(np.frombuffer(data, dtype=np.uint8))
+            except queue.Empty:
+                pass
+            for cid in self.server.lost_clients():
+                if cid in out:
+                    fail(out[cid][0], f"the worker of client {cid} disconnected while training")
+            for t, since in list(out.values()):
+                if time.monotonic() - since > timeout:
+                    fail(t, f"the worker of client {t.client} did not push its update within {timeout:.0f}s "
+                            f"(stragglers.timeout_s)")
+            if (now := self.server.connected()).keys() != known.keys():
+                known = now
+                self.comm.send(Workers(now), dest=0, tag=Tag.WORKERS)
+            if paused and not out and not tasks:
+                self.server.end_round()
+                self.paused(Done(cmd.round, sent, relayed_bytes=self.server.bytes_down, workers=now), pending)
+                return
+

@@ -60,6 +60,9 @@ def load_tokens(path: str | Path) -> dict[str, str]:
     return tokens
 
 
+CLOSED, ANY = -1, -2  # GatewayServer.open_round: no round open; every task (asynchronous modes)
+
+
 @dataclass
 class Task:
     """What a worker is handed: a round's model to train (with the coefficient scale under
@@ -189,7 +192,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         self.lock = threading.Lock()
         self.updates: queue.Queue = queue.Queue()  # (client, round, Update bytes) for the gateway rank
         self.answers: queue.Queue = queue.Queue()  # secure aggregation: Answers for the gateway rank
-        self.open_round = -1
+        self.open_round = CLOSED  # the round tasks are for (ANY: the asynchronous modes' tasks, by ticket)
         self.bytes_down = 0  # model bytes streamed to workers in the open round
         self.stopping = threading.Event()
         self.server: grpc.Server | None = None
@@ -262,9 +265,13 @@ class GatewayServer(pb_grpc.GatewayServicer):
         with self.lock:
             self.open_round, self.bytes_down = r, 0
 
+    def is_open(self, r: int) -> bool:
+        """Whether tasks of round (or ticket) ``r`` may be handed out and answered."""
+        return self.open_round == ANY or r == self.open_round
+
     def end_round(self) -> None:
         """Close the round: queued tasks are dropped, later pushes refused as late."""
-        self.open_round = -1
+        self.open_round = CLOSED
         with self.lock:
             for s in self.sessions.values():
                 s.outstanding = s.step = None
@@ -363,7 +370,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
             for old in mine:  # one worker plays one client: registering again replaces its session
                 del self.sessions[old.id]
                 task = old.outstanding
-                if task is not None and task.round == self.open_round:
+                if task is not None and self.is_open(task.round):
                     reason = f"worker {worker} registered again while holding client {old.client}'s task"
                     log.warning("%s; the client fails this round", reason)
                     self.updates.put((old.client, task.round, failure_update(
@@ -394,7 +401,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
                     yield pb.TaskChunk(kind=pb.TaskChunk.IDLE)
                     return
                 continue
-            if task.round != self.open_round:
+            if not self.is_open(task.round):
                 continue  # the round closed while the task waited
             if task.step is not None:
                 with self.lock:
@@ -447,7 +454,7 @@ class GatewayServer(pb_grpc.GatewayServicer):
         if reason:
             log.warning("worker %s (client %d): update refused: %s", worker, s.client, reason)
             task = s.outstanding
-            if task is not None and task.round == self.open_round:
+            if task is not None and self.is_open(task.round):
                 # the client's task is open: its failure, and why, is rank 0's to record
                 s.outstanding = None
                 refusal = failure_update(Status.REJECTED, self.job_id, task.round, s.client, reason)

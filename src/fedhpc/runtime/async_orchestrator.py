@@ -115,13 +115,15 @@ class AsyncOrchestrator(Orchestrator):
             raise CheckpointError(f"checkpoint {ckpt.path} has no /async group: it was written by a synchronous run")
         self.now, self.next_ticket = p.time_s, p.next_ticket
         self.origin = time.monotonic() - (p.time_s if self.clock.live else 0.0)
+        # their Updates came from this run's clients before the checkpoint (its digest covers them); the job id
+        # in them may be another's (the job id changes with `rounds`), and their events validate them as usual
         for (tid, cid, version), (start, finish), buf in zip(p.tickets.tolist(), p.times.tolist(), p.updates):
             try:
                 head, _ = unpack_update(buf)
             except CorruptUpdateError as exc:
                 raise CheckpointError(f"checkpoint {ckpt.path}: the Update of task {tid} is unreadable ({exc})") from None
             if not (0 <= cid < len(self.ctx.all_clients) and 0 <= version <= self.first_round and tid < p.next_ticket
-                    and (head.job, head.round, head.client) == (self.job_id, tid, cid)):
+                    and (head.round, head.client) == (tid, cid)):
                 raise CheckpointError(f"checkpoint {ckpt.path} holds task {tid} of client {cid} from version "
                                       f"{version}, which this run cannot have sent")
             self.timeline.dispatch(Ticket(tid, cid, version, start, finish))
@@ -149,6 +151,8 @@ class AsyncOrchestrator(Orchestrator):
                                  [k for k in self.ctx.trainers if k not in done or self.received[k] < done[k].sent])
                 time.sleep(nap)
                 nap = min(2 * nap, IDLE_MAX_S)
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.WORKERS, status=status):  # sent before a Done
+            self.update_remote(self.comm.recv(source=status.Get_source(), tag=Tag.WORKERS).connected)
         self.serving = False
         self.complete_sends()
 
@@ -198,6 +202,16 @@ class AsyncOrchestrator(Orchestrator):
                             norm_median=norm_median, state=(0, 0, 0))
         metrics |= staleness_summary([t.staleness for t in taken]) | {"model_version": r + 1}
         return metrics, self._step_clients(outcome, step), norms
+
+    @staticmethod
+    def _progress_line(m: dict) -> str:
+        acc = f"acc {m['accuracy']:.4f} loss {m['loss']:.4f}" if m["accuracy"] is not None else "acc -"
+        stale = (f"staleness mean {m['staleness_mean']:.1f} max {m['staleness_max']}"
+                 if m["staleness_mean"] is not None else "nothing applied")
+        return (f"step {m['round']:>4}: {acc} | {m['clients_reported']} applied ({stale}), {m['clients_failed']} "
+                f"failed ({m['stale_dropped']} too stale), {m['clients_selected']} started | up "
+                f"{m['bytes_up'] / 1e6:.2f} MB down {m['bytes_down'] / 1e6:.2f} MB | {m['round_seconds']:.2f}s"
+                + (f" (simulated {m['sim_seconds']:.3f}s)" if m["sim_seconds"] is not None else ""))
 
     def _step_clients(self, outcome: RoundOutcome, step: _Step) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                            np.ndarray]:
