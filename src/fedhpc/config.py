@@ -568,6 +568,8 @@ class RunConfig:
                  "needs stragglers.deadline_s > 0 (a client's epochs are cut to what fits before the deadline)")
         _require(self.stragglers.fastest_k <= self.clients.per_round, "stragglers.fastest_k",
                  f"must be <= clients.per_round={self.clients.per_round}")
+        if self.asynchronous.enabled:  # before DP's and secure aggregation's checks: it refuses both
+            self._check_async()
         if self.dp.enabled:
             self._check_dp()
         if self.secagg.enabled:
@@ -598,8 +600,6 @@ class RunConfig:
             _require(self.attack.start_round <= self.rounds, "attack.start_round",
                      f"is {self.attack.start_round}, after the run's last round ({self.rounds}): nobody would attack")
             self._check_attack()
-        if self.asynchronous.enabled:
-            self._check_async()
         _require(not sub or self.strategy.name not in ROBUST_STRATEGIES, self.submodel_key,
                  f"must be off with the robust strategy '{self.strategy.name}' (sub-model updates have holes "
                  f"that a median or Krum would read as zeros); use fedavg, fedprox, weighted, fedadam or fedyogi")
