@@ -68,6 +68,16 @@ def read_run(out: Path) -> tuple[list[dict], dict]:
     return metrics, json.loads((out / "bench.json").read_text())
 
 
+def time_to(metrics: list[dict], target: float) -> float | None:
+    """Simulated seconds of a run until its accuracy first reaches ``target`` (None: never)."""
+    t = 0.0
+    for m in metrics:
+        t += m["sim_seconds"]
+        if m["accuracy"] is not None and m["accuracy"] >= target:
+            return t
+    return None
+
+
 def optional_path(text: str) -> Path | None:
     """A path argument where '' means none (to switch off a default)."""
     return Path(text) if text else None

@@ -58,16 +58,6 @@ WIDE = [4096, 4096]  # the memory measurement's MLP
 TARGETS = (0.80, 0.85)
 
 
-def time_to(metrics: list[dict], target: float) -> float | None:
-    """Simulated seconds until the accuracy first reaches ``target`` (None: never)."""
-    t = 0.0
-    for m in metrics:
-        t += m["sim_seconds"]
-        if m["accuracy"] is not None and m["accuracy"] >= target:
-            return t
-    return None
-
-
 def main(args: argparse.Namespace) -> int:
     rounds = SIZES[args.size]
     calib = args.out / "calibration"
@@ -87,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         clock = np.cumsum([m["sim_seconds"] for m in metrics])
         rows.append({"case": job["name"], "final_accuracy": metrics[-1]["accuracy"],
                      "last_accuracy": statistics.fmean(m["accuracy"] for m in metrics[-LAST:]),
-                     "sim_seconds": float(clock[-1]), **{f"time_to_{t:g}": time_to(metrics, t) for t in TARGETS},
+                     "sim_seconds": float(clock[-1]), **{f"time_to_{t:g}": _jobs.time_to(metrics, t) for t in TARGETS},
                      "aggregated": statistics.fmean(m["clients_reported"] for m in metrics),
                      "bytes_up": statistics.fmean(m["bytes_up"] for m in metrics),
                      "width_mean": (statistics.fmean(m["width_mean"] for m in metrics)

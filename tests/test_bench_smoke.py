@@ -132,3 +132,21 @@ def test_submodels_tiny(tmp_path):
     assert cost["params"]["0.25"] < cost["params"]["1"] / 10 and cost["flops_ratio"] < 0.1
     assert cost["peak_rss"]["0.25"] < cost["peak_rss"]["1"]
     assert "OLD" not in readme.read_text() and "| budget widths |" in readme.read_text()
+
+
+def test_asynchronous_tiny(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- async:begin -->\nOLD\n<!-- async:end -->\n")
+    bench("asynchronous.py", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "a.json"),
+          "--readme", str(readme), timeout=400)
+    res = json.loads((tmp_path / "a.json").read_text())
+    rows = {(r["sigma"], r["case"]): r for r in res["rows"]}
+    cases = {"sync, wait for all", "sync, deadline", "sync, fastest 10", "FedAsync", "FedBuff (10)"}
+    assert set(rows) == {(s, c) for s in (0.5, 1.0) for c in cases}
+    for s in (0.5, 1.0):
+        assert rows[s, "sync, wait for all"]["updates"] == rows[s, "FedAsync"]["updates"] == 40
+        assert rows[s, "FedBuff (10)"]["steps"] == 4 and rows[s, "FedAsync"]["staleness_max"] >= 1
+        assert rows[s, "sync, fastest 10"]["updates"] == 20 and rows[s, "sync, wait for all"]["staleness_mean"] is None
+        # the slowest of 20 clients sets a whole round's pace: waiting for all takes the longest
+        assert rows[s, "sync, wait for all"]["sim_seconds"] > rows[s, "sync, deadline"]["sim_seconds"]
+    assert "OLD" not in readme.read_text() and "| FedBuff (10) |" in readme.read_text()

@@ -885,7 +885,7 @@ def _build(cls, raw: dict, prefix: str):
         raise ConfigError(f"unknown config key '{key}'; allowed keys here: {', '.join(sorted(names))}")
     for key in names.keys() & raw.keys():
         name, tp, value = names[key], hints[names[key]], raw[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if issubclass(tp, PluginConfig) and isinstance(value, str):
                 value = {"name": value}  # a plugin without parameters may be given by its name alone
             kwargs[name] = _build(tp, value, f"{prefix}{key}.")

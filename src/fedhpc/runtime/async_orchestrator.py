@@ -142,10 +142,10 @@ class AsyncOrchestrator(Orchestrator):
         while len(done) < len(self.ctx.trainers) or any(self.received[k] < done[k].sent for k in done):
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.DONE, status=status):
                 src = status.Get_source()
-                done[src] = self.comm.recv(source=src, tag=Tag.DONE)
+                done[src] = d = self.comm.recv(source=src, tag=Tag.DONE)
                 self.heard[src] = time.monotonic()
-                if done[src].workers is not None:
-                    self.update_remote(done[src].workers)
+                if d.workers is not None:
+                    self.update_remote(d.workers)
             elif not self.receive():
                 self.check_heard("finish their tasks for a checkpoint or the end of the run",
                                  [k for k in self.ctx.trainers if k not in done or self.received[k] < done[k].sent])
