@@ -41,7 +41,7 @@ from fedhpc.runtime.transport import Tag, isend_chunked, recv_update, wait_with_
 from fedhpc.seeds import SEED_ASYNC, derive_seed
 from fedhpc.staleness import get_staleness
 from fedhpc.types import ClientFailure, ClientResult, RoundOutcome
-from fedhpc.update import Status, unpack_update
+from fedhpc.update import Status, failure_update, unpack_update
 
 log = logging.getLogger("fedhpc.async")
 
@@ -136,6 +136,7 @@ class AsyncOrchestrator(Orchestrator):
             return
         for rank in self.ctx.trainers:
             self.comm.send(Pause(), dest=rank, tag=Tag.TASK)
+            self.heard[rank] = time.monotonic()  # each must answer within the timeout from now
         done: dict[int, Done] = {}
         status = MPI.Status()
         nap = IDLE_MIN_S
@@ -153,6 +154,8 @@ class AsyncOrchestrator(Orchestrator):
                 nap = min(2 * nap, IDLE_MAX_S)
         while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=Tag.WORKERS, status=status):  # sent before a Done
             self.update_remote(self.comm.recv(source=status.Get_source(), tag=Tag.WORKERS).connected)
+        for ticket in [t for t in self.timeline.out.values() if t.id not in self.timeline.arrived]:
+            self.lost(ticket, "its Update was refused when it came (see the warning above)")
         self.serving = False
         self.complete_sends()
 
@@ -252,7 +255,10 @@ class AsyncOrchestrator(Orchestrator):
     def dispatch(self, version: int, cid: int) -> None:
         """Send ``cid`` its task from model ``version`` (the model too, if its rank lacks it)."""
         rank = self.ctx.host_of(cid)
-        ticket = Ticket(self.next_ticket, cid, version, self.now, self.finish(cid))
+        if not self.waiting(rank):  # it was idle: its silence so far is no sign of a hang
+            self.heard[rank] = time.monotonic()
+        start = time.monotonic() - self.origin if self.clock.live else self.now
+        ticket = Ticket(self.next_ticket, cid, version, start, self.finish(cid))
         self.next_ticket += 1
         self.timeline.dispatch(ticket)
         send_model = self.holds.get(rank) != version
@@ -266,6 +272,16 @@ class AsyncOrchestrator(Orchestrator):
         self.step.dispatched += 1
         log.debug("task %d: client %d from version %d, %.3fs to %.3fs", ticket.id, cid, version, ticket.start_s,
                   ticket.finish_s)
+
+    def waiting(self, rank: int) -> int:
+        """How many tasks out on ``rank`` have not sent their Update yet."""
+        return sum(self.ctx.host_of(t.client) == rank and t.id not in self.timeline.arrived
+                   for t in self.timeline.out.values())
+
+    def lost(self, ticket: Ticket, why: str) -> None:
+        """A task out whose Update will not come: its event is the client's failure."""
+        self.timeline.arrive(ticket.id, ticket.client, _Arrival(
+            failure_update(Status.ERROR, self.job_id, ticket.id, ticket.client, why), time.monotonic() - self.origin))
 
     def finish(self, cid: int) -> float:
         """When a task of ``cid`` starting now completes on the simulated clock (inf on the wall clock)."""
@@ -295,8 +311,7 @@ class AsyncOrchestrator(Orchestrator):
                     log.warning("server step %d ends early: a second stop signal", r + 1)
                     return None
             blocking = self.timeline.blocking()
-            ranks = sorted({self.ctx.host_of(t.client) for t in self.timeline.out.values()
-                            if t.id not in self.timeline.arrived})
+            ranks = [k for k in self.ctx.trainers if self.waiting(k)]
             self.check_heard(f"send task {blocking.id}'s Update (client {blocking.client})" if blocking else
                              "send the Updates of their tasks", ranks)
             time.sleep(nap)
@@ -341,7 +356,13 @@ class AsyncOrchestrator(Orchestrator):
         if head.job != self.job_id:
             log.warning("an update from rank %d was rejected: it is of another job (%d)", src, head.job)
             return
-        why = self.claim_problem(src, head) or self.timeline.arrive(head.round, head.client, _Arrival(buf, at_s))
+        claim = self.claim_problem(src, head)
+        ticket = self.timeline.out.get(head.round)
+        if claim and ticket is not None and ticket.client == head.client and self.ctx.host_of(ticket.client) == src:
+            log.warning("an update from rank %d was rejected: it %s; client %d's task fails", src, claim, head.client)
+            buf = failure_update(Status.ERROR, self.job_id, head.round, head.client, f"its update {claim}")
+            claim = None
+        why = claim or self.timeline.arrive(head.round, head.client, _Arrival(buf, at_s))
         if why:
             log.warning("an update from rank %d was rejected: it %s", src, why)
         elif self.step is not None:
