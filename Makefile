@@ -29,7 +29,7 @@ demo: setup
 
 # the README's test command: the linter, the type checker, then every tier
 test: lint
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

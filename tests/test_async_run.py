@@ -133,3 +133,33 @@ def test_the_wall_clock_runs_the_same_engine_as_fast_as_results_come(tmp_path):
     # 0.2 after the first step to about 0.73 after ten in runs on this 2-core VM
     assert m[-1]["accuracy"] > 0.5 and m[-1]["loss"] < m[0]["loss"]
     assert "step   10:" in (out / "run.log").read_text()
+
+
+def test_a_second_signal_ends_a_step_that_would_not_end_and_abandons_the_tasks(tmp_path):
+    """Every client sleeps ~forever on the wall clock: the first signal lets the step go on, the
+    second ends it, the ranks abandon their tasks (the sleeping one included), and the checkpoint
+    of step 1 holds them as failed tasks."""
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out)]
+    for s in ["rounds=5", "clients.total=6", "clients.per_round=4", "async.mode=fedasync",
+              "profiles.slow_clients=[0, 1, 2, 3, 4, 5]", "profiles.slow_factor=1e6"]:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    deadline = time.monotonic() + 120
+    while not ((out / "run.log").exists() and "rank 2 on" in (out / "run.log").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    assert proc.poll() is None  # one signal: the step goes on
+    proc.send_signal(signal.SIGUSR1)
+    t0 = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and time.monotonic() - t0 < 30, stderr[-3000:]
+    assert "ends early: a second stop signal" in (out / "run.log").read_text()
+    (first,) = metrics(out)
+    assert first["clients_reported"] == 0
+    (ckpt,) = list_checkpoints(out / "checkpoints")
+    with h5py.File(ckpt) as f:
+        assert len(f["async/tickets"]) == 4  # the four tasks out, each with the failure that abandoned it

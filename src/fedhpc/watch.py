@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,14 +150,17 @@ def watch(out: Path, interval_s: float = 1.0, once: bool = False) -> int:
     if once:
         console.print(render(view))
         return 0
+    # Ctrl-C only sets a flag that the loop reads between refreshes: a KeyboardInterrupt raised
+    # wherever the signal lands (inside h5py reading run.h5, say) could surface as another error
+    leave = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: leave.set())
     try:
         with Live(render(view), console=console, refresh_per_second=4) as live:
-            while not view.finished:
-                time.sleep(interval_s)
+            while not view.finished and not leave.wait(interval_s):
                 view.refresh()
                 live.update(render(view))
-    except KeyboardInterrupt:
-        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 

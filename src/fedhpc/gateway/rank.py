@@ -183,7 +183,7 @@ class GatewayRank(HostRank):
         tasks: deque[Train] = deque()
         models: dict[int, np.ndarray] = {}
         out: dict[int, tuple[Train, float]] = {}  # client -> its task, and when it was handed out
-        sent, paused, pending = 0, False, []
+        sent, pause, pending = 0, None, []
         known = self.server.connected()
 
         def send(buf: np.ndarray) -> None:
@@ -198,7 +198,12 @@ class GatewayRank(HostRank):
         self.server.begin_round(ANY)
         while True:
             self.forward_signal()
-            paused |= self.take_tasks(tasks, models)
+            pause = self.take_tasks(tasks, models) or pause
+            if pause is not None and pause.abandon:
+                for t in [*tasks, *(t for t, _ in out.values())]:
+                    out.pop(t.client, None)
+                    send(self.abandoned(t))
+                tasks.clear()
             while tasks:
                 t = tasks.popleft()
                 if self.server.offer_task(Task(t.ticket, t.client, t.mu, models[t.version].tobytes())):
@@ -224,7 +229,7 @@ class GatewayRank(HostRank):
             if (now := self.server.connected()).keys() != known.keys():
                 known = now
                 self.comm.send(Workers(now), dest=0, tag=Tag.WORKERS)
-            if paused and not out and not tasks:
+            if pause is not None and not out and not tasks:
                 self.server.end_round()
                 self.paused(Done(cmd.round, sent, relayed_bytes=self.server.bytes_down, workers=now), pending)
                 return

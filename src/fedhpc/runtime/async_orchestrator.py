@@ -131,11 +131,13 @@ class AsyncOrchestrator(Orchestrator):
 
     def pause(self) -> None:
         """Let every hosting rank finish the tasks it was given and take broadcasts again; their
-        Updates are kept for their events."""
+        Updates are kept for their events. After a second stop signal the tasks not started yet
+        fail instead (the run is to stop now, and a resumed one is no longer the uninterrupted one)."""
         if not self.serving:
             return
+        abandon = self.stop_signals() >= 2
         for rank in self.ctx.trainers:
-            self.comm.send(Pause(), dest=rank, tag=Tag.TASK)
+            self.comm.send(Pause(abandon), dest=rank, tag=Tag.TASK)
             self.heard[rank] = time.monotonic()  # each must answer within the timeout from now
         done: dict[int, Done] = {}
         status = MPI.Status()

@@ -226,7 +226,10 @@ class Train:
 @dataclass(frozen=True)
 class Pause:
     """Rank 0 to each hosting rank: finish the tasks you were given, send their Updates,
-    account for them with :class:`Done` and take broadcast commands again."""
+    account for them with :class:`Done` and take broadcast commands again. With ``abandon``
+    (a second stop signal) fail every task not started yet instead of training it."""
+
+    abandon: bool = False
 
 
 Command = RoundTask | Reduce | SaveState | RestoreState | Stop | Unmask | Serve

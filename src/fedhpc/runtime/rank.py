@@ -40,6 +40,7 @@ from fedhpc.runtime.transport import (
 from fedhpc.config import RunConfig
 from fedhpc.secagg import PublicKeys, Reveal, SealedShare
 from fedhpc.strategy import Strategy, get_strategy
+from fedhpc.update import Status, failure_update
 
 log = logging.getLogger("fedhpc.rank")
 
@@ -154,16 +155,17 @@ class HostRank(ABC):
     def serve(self, cmd: Serve) -> None:
         """The asynchronous modes: work on rank 0's :class:`~fedhpc.runtime.messages.Train`
         tasks as they come (:meth:`take_tasks`), send each one's Update, and at
-        :class:`~fedhpc.runtime.messages.Pause` finish them all and end with :meth:`paused`."""
+        :class:`~fedhpc.runtime.messages.Pause` finish them all (or fail those not started, if
+        it says ``abandon``) and end with :meth:`paused`."""
 
-    def take_tasks(self, tasks: deque[Train], models: dict[int, np.ndarray]) -> bool:
+    def take_tasks(self, tasks: deque[Train], models: dict[int, np.ndarray]) -> Pause | None:
         """Queue rank 0's tasks that have come, and keep the model versions that came with
-        them in ``models``; return whether a Pause came."""
-        paused = False
+        them in ``models``; return the Pause, if it came."""
+        paused = None
         while self.comm.Iprobe(source=0, tag=Tag.TASK):
             msg: Train | Pause = self.comm.recv(source=0, tag=Tag.TASK)
             if isinstance(msg, Pause):
-                paused = True
+                paused = msg
                 continue
             if msg.model:
                 models[msg.version] = np.empty(self.ctx.layout.size, dtype=np.float32)
@@ -175,6 +177,11 @@ class HostRank(ABC):
     def wait_task(self) -> None:
         """Wait for rank 0's next task or Pause: as long as for a command (it may be evaluating)."""
         poll(lambda: self.comm.Iprobe(source=0, tag=Tag.TASK), self.command_wait_s(), "rank 0's next task")
+
+    def abandoned(self, t: Train) -> np.ndarray:
+        """The Update that fails task ``t`` at a second stop signal."""
+        return failure_update(Status.ERROR, self.job_id, t.ticket, t.client,
+                              "abandoned: a second stop signal ended the run before it trained")
 
     def paused(self, done: Done, pending: list[MPI.Request]) -> None:
         """Complete the ``pending`` sends and account for the tasks served with ``done``."""

@@ -79,25 +79,39 @@ class TrainerRank(HostRank):
         tasks: deque[Train] = deque()
         models: dict[int, np.ndarray] = {}
         in_flight: list[tuple[list[MPI.Request], np.ndarray]] = []
-        sent, paused = 0, False
+        sent, pause = 0, None
         spills, loads = self.states.spills, self.states.loads
         self.step.begin_round()
         if self.comm.rank in self.ctx.cfg.faults.crash_ranks:
             raise RuntimeError(f"injected fault: trainer rank {self.comm.rank} crashes at server step {cmd.round}")
+
+        def stopping() -> bool:
+            """Whether rank 0 said to abandon the tasks (polled between a slow host's naps and batches)."""
+            nonlocal pause
+            pause = self.take_tasks(tasks, models) or pause
+            return pause is not None and pause.abandon
+
         while True:
             self.forward_signal()
-            paused |= self.take_tasks(tasks, models)
+            pause = self.take_tasks(tasks, models) or pause
             in_flight = [(reqs, frame) for reqs, frame in in_flight if not self._let_go(reqs, frame)]
-            if tasks:
+            if tasks and pause is not None and pause.abandon:
+                buf = self.abandoned(tasks.popleft())
+                in_flight.append((isend_chunked(self.comm, buf, 0, Tag.UPDATE), buf))
+                sent += 1
+            elif tasks:
                 t = tasks.popleft()
-                buf = self.step.run(ClientTask(t.ticket, t.client, t.mu), models[t.version], self.ctx.parts[t.client],
-                                    self.profiles[t.client], lambda: False, time.monotonic())
+                try:
+                    buf = self.step.run(ClientTask(t.ticket, t.client, t.mu), models[t.version],
+                                        self.ctx.parts[t.client], self.profiles[t.client], stopping, time.monotonic())
+                except Abandoned:
+                    buf = self.abandoned(t)
                 needed = {q.version for q in tasks} | {max(models)}
                 for v in [v for v in models if v not in needed]:
                     del models[v]
                 in_flight.append((isend_chunked(self.comm, buf, 0, Tag.UPDATE), buf))
                 sent += 1
-            elif paused:
+            elif pause is not None:
                 self.paused(Done(cmd.round, sent, train_s=self.step.train_s, state_bytes=self.states.ram_bytes,
                                  state_spills=self.states.spills - spills, state_loads=self.states.loads - loads),
                             [r for reqs, _ in in_flight for r in reqs])
