@@ -78,6 +78,11 @@ def time_to(metrics: list[dict], target: float) -> float | None:
     return None
 
 
+def seconds_or_never(v: float | None) -> str:
+    """A :func:`time_to` in a table cell."""
+    return "never" if v is None else f"{v:.2f}"
+
+
 def optional_path(text: str) -> Path | None:
     """A path argument where '' means none (to switch off a default)."""
     return Path(text) if text else None

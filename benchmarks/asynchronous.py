@@ -94,9 +94,7 @@ def table(res: dict) -> str:
              "work at once, simulated clock; non-IID digits, 50 clients with 2 classes each.", "",
              f"| speeds (sigma) | case | simulated s to 80 % / 85 % | final accuracy (mean of the last {LAST}) | "
              "simulated s in all | updates applied | staleness mean / max |", "|---|---|---|---:|---:|---:|---|"]
-
-    def s(v):
-        return "never" if v is None else f"{v:.2f}"
+    s = _jobs.seconds_or_never
 
     for r in res["rows"]:
         stale = "-" if r["staleness_mean"] is None else f"{r['staleness_mean']:.1f} / {r['staleness_max']}"

@@ -134,9 +134,7 @@ def table(res: dict) -> str:
              f"client's full-width round); non-IID digits, 50 clients, 20 a round, lognormal speeds (sigma 1).", "",
              f"| case | final accuracy (mean of the last {LAST}) | simulated s to 80 % / 85 % | simulated s in all | "
              "clients aggregated a round | KB up a round | mean width |", "|---|---:|---|---:|---:|---:|---:|"]
-
-    def s(v):
-        return "never" if v is None else f"{v:.2f}"
+    s = _jobs.seconds_or_never
 
     for r in res["rows"]:
         width = "-" if r["width_mean"] is None else f"{r['width_mean']:.2f}"

@@ -11,8 +11,10 @@ friends select them; collection fails for a test without one):
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,42 @@ def fedhpc_run(nprocs: int, out: Path, *sets: str, timeout: float = 300, check: 
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT\n{proc.stdout}\nSTDERR\n{proc.stderr[-6000:]}"
     return proc
+
+
+def start_run(out: Path, sets: list[str]) -> subprocess.Popen:
+    """``mpiexec -n 3 python -m fedhpc run --out OUT --set ...`` in the background, to be signalled."""
+    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+
+
+def wait_until(proc: subprocess.Popen, ready, timeout: float = 120, nap: float = 0.05) -> None:
+    """Poll ``ready()`` until it is true, while ``proc`` runs (its output if it ends or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(nap)
+
+
+def started(out: Path) -> bool:
+    """Whether the job in ``out`` registered its ranks (rank 2, the last of a 3-rank job, logged)."""
+    return (out / "run.log").exists() and "rank 2 on" in (out / "run.log").read_text()
+
+
+def lines_at_least(out: Path, n: int) -> bool:
+    """Whether ``out/metrics.jsonl`` has ``n`` lines."""
+    return (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= n
+
+
+def signal_twice(proc: subprocess.Popen) -> float:
+    """SIGUSR1, a check that the job goes on, a second SIGUSR1; return when the second was sent."""
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    assert proc.poll() is None  # one signal: the round (or step) goes on
+    proc.send_signal(signal.SIGUSR1)
+    return time.monotonic()
 
 
 def metrics(out: Path) -> list[dict]:

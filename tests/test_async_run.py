@@ -5,15 +5,13 @@ clock runs the same engine."""
 
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, fedhpc_run, final_weights, metrics, mpi_env
+from conftest import fedhpc_run, final_weights, lines_at_least, metrics, signal_twice, start_run, started, wait_until
 from fedhpc.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.e2e
@@ -102,14 +100,8 @@ def test_a_corrupt_update_fails_its_client_and_the_run_goes_on(tmp_path):
 def test_a_signal_checkpoints_exits_75_and_the_resumed_run_matches(tmp_path):
     out = tmp_path / "run"
     sets = BASE + ["async.mode=fedasync", "rounds=400"]
-    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-    deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 5):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    proc = start_run(out, sets)
+    wait_until(proc, lambda: lines_at_least(out, 5), nap=0.02)
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr[-3000:]
@@ -140,21 +132,10 @@ def test_a_second_signal_ends_a_step_that_would_not_end_and_abandons_the_tasks(t
     second ends it, the ranks abandon their tasks (the sleeping one included), and the checkpoint
     of step 1 holds them as failed tasks."""
     out = tmp_path / "run"
-    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out)]
-    for s in ["rounds=5", "clients.total=6", "clients.per_round=4", "async.mode=fedasync",
-              "profiles.slow_clients=[0, 1, 2, 3, 4, 5]", "profiles.slow_factor=1e6"]:
-        cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-    deadline = time.monotonic() + 120
-    while not ((out / "run.log").exists() and "rank 2 on" in (out / "run.log").read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGUSR1)
-    time.sleep(1.0)
-    assert proc.poll() is None  # one signal: the step goes on
-    proc.send_signal(signal.SIGUSR1)
-    t0 = time.monotonic()
+    proc = start_run(out, ["rounds=5", "clients.total=6", "clients.per_round=4", "async.mode=fedasync",
+                           "profiles.slow_clients=[0, 1, 2, 3, 4, 5]", "profiles.slow_factor=1e6"])
+    wait_until(proc, lambda: started(out))
+    t0 = signal_twice(proc)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75 and time.monotonic() - t0 < 30, stderr[-3000:]
     assert "ends early: a second stop signal" in (out / "run.log").read_text()

@@ -9,7 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, fedhpc_run, final_weights, metrics, mpi_env
+from conftest import (
+    MPIEXEC, fedhpc_run, final_weights, lines_at_least, metrics, mpi_env, signal_twice, start_run, started, wait_until,
+)
 from fedhpc.checkpoint import Checkpoint, CheckpointError, list_checkpoints
 
 pytestmark = pytest.mark.e2e
@@ -50,20 +52,11 @@ def test_stopped_and_resumed_run_ends_with_the_same_model(straight, tmp_path):
 def test_a_second_signal_closes_a_round_that_would_not_end(tmp_path):
     """The first signal lets the round finish; a second one (SLURM's last warning) closes it now."""
     out = tmp_path / "run"
-    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out), "--set", "rounds=5",
-           "--set", "clients.total=6", "--set", "clients.per_round=6", "--set", "profiles.slow_clients=[0, 1, 2, 3, 4, 5]",
-           "--set", "profiles.slow_factor=1e6"]  # every client sleeps ~forever (until CLOSE) in round 1
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-    deadline = time.monotonic() + 120
-    while not ((out / "run.log").exists() and "rank 2 on" in (out / "run.log").read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGUSR1)
-    time.sleep(1.0)
-    assert proc.poll() is None  # one signal: the round goes on
-    proc.send_signal(signal.SIGUSR1)
-    t0 = time.monotonic()
+    # every client sleeps ~forever (until CLOSE) in round 1
+    proc = start_run(out, ["rounds=5", "clients.total=6", "clients.per_round=6",
+                           "profiles.slow_clients=[0, 1, 2, 3, 4, 5]", "profiles.slow_factor=1e6"])
+    wait_until(proc, lambda: started(out))
+    t0 = signal_twice(proc)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75 and time.monotonic() - t0 < 30, stderr[-3000:]
     assert "closed after" in (log := (out / "run.log").read_text()) and "a second stop signal" in log
@@ -75,14 +68,8 @@ def test_a_second_signal_closes_a_round_that_would_not_end(tmp_path):
 def test_a_signal_checkpoints_exits_75_and_the_resumed_run_matches(tmp_path):
     out = tmp_path / "run"
     sets = FULL + ["rounds=400", "clients.total=6", "clients.per_round=6", "stragglers.fastest_k=4"]
-    cmd = [MPIEXEC, "-n", "3", sys.executable, "-m", "fedhpc", "run", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-    deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    proc = start_run(out, sets)
+    wait_until(proc, lambda: lines_at_least(out, 3), nap=0.02)
     proc.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit (mpiexec forwards it)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr[-3000:]

@@ -313,7 +313,8 @@ class AsyncOrchestrator(Orchestrator):
                     log.warning("server step %d ends early: a second stop signal", r + 1)
                     return None
             blocking = self.timeline.blocking()
-            ranks = [k for k in self.ctx.trainers if self.waiting(k)]
+            ranks = sorted({self.ctx.host_of(t.client) for t in self.timeline.out.values()
+                            if t.id not in self.timeline.arrived})
             self.check_heard(f"send task {blocking.id}'s Update (client {blocking.client})" if blocking else
                              "send the Updates of their tasks", ranks)
             time.sleep(nap)
